@@ -1,0 +1,69 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "BlockMirror",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "blockmirror", targets: ["blockmirror"]),
+        .library(name: "BlockIO", targets: ["BlockIO"]),
+        .library(name: "BlockExport", targets: ["BlockExport"]),
+        .library(name: "NBD", targets: ["NBD"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.81.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+    ],
+    targets: [
+        /// libaio and the Linux ioctl / fcntl constants Swift cannot import as macros.
+        .systemLibrary(name: "CLibAIO", path: "Sources/CLibAIO"),
+        /// Typed block I/O: files and block devices, O_DIRECT, aligned buffers, libaio.
+        .target(
+            name: "BlockIO",
+            dependencies: [
+                "CLibAIO",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        /// The block-export protocol every NBD-served thing conforms to, and the file export.
+        .target(
+            name: "BlockExport",
+            dependencies: [
+                "BlockIO",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        /// NBD protocol: codec (no I/O) and a SwiftNIO server serving any BlockExport.
+        .target(
+            name: "NBD",
+            dependencies: [
+                "BlockExport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        /// Command-line verbs (library so tests can parse arguments without a process).
+        .target(
+            name: "BlockMirrorCLI",
+            dependencies: [
+                "BlockIO", "BlockExport", "NBD",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]),
+        .executableTarget(name: "blockmirror", dependencies: ["BlockMirrorCLI"]),
+        .testTarget(
+            name: "BlockIOTests",
+            dependencies: ["BlockIO"]),
+        .testTarget(
+            name: "NBDTests",
+            dependencies: [
+                "NBD", "BlockExport",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: ["blockmirror", "NBD"]),
+    ]
+)

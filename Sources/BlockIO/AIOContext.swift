@@ -1,0 +1,196 @@
+import CLibAIO
+import Foundation
+import Synchronization
+
+/// One asynchronous disk operation for `AIOContext`. The memory a read or write points at must
+/// stay valid until the operation's completion runs.
+public enum AIOOperation: @unchecked Sendable {
+    case read(FileDescriptor, buffer: UnsafeMutableRawPointer, count: Int, offset: UInt64)
+    /// `durable` asks for `RWF_DSYNC`: the data is on stable storage when the write completes (FUA).
+    case write(FileDescriptor, buffer: UnsafeRawPointer, count: Int, offset: UInt64, durable: Bool)
+    case fdatasync(FileDescriptor)
+}
+
+/// A libaio context with many requests in flight and a single reaper thread.
+///
+/// `submit` never blocks on the disk: it hands the request to the kernel (`io_submit`) and returns.
+/// One thread sits in `io_getevents` and runs each request's completion as it finishes, so there is
+/// no thread per request. Requests beyond `depth` wait in a queue and are submitted as completions
+/// free slots, so callers never see `EAGAIN`.
+///
+/// Completions run on the reaper thread: they must be short (fulfil a promise, start the next I/O).
+public final class AIOContext: @unchecked Sendable {
+    /// Called with the byte count transferred, or the error.
+    public typealias Completion = @Sendable (Result<Int, Errno>) -> Void
+
+    private struct Request {
+        var operation: AIOOperation
+        var completion: Completion
+    }
+
+    private struct State {
+        var slots: [Completion?]
+        var freeSlots: [Int]
+        var waiting: [Request] = []
+        var waitingHead = 0
+        var stopping = false
+        var inFlight: Int { slots.count - freeSlots.count }
+    }
+
+    /// Maximum number of requests handed to the kernel at once.
+    public let depth: Int
+    private let context: io_context_t
+    private let state: Mutex<State>
+    private let reaperDone = DispatchSemaphore(value: 0)
+
+    /// Creates the kernel context (`io_setup`) and starts the reaper thread.
+    public init(depth: Int = 256) throws(Errno) {
+        var ctx: io_context_t? = nil
+        let rc = io_setup(Int32(depth), &ctx)
+        guard rc == 0, let ctx else { throw Errno(rawValue: -rc) }
+        self.depth = depth
+        self.context = ctx
+        self.state = Mutex(State(slots: Array(repeating: nil, count: depth), freeSlots: Array((0..<depth).reversed())))
+        let thread = Thread { self.reap() }  // keeps self alive until shutdown() ends the loop
+        thread.name = "blockmirror-aio"
+        thread.start()
+    }
+
+    deinit { io_destroy(context) }
+
+    /// Submits one operation; `completion` runs on the reaper thread when it finishes.
+    public func submit(_ operation: AIOOperation, completion: @escaping Completion) {
+        submit([Request(operation: operation, completion: completion)])
+    }
+
+    /// Submits several operations with one `io_submit` where slots allow.
+    public func submit(batch: [(AIOOperation, Completion)]) {
+        submit(batch.map { Request(operation: $0.0, completion: $0.1) })
+    }
+
+    private func submit(_ requests: [Request]) {
+        // Reserve slots; what does not fit waits for completions.
+        var ready: [(slot: Int, request: Request)] = []
+        ready.reserveCapacity(requests.count)
+        let refused: Bool = state.withLock { state in
+            if state.stopping { return true }
+            for request in requests {
+                if state.waitingHead == state.waiting.count, let slot = state.freeSlots.popLast() {
+                    state.slots[slot] = request.completion
+                    ready.append((slot, request))
+                } else {
+                    state.waiting.append(request)
+                }
+            }
+            return false
+        }
+        if refused {
+            for request in requests { request.completion(.failure(Errno(rawValue: ESHUTDOWN))) }
+            return
+        }
+        if !ready.isEmpty { hand(ready) }
+    }
+
+    /// Gives reserved requests to the kernel; any it refuses complete with the error.
+    private func hand(_ ready: [(slot: Int, request: Request)]) {
+        withUnsafeTemporaryAllocation(of: iocb.self, capacity: ready.count) { iocbs in
+            withUnsafeTemporaryAllocation(of: UnsafeMutablePointer<iocb>?.self, capacity: ready.count) { pointers in
+                for (index, entry) in ready.enumerated() {
+                    let cb = iocbs.baseAddress! + index
+                    let tag = UInt64(entry.slot)
+                    switch entry.request.operation {
+                    case let .read(fd, buffer, count, offset):
+                        bm_prep_read(cb, fd.rawValue, buffer, count, Int64(offset), tag)
+                    case let .write(fd, buffer, count, offset, durable):
+                        bm_prep_write(cb, fd.rawValue, UnsafeMutableRawPointer(mutating: buffer), count, Int64(offset),
+                                      durable ? bm_rwf_dsync() : 0, tag)
+                    case let .fdatasync(fd):
+                        bm_prep_fdsync(cb, fd.rawValue, tag)
+                    }
+                    pointers[index] = cb
+                }
+                var submitted = 0
+                while submitted < ready.count {
+                    let rc = io_submit(context, ready.count - submitted, pointers.baseAddress! + submitted)
+                    if rc > 0 { submitted += Int(rc); continue }
+                    if rc == -EINTR { continue }
+                    // The kernel refused the first remaining request: fail it and go on with the rest.
+                    let error = Errno(rawValue: rc == 0 ? EIO : -Int32(rc))
+                    let failed = ready[submitted]
+                    release(slot: failed.slot)
+                    failed.request.completion(.failure(error))
+                    submitted += 1
+                }
+            }
+        }
+    }
+
+    /// Frees a slot after a refused submission and submits waiting work into it.
+    private func release(slot: Int) {
+        let next: [(slot: Int, request: Request)] = state.withLock { state in
+            state.slots[slot] = nil
+            state.freeSlots.append(slot)
+            return Self.admitWaiting(&state)
+        }
+        if !next.isEmpty { hand(next) }
+    }
+
+    /// Moves waiting requests into free slots (called with the lock held).
+    private static func admitWaiting(_ state: inout State) -> [(slot: Int, request: Request)] {
+        var admitted: [(slot: Int, request: Request)] = []
+        while state.waitingHead < state.waiting.count, let slot = state.freeSlots.popLast() {
+            let request = state.waiting[state.waitingHead]
+            state.waitingHead += 1
+            state.slots[slot] = request.completion
+            admitted.append((slot, request))
+        }
+        if state.waitingHead == state.waiting.count, state.waitingHead > 0 {
+            state.waiting.removeAll(keepingCapacity: true)
+            state.waitingHead = 0
+        }
+        return admitted
+    }
+
+    private func reap() {
+        let capacity = 256
+        let events = UnsafeMutablePointer<io_event>.allocate(capacity: capacity)
+        defer { events.deallocate() }
+        var timeout = timespec(tv_sec: 0, tv_nsec: 200_000_000)
+        while true {
+            let count = io_getevents(context, 1, capacity, events, &timeout)
+            if count < 0 && count != -EINTR {
+                fatalError("io_getevents failed: \(Errno(rawValue: -count))")
+            }
+            var finished: [(Completion, Result<Int, Errno>)] = []
+            finished.reserveCapacity(max(0, Int(count)))
+            let (admitted, stop) = state.withLock { state -> ([(slot: Int, request: Request)], Bool) in
+                for index in 0..<max(0, Int(count)) {
+                    let slot = Int(bm_event_tag(events + index))
+                    let result = bm_event_result(events + index)
+                    if let completion = state.slots[slot] {
+                        finished.append((completion, result < 0 ? .failure(Errno(rawValue: Int32(-result))) : .success(Int(result))))
+                    }
+                    state.slots[slot] = nil
+                    state.freeSlots.append(slot)
+                }
+                let admitted = Self.admitWaiting(&state)
+                let idle = state.inFlight == 0 && state.waitingHead == state.waiting.count
+                return (admitted, state.stopping && idle)
+            }
+            for (completion, result) in finished { completion(result) }
+            if !admitted.isEmpty { hand(admitted) }
+            if stop { break }
+        }
+        reaperDone.signal()
+    }
+
+    /// Waits until every submitted request has completed, then stops the reaper thread.
+    /// Requests submitted afterwards fail with `ESHUTDOWN`.
+    public func shutdown() {
+        state.withLock { $0.stopping = true }
+        reaperDone.wait()
+    }
+
+    /// Number of requests in the kernel now (for status and tests).
+    public var inFlight: Int { state.withLock { $0.inFlight } }
+}

@@ -1,0 +1,307 @@
+import CLibAIO
+import Foundation
+import Logging
+
+/// An open regular file or block device, ready for asynchronous I/O through libaio.
+///
+/// Opened with `O_DIRECT` where the filesystem allows (data goes straight between the disk and the
+/// caller's aligned buffers, not through the page cache). Where `O_DIRECT` is refused (tmpfs) or the
+/// size is not a multiple of the logical block size, it falls back to buffered I/O and logs a warning.
+/// Requests that are not aligned go through a second, buffered descriptor of the same file; the kernel
+/// keeps the two coherent (a direct read writes back dirty cached pages of its range first).
+///
+/// Files are locked with `flock` (exclusive when writable) and block devices opened with `O_EXCL`,
+/// so a second BlockMirror cannot open the same device for writing.
+public final class BlockDevice: Sendable {
+    /// What the path refers to.
+    public enum Kind: String, Sendable { case file, blockDevice = "block device" }
+
+    /// The path as given.
+    public let path: String
+    public let kind: Kind
+    /// Size in bytes (file size, or `BLKGETSIZE64`).
+    public let size: UInt64
+    /// Whether the data path bypasses the page cache.
+    public let isDirect: Bool
+    /// Alignment direct I/O needs (offset, length and memory): the logical block size.
+    public let alignment: Int
+    public let isReadOnly: Bool
+
+    private let direct: FileDescriptor
+    private let buffered: FileDescriptor
+    private let aio: AIOContext
+    private static let blockingQueue = DispatchQueue(label: "blockmirror.blocking-io", attributes: .concurrent)
+
+    private init(path: String, kind: Kind, size: UInt64, isDirect: Bool, alignment: Int, isReadOnly: Bool,
+                 direct: FileDescriptor, buffered: FileDescriptor, aio: AIOContext) {
+        self.path = path; self.kind = kind; self.size = size; self.isDirect = isDirect
+        self.alignment = alignment; self.isReadOnly = isReadOnly
+        self.direct = direct; self.buffered = buffered; self.aio = aio
+    }
+
+    deinit {
+        if direct != buffered { direct.close() }
+        buffered.close()
+    }
+
+    /// Opens `path` for I/O through `aio`.
+    ///
+    /// - Throws: `BlockIOError` naming the path: missing, not a file or block device, permission
+    ///   denied, or in use by another process (`EBUSY` / `EWOULDBLOCK`).
+    public static func open(path: String, readOnly: Bool, aio: AIOContext, logger: Logger) throws(BlockIOError) -> BlockDevice {
+        func fail(_ op: BlockOperation, _ errno: Errno, _ detail: String? = nil) -> BlockIOError {
+            BlockIOError(path: path, operation: op, errno: errno, detail: detail)
+        }
+        let access = readOnly ? O_RDONLY : O_RDWR
+        let buffered: FileDescriptor
+        switch FileDescriptor.open(path, flags: access) {
+        case .success(let fd): buffered = fd
+        case .failure(let error): throw fail(.open, error)
+        }
+        var keep = false
+        defer { if !keep { buffered.close() } }
+
+        let info: stat
+        switch buffered.status() {
+        case .success(let s): info = s
+        case .failure(let error): throw fail(.stat, error)
+        }
+        let kind: Kind
+        let size: UInt64
+        var alignment = 512
+        switch info.st_mode & S_IFMT {
+        case S_IFREG:
+            kind = .file
+            size = UInt64(info.st_size)
+        case S_IFBLK:
+            kind = .blockDevice
+            switch buffered.blockDeviceSize() {
+            case .success(let bytes): size = bytes
+            case .failure(let error): throw fail(.stat, error, "BLKGETSIZE64")
+            }
+            if case .success(let bytes) = buffered.logicalBlockSize() { alignment = bytes }
+        default:
+            throw fail(.open, .invalidArgument, "not a regular file or block device")
+        }
+
+        // The direct descriptor carries the exclusivity: O_EXCL for devices, flock for files.
+        let directFlags = access | bm_o_direct() | (kind == .blockDevice && !readOnly ? O_EXCL : 0)
+        var direct: FileDescriptor? = nil
+        switch FileDescriptor.open(path, flags: directFlags) {
+        case .success(let fd):
+            direct = fd
+        case .failure(let error) where error == .busy:
+            throw fail(.open, error, "device is in use (mounted, or opened exclusively by another program)")
+        case .failure(let error) where error == .invalidArgument:
+            logger.warning("O_DIRECT refused, using buffered I/O (page cache)", metadata: ["device": "\(path)"])
+        case .failure(let error):
+            throw fail(.open, error)
+        }
+        if kind == .file {
+            let lockFD = direct ?? buffered
+            if case .failure(let error) = lockFD.lock(exclusive: !readOnly) {
+                direct?.close()
+                throw fail(.lock, error, error == .tryAgain ? "file is in use by another program" : nil)
+            }
+        }
+        if let fd = direct, kind == .file {
+            alignment = Self.probeAlignment(fd)
+        }
+        if let fd = direct, size % UInt64(alignment) != 0 {
+            logger.warning("size is not a multiple of the \(alignment)-byte block, using buffered I/O",
+                           metadata: ["device": "\(path)", "size": "\(size)"])
+            fd.close()
+            direct = nil
+            if kind == .file, case .failure(let error) = buffered.lock(exclusive: !readOnly) {
+                throw fail(.lock, error, "file is in use by another program")
+            }
+        }
+        keep = true
+        return BlockDevice(path: path, kind: kind, size: size, isDirect: direct != nil,
+                           alignment: direct != nil ? alignment : 1, isReadOnly: readOnly,
+                           direct: direct ?? buffered, buffered: buffered, aio: aio)
+    }
+
+    /// The smallest alignment O_DIRECT accepts on this file's filesystem: 512 if a 512-byte
+    /// direct read at 0 works, else 4096.
+    private static func probeAlignment(_ fd: FileDescriptor) -> Int {
+        let probe = AlignedBuffer(capacity: 512)
+        if case .failure(let error) = fd.read(into: UnsafeMutableRawBufferPointer(start: probe.baseAddress, count: 512), at: 0),
+           error == .invalidArgument {
+            return 4096
+        }
+        return 512
+    }
+
+    /// Whether a request can use the direct descriptor.
+    @inline(__always)
+    private func descriptor(for buffer: UnsafeRawPointer, count: Int, offset: UInt64) -> FileDescriptor {
+        guard isDirect else { return buffered }
+        let mask = alignment - 1
+        let aligned = Int(truncatingIfNeeded: offset) & mask == 0 && count & mask == 0 && Int(bitPattern: buffer) & mask == 0
+        return aligned ? direct : buffered
+    }
+
+    private func error(_ op: BlockOperation, _ offset: UInt64?, _ length: Int?, _ errno: Errno, _ detail: String? = nil) -> BlockIOError {
+        BlockIOError(path: path, operation: op, offset: offset, length: length.map(UInt64.init), errno: errno, detail: detail)
+    }
+
+    /// Reads `count` bytes at `offset` into `buffer`. `completion` runs on the I/O thread.
+    /// Short reads are continued; end of device before `count` bytes is an error.
+    public func read(into buffer: UnsafeMutableRawPointer, count: Int, offset: UInt64,
+                     completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void) {
+        transfer(write: false, buffer: buffer, count: count, offset: offset, durable: false, done: 0, completion: completion)
+    }
+
+    /// Writes `count` bytes from `buffer` at `offset`; with `durable`, the data is on stable storage
+    /// when the completion runs (`RWF_DSYNC`, NBD's FUA).
+    public func write(from buffer: UnsafeRawPointer, count: Int, offset: UInt64, durable: Bool,
+                      completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void) {
+        transfer(write: true, buffer: UnsafeMutableRawPointer(mutating: buffer), count: count, offset: offset,
+                 durable: durable, done: 0, completion: completion)
+    }
+
+    private func transfer(write: Bool, buffer: UnsafeMutableRawPointer, count: Int, offset: UInt64, durable: Bool,
+                          done: Int, completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void) {
+        let start = buffer + done
+        let remaining = count - done
+        let at = offset + UInt64(done)
+        let fd = descriptor(for: start, count: remaining, offset: at)
+        let operation: AIOOperation = write
+            ? .write(fd, buffer: start, count: remaining, offset: at, durable: durable)
+            : .read(fd, buffer: start, count: remaining, offset: at)
+        let bufferAddress = UInt(bitPattern: buffer)
+        aio.submit(operation) { [self] result in
+            switch result {
+            case .success(let n) where n == remaining:
+                completion(.success(()))
+            case .success(let n) where n > 0:
+                // Short transfer: continue where it stopped (possibly through the buffered descriptor).
+                transfer(write: write, buffer: UnsafeMutableRawPointer(bitPattern: bufferAddress)!, count: count,
+                         offset: offset, durable: durable, done: done + n, completion: completion)
+            case .success:
+                completion(.failure(error(write ? .write : .read, at, remaining, write ? .noSpace : .ioError,
+                                          "unexpected end of \(kind.rawValue)")))
+            case .failure(let errno):
+                completion(.failure(error(write ? .write : .read, at, remaining, errno)))
+            }
+        }
+    }
+
+    /// Makes every completed write durable (`fdatasync`, through libaio).
+    public func flush(completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void) {
+        aio.submit(.fdatasync(direct)) { [self] result in
+            switch result {
+            case .success: completion(.success(()))
+            case .failure(let errno) where errno == .invalidArgument || errno == .notSupported:
+                // A kernel or filesystem without asynchronous fsync: do it on a blocking thread.
+                blocking(.fdatasync, nil, nil, completion) { self.direct.dataSync() }
+            case .failure(let errno): completion(.failure(error(.fdatasync, nil, nil, errno)))
+            }
+        }
+    }
+
+    /// Discards a range (NBD TRIM): punches a hole in a file, `BLKDISCARD` on a device.
+    /// Afterwards the range reads as zeroes on files; on devices its content is unspecified.
+    public func discard(offset: UInt64, length: UInt64, completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void) {
+        blocking(.discard, offset, length, completion) { [self] in
+            kind == .file ? buffered.allocate(mode: bm_falloc_punch_hole(), offset: offset, length: length)
+                          : buffered.discardBlocks(offset: offset, length: length)
+        }
+    }
+
+    /// Writes zeroes over a range.
+    ///
+    /// - Parameters:
+    ///   - mayDeallocate: the range may become a hole (NBD WRITE_ZEROES without NO_HOLE).
+    ///   - fastOnly: fail with `EOPNOTSUPP` rather than fall back to writing zero buffers (FAST_ZERO).
+    public func writeZeroes(offset: UInt64, length: UInt64, mayDeallocate: Bool, fastOnly: Bool,
+                            completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void) {
+        blocking(.zero, offset, length, completion) { [self] in
+            let fast: Result<Void, Errno>
+            switch kind {
+            case .file:
+                fast = buffered.allocate(mode: mayDeallocate ? bm_falloc_punch_hole() : bm_falloc_zero_range(),
+                                         offset: offset, length: length)
+            case .blockDevice:
+                fast = fastOnly ? .failure(.notSupported) : buffered.zeroOutBlocks(offset: offset, length: length)
+            }
+            switch fast {
+            case .success: return .success(())
+            case .failure(let errno) where errno == .notSupported && !fastOnly:
+                return writeZeroBuffers(offset: offset, length: length)
+            case .failure(let errno): return .failure(errno)
+            }
+        }
+    }
+
+    /// The slow path of `writeZeroes`: plain writes of a zero buffer.
+    private func writeZeroBuffers(offset: UInt64, length: UInt64) -> Result<Void, Errno> {
+        let chunk = 1 << 20
+        let zeroes = AlignedBuffer(capacity: chunk)
+        zeroes.bytes.initializeMemory(as: UInt8.self, repeating: 0)
+        var at = offset
+        while at < offset + length {
+            let n = Int(min(UInt64(chunk), offset + length - at))
+            if case .failure(let errno) = buffered.writeAll(UnsafeRawBufferPointer(start: zeroes.baseAddress, count: n), at: at) {
+                return .failure(errno)
+            }
+            at += UInt64(n)
+        }
+        return .success(())
+    }
+
+    /// Hints that a range will be read soon (NBD CACHE). With direct I/O there is no server-side
+    /// cache to fill, so only buffered devices pass the hint to the kernel.
+    public func prefetch(offset: UInt64, length: UInt64, completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void) {
+        guard !isDirect else { return completion(.success(())) }
+        blocking(.read, offset, length, completion) { [self] in buffered.adviseWillNeed(offset: offset, length: length) }
+    }
+
+    /// One stretch of the device: allocated data or a hole (reads as zeroes).
+    public struct Extent: Sendable, Equatable {
+        public var length: UInt64
+        public var isHole: Bool
+        public init(length: UInt64, isHole: Bool) { self.length = length; self.isHole = isHole }
+    }
+
+    /// The allocation map of `[offset, offset+length)`, from `SEEK_DATA`/`SEEK_HOLE` on files;
+    /// a block device reports everything as data. At most `maxExtents` extents are returned; they
+    /// start at `offset` and cover at most `length` bytes.
+    public func allocationMap(offset: UInt64, length: UInt64, maxExtents: Int) throws(BlockIOError) -> [Extent] {
+        let end = min(offset + length, size)
+        guard kind == .file, offset < end else { return [Extent(length: end - offset, isHole: false)] }
+        var extents: [Extent] = []
+        var at = offset
+        while at < end && extents.count < maxExtents {
+            let dataStart: UInt64
+            switch buffered.seek(.data, from: at) {
+            case .success(let next): dataStart = min(next ?? end, end)
+            case .failure(let errno) where errno == .invalidArgument || errno == .notSupported:
+                return [Extent(length: end - offset, isHole: false)]
+            case .failure(let errno): throw error(.seek, at, nil, errno)
+            }
+            if dataStart > at {
+                extents.append(Extent(length: dataStart - at, isHole: true))
+                at = dataStart
+                continue
+            }
+            let holeStart: UInt64
+            switch buffered.seek(.hole, from: at) {
+            case .success(let next): holeStart = min(next ?? end, end)
+            case .failure(let errno): throw error(.seek, at, nil, errno)
+            }
+            extents.append(Extent(length: max(holeStart, at + 1) - at, isHole: false))
+            at = max(holeStart, at + 1)
+        }
+        return extents
+    }
+
+    private func blocking(_ op: BlockOperation, _ offset: UInt64?, _ length: UInt64?,
+                          _ completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void,
+                          _ body: @escaping @Sendable () -> Result<Void, Errno>) {
+        Self.blockingQueue.async { [self] in
+            completion(body().mapError { error(op, offset, length.map { Int($0) }, $0) })
+        }
+    }
+}

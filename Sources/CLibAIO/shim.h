@@ -1,0 +1,65 @@
+#ifndef BLOCKMIRROR_CLIBAIO_SHIM_H
+#define BLOCKMIRROR_CLIBAIO_SHIM_H
+
+/* O_DIRECT, SEEK_DATA/SEEK_HOLE and fallocate() are only declared by glibc under _GNU_SOURCE.
+ * Defining _GNU_SOURCE here would give this module a different view of the libc headers than
+ * Swift's Glibc module (clang then rejects the mismatched struct definitions), so the shim takes
+ * each from where it is always visible instead: __O_DIRECT from glibc's bits, SEEK_DATA/SEEK_HOLE,
+ * RWF_DSYNC and FALLOC_FL_* from the kernel's uapi headers, and declares fallocate() itself. */
+
+#include <fcntl.h>
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <linux/fs.h>
+#include <linux/falloc.h>
+#include <sys/file.h>
+#include <libaio.h>
+
+/* Constants Swift cannot import (function-like or _GNU_SOURCE-guarded macros). */
+static inline int bm_o_direct(void) { return __O_DIRECT; }
+static inline int bm_seek_data(void) { return SEEK_DATA; }
+static inline int bm_seek_hole(void) { return SEEK_HOLE; }
+static inline int bm_falloc_punch_hole(void) { return FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE; }
+static inline int bm_falloc_zero_range(void) { return FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE; }
+static inline int bm_rwf_dsync(void) { return RWF_DSYNC; }
+
+extern int fallocate(int fd, int mode, off_t offset, off_t len);
+static inline int bm_fallocate(int fd, int mode, uint64_t offset, uint64_t length) {
+    return fallocate(fd, mode, (off_t)offset, (off_t)length);
+}
+static inline int bm_flock(int fd, int exclusive) { return flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB); }
+
+/* Block-device ioctls: return 0 or -1 with errno set. */
+static inline int bm_blkgetsize64(int fd, uint64_t *bytes) { return ioctl(fd, BLKGETSIZE64, bytes); }
+static inline int bm_blksszget(int fd, int *bytes) { return ioctl(fd, BLKSSZGET, bytes); }
+static inline int bm_blkdiscard(int fd, uint64_t offset, uint64_t length) {
+    uint64_t range[2] = { offset, length };
+    return ioctl(fd, BLKDISCARD, range);
+}
+static inline int bm_blkzeroout(int fd, uint64_t offset, uint64_t length) {
+    uint64_t range[2] = { offset, length };
+    return ioctl(fd, BLKZEROOUT, range);
+}
+
+/* iocb preparation with a 64-bit tag returned in the completion event. */
+static inline void bm_prep_read(struct iocb *cb, int fd, void *buf, size_t count, long long offset, uint64_t tag) {
+    io_prep_pread(cb, fd, buf, count, offset);
+    cb->data = (void *)(uintptr_t)tag;
+}
+static inline void bm_prep_write(struct iocb *cb, int fd, void *buf, size_t count, long long offset, int rwflags, uint64_t tag) {
+    io_prep_pwrite(cb, fd, buf, count, offset);
+    cb->aio_rw_flags = rwflags;
+    cb->data = (void *)(uintptr_t)tag;
+}
+static inline void bm_prep_fdsync(struct iocb *cb, int fd, uint64_t tag) {
+    io_prep_fdsync(cb, fd);
+    cb->data = (void *)(uintptr_t)tag;
+}
+static inline uint64_t bm_event_tag(const struct io_event *ev) { return (uint64_t)(uintptr_t)ev->data; }
+static inline long long bm_event_result(const struct io_event *ev) { return (long long)(long)ev->res; }
+
+#endif
