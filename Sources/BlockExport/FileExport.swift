@@ -1,0 +1,140 @@
+import BlockIO
+import Logging
+import NIOCore
+
+/// A passthrough export of one file or block device: every request goes straight to the disk
+/// through libaio, with `O_DIRECT` where the filesystem allows it.
+///
+/// Payloads are copied once each way: from the client's buffer into an aligned buffer (writes),
+/// from the aligned buffer into the reply (reads).
+public final class FileExport: BlockExport {
+    public let device: BlockDevice
+    public let capabilities: ExportCapabilities
+    private let pool: BufferPool
+    private let tracker = InFlightTracker()
+
+    public var size: UInt64 { device.size }
+    public var exportDescription: String { "\(device.kind.rawValue) \(device.path)\(device.isDirect ? "" : " (buffered)")" }
+
+    /// Exports an opened device.
+    public init(device: BlockDevice, pool: BufferPool) {
+        self.device = device
+        self.pool = pool
+        self.capabilities = ExportCapabilities(
+            isReadOnly: device.isReadOnly, canTrim: !device.isReadOnly, canWriteZeroes: !device.isReadOnly,
+            canFastZero: !device.isReadOnly, canMultiConnect: true,
+            blockSizes: BlockSizeConstraints(minimum: 1, preferred: UInt32(max(4096, device.alignment)),
+                                             maximum: BlockSizeConstraints.maximumPayload))
+    }
+
+    /// Runs `body` as one tracked operation: refused after `close`, range-checked, its `BlockIOError`
+    /// turned into a `BlockExportError`.
+    private func operation<T: Sendable>(
+        _ command: ExportCommand?, offset: UInt64, length: UInt64, on eventLoop: any EventLoop,
+        _ body: (EventLoopPromise<T>) -> Void
+    ) -> EventLoopFuture<T> {
+        guard tracker.enter() else {
+            return eventLoop.makeFailedFuture(BlockExportError(.shuttingDown, "\(device.path) is closing"))
+        }
+        if let command {
+            do throws(BlockExportError) {
+                try checkRange(offset: offset, length: length, for: command)
+            } catch {
+                tracker.leave()
+                return eventLoop.makeFailedFuture(error)
+            }
+        }
+        let promise = eventLoop.makePromise(of: T.self)
+        body(promise)
+        let tracker = self.tracker
+        return promise.futureResult.always { _ in tracker.leave() }
+    }
+
+    public func read(offset: UInt64, length: Int, allocator: ByteBufferAllocator, on eventLoop: any EventLoop) -> EventLoopFuture<ByteBuffer> {
+        operation(.read, offset: offset, length: UInt64(length), on: eventLoop) { promise in
+            let buffer = pool.take(capacity: length)
+            device.read(into: buffer.baseAddress, count: length, offset: offset) { [pool] result in
+                switch result {
+                case .success:
+                    var out = allocator.buffer(capacity: length)
+                    out.writeBytes(UnsafeRawBufferPointer(start: buffer.baseAddress, count: length))
+                    pool.recycle(buffer)
+                    promise.succeed(out)
+                case .failure(let error):
+                    pool.recycle(buffer)
+                    promise.fail(BlockExportError(error))
+                }
+            }
+        }
+    }
+
+    public func write(offset: UInt64, data: ByteBuffer, fua: Bool, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+        let length = data.readableBytes
+        return operation(.write, offset: offset, length: UInt64(length), on: eventLoop) { promise in
+            let buffer = pool.take(capacity: length)
+            data.withUnsafeReadableBytes { buffer.baseAddress.copyMemory(from: $0.baseAddress!, byteCount: length) }
+            device.write(from: buffer.baseAddress, count: length, offset: offset, durable: fua) { [pool] result in
+                pool.recycle(buffer)
+                promise.completeWith(result.mapError { BlockExportError($0) })
+            }
+        }
+    }
+
+    public func flush(on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+        operation(nil, offset: 0, length: 0, on: eventLoop) { promise in
+            device.flush { promise.completeWith($0.mapError { BlockExportError($0) }) }
+        }
+    }
+
+    /// Completes `promise` with `result`, first flushing when `fua` asks for durability.
+    private func finish(_ result: Result<Void, BlockIOError>, fua: Bool, _ promise: EventLoopPromise<Void>) {
+        if fua, case .success = result {
+            device.flush { promise.completeWith($0.mapError { BlockExportError($0) }) }
+        } else {
+            promise.completeWith(result.mapError { BlockExportError($0) })
+        }
+    }
+
+    public func trim(offset: UInt64, length: UInt64, fua: Bool, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+        operation(.trim, offset: offset, length: length, on: eventLoop) { promise in
+            guard length > 0 else { return promise.succeed(()) }
+            device.discard(offset: offset, length: length) { [self] in finish($0, fua: fua, promise) }
+        }
+    }
+
+    public func writeZeroes(offset: UInt64, length: UInt64, mayTrim: Bool, fastOnly: Bool, fua: Bool,
+                            on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+        operation(.writeZeroes, offset: offset, length: length, on: eventLoop) { promise in
+            guard length > 0 else { return promise.succeed(()) }
+            device.writeZeroes(offset: offset, length: length, mayDeallocate: mayTrim, fastOnly: fastOnly) { [self] in
+                finish($0, fua: fua, promise)
+            }
+        }
+    }
+
+    public func cache(offset: UInt64, length: UInt64, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+        operation(.cache, offset: offset, length: length, on: eventLoop) { promise in
+            device.prefetch(offset: offset, length: length) { promise.completeWith($0.mapError { BlockExportError($0) }) }
+        }
+    }
+
+    public func blockStatus(offset: UInt64, length: UInt64, maxExtents: Int, on eventLoop: any EventLoop) -> EventLoopFuture<[BlockExtent]> {
+        operation(.blockStatus, offset: offset, length: length, on: eventLoop) { promise in
+            do throws(BlockIOError) {
+                let extents = try device.allocationMap(offset: offset, length: length, maxExtents: maxExtents)
+                promise.succeed(extents.map { BlockExtent(length: $0.length, isHole: $0.isHole, isZero: $0.isHole) })
+            } catch {
+                promise.fail(BlockExportError(error))
+            }
+        }
+    }
+
+    public func close() async throws {
+        await tracker.drain()
+        if !device.isReadOnly {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                device.flush { result in continuation.resume(with: result.mapError { BlockExportError($0) as any Error }) }
+            }
+        }
+    }
+}

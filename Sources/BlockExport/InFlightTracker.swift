@@ -1,0 +1,49 @@
+import Synchronization
+
+/// Counts an export's operations in flight so `close` can wait for them and refuse new ones.
+public final class InFlightTracker: Sendable {
+    private struct State {
+        var count = 0
+        var closing = false
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
+    private let state = Mutex(State())
+
+    public init() {}
+
+    /// Registers a new operation; false once draining has begun (the caller fails it with `.shuttingDown`).
+    public func enter() -> Bool {
+        state.withLock { state in
+            guard !state.closing else { return false }
+            state.count += 1
+            return true
+        }
+    }
+
+    /// Marks an operation finished.
+    public func leave() {
+        let waiters: [CheckedContinuation<Void, Never>] = state.withLock { state in
+            state.count -= 1
+            guard state.closing && state.count == 0 else { return [] }
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// Refuses new operations and returns when the last one in flight has finished.
+    public func drain() async {
+        await withCheckedContinuation { continuation in
+            let done: Bool = state.withLock { state in
+                state.closing = true
+                if state.count == 0 { return true }
+                state.waiters.append(continuation)
+                return false
+            }
+            if done { continuation.resume() }
+        }
+    }
+
+    /// Operations in flight now.
+    public var count: Int { state.withLock { $0.count } }
+}

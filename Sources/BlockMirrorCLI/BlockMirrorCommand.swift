@@ -1,0 +1,22 @@
+import ArgumentParser
+
+/// The `blockmirror` command: mdadm-like verbs over the mirror engine and its NBD exports.
+public struct BlockMirrorCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "blockmirror",
+        abstract: "A userspace block mirror: live migration of block devices over NBD.",
+        discussion: """
+            Exit status: 0 success; 1 a runtime error (a device missing, in use, unreadable; \
+            a socket in use); 64 a usage error.
+            """,
+        version: "0.1.0",
+        subcommands: [ServeCommand.self])
+
+    public init() {}
+}
+
+/// Options every long-running verb shares.
+struct LoggingOptions: ParsableArguments {
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: LogLevelArgument = .init(.info)
+}

@@ -1,0 +1,119 @@
+import BlockExport
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An NBD server on SwiftNIO: fixed-newstyle negotiation and transmission for the exports of a
+/// registry, on unix sockets and TCP, many clients at once.
+public final class NBDServer: Sendable {
+    /// Why a server could not start listening.
+    public struct ListenError: Error, CustomStringConvertible, Sendable {
+        public let address: ListenAddress
+        public let reason: String
+        public var description: String { "cannot listen on \(address): \(reason)" }
+    }
+
+    public let registry: NBDExportRegistry
+    private let group: any EventLoopGroup
+    private let logger: Logger
+    private let tracker = NBDConnectionTracker()
+    private let listeners = Mutex<[(address: ListenAddress, channel: any Channel)]>([])
+
+    public init(registry: NBDExportRegistry, group: any EventLoopGroup, logger: Logger) {
+        self.registry = registry
+        self.group = group
+        self.logger = logger
+    }
+
+    /// Starts listening; returns the address actually bound (a TCP port 0 becomes the real port).
+    /// A leftover unix socket whose server is gone is removed; one with a live server is refused.
+    @discardableResult
+    public func listen(on address: ListenAddress) async throws -> ListenAddress {
+        let registry = self.registry
+        let tracker = self.tracker
+        let logger = self.logger
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 128)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.autoRead, value: false)
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: 1 << 20))
+            .childChannelInitializer { channel in
+                var connectionLogger = logger
+                connectionLogger[metadataKey: "connection"] = "\(UInt(bitPattern: ObjectIdentifier(channel).hashValue) % 100000)"
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        NBDConnectionHandler(registry: registry, logger: connectionLogger, tracker: tracker))
+                }
+            }
+        let channel: any Channel
+        let bound: ListenAddress
+        switch address {
+        case .unix(let path):
+            try Self.removeStaleSocket(at: path, address: address)
+            do {
+                channel = try await bootstrap.bind(unixDomainSocketPath: path).get()
+            } catch {
+                throw ListenError(address: address, reason: "\(error)")
+            }
+            bound = address
+        case let .tcp(host, port):
+            do {
+                channel = try await bootstrap.childChannelOption(.socketOption(.tcp_nodelay), value: 1).bind(host: host, port: port).get()
+            } catch {
+                throw ListenError(address: address, reason: "\(error)")
+            }
+            bound = .tcp(host: host, port: channel.localAddress?.port ?? port)
+        }
+        listeners.withLock { $0.append((bound, channel)) }
+        logger.info("listening", metadata: ["address": "\(bound)"])
+        return bound
+    }
+
+    /// Removes a unix socket left by a dead server; refuses if a server still answers on it or the
+    /// path is something other than a socket.
+    private static func removeStaleSocket(at path: String, address: ListenAddress) throws {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return }
+        guard info.st_mode & S_IFMT == S_IFSOCK else {
+            throw ListenError(address: address, reason: "\(path) exists and is not a socket")
+        }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        var sun = sockaddr_un()
+        sun.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &sun.sun_path) { raw in
+            let bytes = Array(path.utf8.prefix(raw.count - 1))
+            raw.copyBytes(from: bytes)
+        }
+        let connected = withUnsafePointer(to: &sun) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        if connected == 0 {
+            throw ListenError(address: address, reason: "a server is already listening on \(path)")
+        }
+        unlink(path)
+    }
+
+    /// Stops accepting, lets every connection finish the requests it has in flight, closes them,
+    /// and removes unix sockets.
+    public func shutdown() async {
+        let bound = listeners.withLock { listeners in
+            defer { listeners = [] }
+            return listeners
+        }
+        for listener in bound {
+            try? await listener.channel.close()
+            if case .unix(let path) = listener.address { unlink(path) }
+        }
+        await tracker.closeAll()
+    }
+
+    /// Connections open now.
+    public var connectionCount: Int { tracker.count }
+}
