@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs every test: installs what is missing (tools/setup.sh), builds, then `swift test`.
+# Usage: tools/test.sh [extra swift test arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source tools/setup.sh
+swift build --build-tests
+swift test --no-parallel "$@"
