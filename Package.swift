@@ -31,6 +31,7 @@ let package = Package(
             dependencies: [
                 "BlockIO",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
         /// NBD protocol: codec (no I/O) and a SwiftNIO server serving any BlockExport.

@@ -11,17 +11,22 @@ public enum AIOOperation: @unchecked Sendable {
     case fdatasync(FileDescriptor)
 }
 
-/// A libaio context with many requests in flight and a single reaper thread.
+/// A libaio context with many requests in flight.
 ///
 /// `submit` never blocks on the disk: it hands the request to the kernel (`io_submit`) and returns.
-/// One thread sits in `io_getevents` and runs each request's completion as it finishes, so there is
-/// no thread per request. Requests beyond `depth` wait in a queue and are submitted as completions
-/// free slots, so callers never see `EAGAIN`.
+/// Requests beyond `depth` wait in a queue and are submitted as completions free slots, so callers
+/// never see `EAGAIN`. Completions are delivered one of two ways:
+/// - `.reaperThread`: one thread sits in `io_getevents` and runs them (no thread per request);
+/// - `.eventFD`: the kernel signals `eventFD`, and whoever watches it (an event loop) calls
+///   `reapCompleted()`, so completions run on that watcher's thread without a hop.
 ///
-/// Completions run on the reaper thread: they must be short (fulfil a promise, start the next I/O).
+/// Completions must be short: fulfil a promise, start the next I/O.
 public final class AIOContext: @unchecked Sendable {
     /// Called with the byte count transferred, or the error.
     public typealias Completion = @Sendable (Result<Int, Errno>) -> Void
+
+    /// How completions reach their callbacks.
+    public enum Delivery: Sendable { case reaperThread, eventFD }
 
     private struct Request {
         var operation: AIOOperation
@@ -35,30 +40,52 @@ public final class AIOContext: @unchecked Sendable {
         var waitingHead = 0
         var stopping = false
         var inFlight: Int { slots.count - freeSlots.count }
+        var idle: Bool { inFlight == 0 && waitingHead == waiting.count }
     }
 
     /// Maximum number of requests handed to the kernel at once.
     public let depth: Int
+    public let delivery: Delivery
+    /// With `.eventFD` delivery: readable (a nonzero counter) when completions are ready. -1 otherwise.
+    public let eventFD: Int32
     private let context: io_context_t
     private let state: Mutex<State>
-    private let reaperDone = DispatchSemaphore(value: 0)
+    /// Signalled once when `stopping` and nothing is left in flight.
+    private let drained = DispatchSemaphore(value: 0)
+    private static let batch = 256
 
-    /// Creates the kernel context (`io_setup`) and starts the reaper thread.
-    public init(depth: Int = 256) throws(Errno) {
+    /// Creates the kernel context (`io_setup`) and, for `.reaperThread`, starts the reaper.
+    public init(depth: Int = 256, delivery: Delivery = .reaperThread) throws(Errno) {
         var ctx: io_context_t? = nil
         let rc = io_setup(Int32(depth), &ctx)
         guard rc == 0, let ctx else { throw Errno(rawValue: -rc) }
+        var fd: Int32 = -1
+        if delivery == .eventFD {
+            fd = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
+            guard fd >= 0 else {
+                let error = Errno.current
+                io_destroy(ctx)
+                throw error
+            }
+        }
         self.depth = depth
+        self.delivery = delivery
+        self.eventFD = fd
         self.context = ctx
         self.state = Mutex(State(slots: Array(repeating: nil, count: depth), freeSlots: Array((0..<depth).reversed())))
-        let thread = Thread { self.reap() }  // keeps self alive until shutdown() ends the loop
-        thread.name = "blockmirror-aio"
-        thread.start()
+        if delivery == .reaperThread {
+            let thread = Thread { self.reap() }  // keeps self alive until shutdown() ends the loop
+            thread.name = "blockmirror-aio"
+            thread.start()
+        }
     }
 
-    deinit { io_destroy(context) }
+    deinit {
+        io_destroy(context)
+        if eventFD >= 0 { close(eventFD) }
+    }
 
-    /// Submits one operation; `completion` runs on the reaper thread when it finishes.
+    /// Submits one operation; `completion` runs when it finishes.
     public func submit(_ operation: AIOOperation, completion: @escaping Completion) {
         submit([Request(operation: operation, completion: completion)])
     }
@@ -107,6 +134,7 @@ public final class AIOContext: @unchecked Sendable {
                     case let .fdatasync(fd):
                         bm_prep_fdsync(cb, fd.rawValue, tag)
                     }
+                    bm_set_eventfd(cb, eventFD)
                     pointers[index] = cb
                 }
                 var submitted = 0
@@ -127,12 +155,14 @@ public final class AIOContext: @unchecked Sendable {
 
     /// Frees a slot after a refused submission and submits waiting work into it.
     private func release(slot: Int) {
-        let next: [(slot: Int, request: Request)] = state.withLock { state in
+        let (next, drainedNow): ([(slot: Int, request: Request)], Bool) = state.withLock { state in
             state.slots[slot] = nil
             state.freeSlots.append(slot)
-            return Self.admitWaiting(&state)
+            let next = Self.admitWaiting(&state)
+            return (next, state.stopping && state.idle)
         }
         if !next.isEmpty { hand(next) }
+        if drainedNow { drained.signal() }
     }
 
     /// Moves waiting requests into free slots (called with the lock held).
@@ -151,44 +181,68 @@ public final class AIOContext: @unchecked Sendable {
         return admitted
     }
 
+    /// Runs the completions of `count` events, submits waiting work, and reports whether the context
+    /// is stopping with nothing left in flight.
+    private func complete(_ events: UnsafeMutablePointer<io_event>, count: Int) -> Bool {
+        var finished: [(Completion, Result<Int, Errno>)] = []
+        finished.reserveCapacity(count)
+        let (admitted, drainedNow) = state.withLock { state -> ([(slot: Int, request: Request)], Bool) in
+            for index in 0..<count {
+                let slot = Int(bm_event_tag(events + index))
+                let result = bm_event_result(events + index)
+                if let completion = state.slots[slot] {
+                    finished.append((completion, result < 0 ? .failure(Errno(rawValue: Int32(-result))) : .success(Int(result))))
+                }
+                state.slots[slot] = nil
+                state.freeSlots.append(slot)
+            }
+            let admitted = Self.admitWaiting(&state)
+            return (admitted, state.stopping && state.idle && count > 0)
+        }
+        for (completion, result) in finished { completion(result) }
+        if !admitted.isEmpty { hand(admitted) }
+        return drainedNow
+    }
+
     private func reap() {
-        let capacity = 256
-        let events = UnsafeMutablePointer<io_event>.allocate(capacity: capacity)
+        let events = UnsafeMutablePointer<io_event>.allocate(capacity: Self.batch)
         defer { events.deallocate() }
         var timeout = timespec(tv_sec: 0, tv_nsec: 200_000_000)
         while true {
-            let count = io_getevents(context, 1, capacity, events, &timeout)
-            if count < 0 && count != -EINTR {
-                fatalError("io_getevents failed: \(Errno(rawValue: -count))")
-            }
-            var finished: [(Completion, Result<Int, Errno>)] = []
-            finished.reserveCapacity(max(0, Int(count)))
-            let (admitted, stop) = state.withLock { state -> ([(slot: Int, request: Request)], Bool) in
-                for index in 0..<max(0, Int(count)) {
-                    let slot = Int(bm_event_tag(events + index))
-                    let result = bm_event_result(events + index)
-                    if let completion = state.slots[slot] {
-                        finished.append((completion, result < 0 ? .failure(Errno(rawValue: Int32(-result))) : .success(Int(result))))
-                    }
-                    state.slots[slot] = nil
-                    state.freeSlots.append(slot)
-                }
-                let admitted = Self.admitWaiting(&state)
-                let idle = state.inFlight == 0 && state.waitingHead == state.waiting.count
-                return (admitted, state.stopping && idle)
-            }
-            for (completion, result) in finished { completion(result) }
-            if !admitted.isEmpty { hand(admitted) }
-            if stop { break }
+            let count = io_getevents(context, 1, Self.batch, events, &timeout)
+            if count < 0 && count != -EINTR { fatalError("io_getevents failed: \(Errno(rawValue: -count))") }
+            if complete(events, count: max(0, Int(count))) { drained.signal() }
+            if state.withLock({ $0.stopping && $0.idle }) { break }
         }
-        reaperDone.signal()
     }
 
-    /// Waits until every submitted request has completed, then stops the reaper thread.
-    /// Requests submitted afterwards fail with `ESHUTDOWN`.
+    /// With `.eventFD` delivery: runs every completion that is ready, without blocking. Call it when
+    /// `eventFD` becomes readable (the counter need not be read first; this clears it).
+    public func reapCompleted() {
+        precondition(delivery == .eventFD, "reapCompleted() is for .eventFD delivery")
+        var counter: UInt64 = 0
+        _ = Glibc.read(eventFD, &counter, 8)
+        withUnsafeTemporaryAllocation(of: io_event.self, capacity: Self.batch) { events in
+            var zero = timespec(tv_sec: 0, tv_nsec: 0)
+            while true {
+                let count = io_getevents(context, 0, Self.batch, events.baseAddress!, &zero)
+                if count == -EINTR { continue }
+                guard count > 0 else { break }
+                if complete(events.baseAddress!, count: Int(count)) { drained.signal() }
+                if count < Self.batch { break }
+            }
+        }
+    }
+
+    /// Waits until every submitted request has completed (with `.eventFD`, whoever watches the fd
+    /// must keep reaping meanwhile), then stops. Requests submitted afterwards fail with `ESHUTDOWN`.
     public func shutdown() {
-        state.withLock { $0.stopping = true }
-        reaperDone.wait()
+        let idle = state.withLock { state -> Bool in
+            state.stopping = true
+            return state.idle
+        }
+        // The reaper thread, if any, notices `stopping` within its timeout and exits.
+        if !idle { drained.wait() }
     }
 
     /// Number of requests in the kernel now (for status and tests).

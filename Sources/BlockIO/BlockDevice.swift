@@ -29,11 +29,11 @@ public final class BlockDevice: Sendable {
 
     private let direct: FileDescriptor
     private let buffered: FileDescriptor
-    private let aio: AIOContext
+    private let aio: AIOEngine
     private static let blockingQueue = DispatchQueue(label: "blockmirror.blocking-io", attributes: .concurrent)
 
     private init(path: String, kind: Kind, size: UInt64, isDirect: Bool, alignment: Int, isReadOnly: Bool,
-                 direct: FileDescriptor, buffered: FileDescriptor, aio: AIOContext) {
+                 direct: FileDescriptor, buffered: FileDescriptor, aio: AIOEngine) {
         self.path = path; self.kind = kind; self.size = size; self.isDirect = isDirect
         self.alignment = alignment; self.isReadOnly = isReadOnly
         self.direct = direct; self.buffered = buffered; self.aio = aio
@@ -44,11 +44,11 @@ public final class BlockDevice: Sendable {
         buffered.close()
     }
 
-    /// Opens `path` for I/O through `aio`.
+    /// Opens `path` for I/O through `aio` (each request uses the calling thread's context).
     ///
     /// - Throws: `BlockIOError` naming the path: missing, not a file or block device, permission
     ///   denied, or in use by another process (`EBUSY` / `EWOULDBLOCK`).
-    public static func open(path: String, readOnly: Bool, aio: AIOContext, logger: Logger) throws(BlockIOError) -> BlockDevice {
+    public static func open(path: String, readOnly: Bool, aio: AIOEngine, logger: Logger) throws(BlockIOError) -> BlockDevice {
         func fail(_ op: BlockOperation, _ errno: Errno, _ detail: String? = nil) -> BlockIOError {
             BlockIOError(path: path, operation: op, errno: errno, detail: detail)
         }
@@ -171,7 +171,7 @@ public final class BlockDevice: Sendable {
             ? .write(fd, buffer: start, count: remaining, offset: at, durable: durable)
             : .read(fd, buffer: start, count: remaining, offset: at)
         let bufferAddress = UInt(bitPattern: buffer)
-        aio.submit(operation) { [self] result in
+        aio.current.submit(operation) { [self] result in
             switch result {
             case .success(let n) where n == remaining:
                 completion(.success(()))
@@ -190,7 +190,7 @@ public final class BlockDevice: Sendable {
 
     /// Makes every completed write durable (`fdatasync`, through libaio).
     public func flush(completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void) {
-        aio.submit(.fdatasync(direct)) { [self] result in
+        aio.current.submit(.fdatasync(direct)) { [self] result in
             switch result {
             case .success: completion(.success(()))
             case .failure(let errno) where errno == .invalidArgument || errno == .notSupported:

@@ -40,8 +40,8 @@ struct ServeCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = makeLogger(label: "blockmirror.serve", level: logging.logLevel.level)
         let addresses = try listen.map { value throws(ListenAddress.ParseError) in try ListenAddress(parsing: value) }
-        let aio: AIOContext
-        do { aio = try AIOContext(depth: 512) } catch {
+        let aio: AIOEngine
+        do { aio = try AIOEngine(depth: 512) } catch {
             throw exitWithError(CLIError("cannot set up libaio: \(error) (see /proc/sys/fs/aio-max-nr)"))
         }
         let device: BlockDevice
@@ -53,6 +53,10 @@ struct ServeCommand: AsyncParsableCommand {
                                          "direct": "\(device.isDirect)", "alignment": "\(device.alignment)"])
         let export = FileExport(device: device, pool: BufferPool())
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        do { try await aio.bind(to: group) } catch {
+            aio.shutdown()
+            throw exitWithError(CLIError("cannot attach libaio to the event loops: \(error)"))
+        }
         let server = NBDServer(registry: NBDExportRegistry([(name, export)]), group: group, logger: logger)
         do {
             for address in addresses {

@@ -17,6 +17,7 @@
 #include <linux/fs.h>
 #include <linux/falloc.h>
 #include <sys/file.h>
+#include <sys/eventfd.h>
 #include <libaio.h>
 
 /* Constants Swift cannot import (function-like or _GNU_SOURCE-guarded macros). */
@@ -59,6 +60,7 @@ static inline void bm_prep_fdsync(struct iocb *cb, int fd, uint64_t tag) {
     io_prep_fdsync(cb, fd);
     cb->data = (void *)(uintptr_t)tag;
 }
+static inline void bm_set_eventfd(struct iocb *cb, int eventfd) { if (eventfd >= 0) io_set_eventfd(cb, eventfd); }
 static inline uint64_t bm_event_tag(const struct io_event *ev) { return (uint64_t)(uintptr_t)ev->data; }
 static inline long long bm_event_result(const struct io_event *ev) { return (long long)(long)ev->res; }
 

@@ -33,7 +33,7 @@ import Testing
     @Test func manyRequestsInFlightRoundTrip() async throws {
         let path = try scratchFile(size: 16 << 20)
         defer { unlink(path) }
-        let aio = try AIOContext(depth: 64)
+        let aio = try AIOEngine(depth: 64)
         defer { aio.shutdown() }
         let device = try BlockDevice.open(path: path, readOnly: false, aio: aio, logger: logger)
         #expect(device.isDirect)
@@ -69,7 +69,7 @@ import Testing
     @Test func unalignedWriteThenDirectRead() async throws {
         let path = try scratchFile(size: 1 << 20)
         defer { unlink(path) }
-        let aio = try AIOContext()
+        let aio = try AIOEngine()
         defer { aio.shutdown() }
         let device = try BlockDevice.open(path: path, readOnly: false, aio: aio, logger: logger)
         let odd = AlignedBuffer(capacity: 4096)
@@ -103,7 +103,7 @@ import Testing
     }
 
     private func roundTrip(path: String, expectDirect: Bool) async throws {
-        let aio = try AIOContext()
+        let aio = try AIOEngine()
         defer { aio.shutdown() }
         let device = try BlockDevice.open(path: path, readOnly: false, aio: aio, logger: logger)
         #expect(device.isDirect == expectDirect)
@@ -118,7 +118,7 @@ import Testing
     @Test func secondWriterIsRefused() throws {
         let path = try scratchFile(size: 1 << 20)
         defer { unlink(path) }
-        let aio = try AIOContext()
+        let aio = try AIOEngine()
         defer { aio.shutdown() }
         let first = try BlockDevice.open(path: path, readOnly: false, aio: aio, logger: logger)
         let error = #expect(throws: BlockIOError.self) { try BlockDevice.open(path: path, readOnly: false, aio: aio, logger: logger) }
@@ -129,7 +129,7 @@ import Testing
 
     /// A missing path fails with ENOENT and names the path.
     @Test func missingPathNamesThePath() throws {
-        let aio = try AIOContext()
+        let aio = try AIOEngine()
         defer { aio.shutdown() }
         let error = #expect(throws: BlockIOError.self) {
             try BlockDevice.open(path: "/var/tmp/does-not-exist-\(UUID().uuidString)", readOnly: true, aio: aio, logger: logger)
@@ -142,7 +142,7 @@ import Testing
     @Test func allocationMapDiscardAndZero() async throws {
         let path = try scratchFile(size: 8 << 20)
         defer { unlink(path) }
-        let aio = try AIOContext()
+        let aio = try AIOEngine()
         defer { aio.shutdown() }
         let device = try BlockDevice.open(path: path, readOnly: false, aio: aio, logger: logger)
         let data = AlignedBuffer(capacity: 1 << 20)
@@ -165,7 +165,7 @@ import Testing
     @Test func readPastEndIsAnError() async throws {
         let path = try scratchFile(size: 1 << 20)
         defer { unlink(path) }
-        let aio = try AIOContext()
+        let aio = try AIOEngine()
         defer { aio.shutdown() }
         let device = try BlockDevice.open(path: path, readOnly: true, aio: aio, logger: logger)
         let buffer = AlignedBuffer(capacity: 8192)
