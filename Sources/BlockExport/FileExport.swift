@@ -52,6 +52,7 @@ public final class FileExport: BlockExport {
 
     public func read(offset: UInt64, length: Int, allocator: ByteBufferAllocator, on eventLoop: any EventLoop) -> EventLoopFuture<ByteBuffer> {
         operation(.read, offset: offset, length: UInt64(length), on: eventLoop) { promise in
+            guard length > 0 else { return promise.succeed(allocator.buffer(capacity: 0)) }
             let buffer = pool.take(capacity: length)
             device.read(into: buffer.baseAddress, count: length, offset: offset) { [pool] result in
                 switch result {
@@ -71,6 +72,7 @@ public final class FileExport: BlockExport {
     public func write(offset: UInt64, data: ByteBuffer, fua: Bool, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
         let length = data.readableBytes
         return operation(.write, offset: offset, length: UInt64(length), on: eventLoop) { promise in
+            guard length > 0 else { return promise.succeed(()) }
             let buffer = pool.take(capacity: length)
             data.withUnsafeReadableBytes { buffer.baseAddress.copyMemory(from: $0.baseAddress!, byteCount: length) }
             device.write(from: buffer.baseAddress, count: length, offset: offset, durable: fua) { [pool] result in

@@ -420,7 +420,7 @@ final class NBDConnectionHandler: ChannelInboundHandler {
         let future: EventLoopFuture<Void>
         switch request.command {
         case .write:
-            future = export.write(offset: request.offset, data: payload!, fua: fua, on: loop)
+            future = export.write(offset: request.offset, data: payload ?? ByteBuffer(), fua: fua, on: loop)
         case .flush:
             future = export.flush(on: loop)
         case .trim:
@@ -477,7 +477,12 @@ final class NBDConnectionHandler: ChannelInboundHandler {
 
     private func replyData(_ request: NBDRequest, _ data: ByteBuffer, context: ChannelHandlerContext) {
         var header = context.channel.allocator.buffer(capacity: 28)
-        if structuredReplies {
+        if structuredReplies && data.readableBytes == 0 {
+            // OFFSET_DATA must carry data: an empty read is answered with a lone NONE chunk.
+            NBDCodec.writeChunkHeader(cookie: request.cookie, type: .none, done: true, length: 0, into: &header)
+            context.write(wrapOutboundOut(header), promise: nil)
+            return
+        } else if structuredReplies {
             NBDCodec.writeOffsetDataHeader(cookie: request.cookie, offset: request.offset, dataLength: data.readableBytes, into: &header)
         } else {
             NBDCodec.writeSimpleReply(cookie: request.cookie, error: .ok, into: &header)
