@@ -118,7 +118,8 @@ def cmd_report(samples_path, meta_path, out_path):
             cells.append(cell)
         print(f"| {TARGET_TITLES.get(t, t)} | " + " | ".join(cells) + " |")
     print()
-    runs = meta.get('repeat'); print(f"Medians of {runs} run{'s' if runs != 1 else ''} of {meta.get('runtime_s')} s each, "
+    runs = meta.get('repeat')
+    print(f"Medians of {runs} run{'s' if runs != 1 else ''} of {meta.get('runtime_s')} s each, "
           f"image {meta.get('size_bytes', 0) / 1073741824:.2f} GiB; ratio = median / raw median.")
 
     goals = []
