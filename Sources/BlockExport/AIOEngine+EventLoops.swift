@@ -26,7 +26,7 @@ extension AIOEngine {
     }
 }
 
-/// Reaps a context's completions whenever its eventfd turns readable.
+/// Reaps a context's completions whenever its eventfd turns readable (NIO has read the counter).
 private final class AIOCompletionHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     let context: AIOContext

@@ -217,11 +217,9 @@ public final class AIOContext: @unchecked Sendable {
     }
 
     /// With `.eventFD` delivery: runs every completion that is ready, without blocking. Call it when
-    /// `eventFD` becomes readable (the counter need not be read first; this clears it).
+    /// `eventFD` becomes readable, after reading (clearing) its counter.
     public func reapCompleted() {
         precondition(delivery == .eventFD, "reapCompleted() is for .eventFD delivery")
-        var counter: UInt64 = 0
-        _ = Glibc.read(eventFD, &counter, 8)
         withUnsafeTemporaryAllocation(of: io_event.self, capacity: Self.batch) { events in
             var zero = timespec(tv_sec: 0, tv_nsec: 0)
             while true {
