@@ -34,6 +34,14 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
+        /// The mirror engine: dirty-region bitmap, write fan-out, background copy, write-intent log.
+        .target(
+            name: "Mirror",
+            dependencies: [
+                "BlockIO", "BlockExport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         /// NBD protocol: codec (no I/O) and a SwiftNIO server serving any BlockExport.
         .target(
             name: "NBD",
@@ -57,6 +65,9 @@ let package = Package(
         .testTarget(
             name: "BlockIOTests",
             dependencies: ["BlockIO"]),
+        .testTarget(
+            name: "MirrorTests",
+            dependencies: ["Mirror"]),
         .testTarget(
             name: "NBDTests",
             dependencies: [
