@@ -111,11 +111,18 @@ final class NBDConnectionHandler: ChannelInboundHandler {
         context.close(promise: nil)
     }
 
-    /// Asks the channel for more input unless closing or too much is in flight.
+    /// Asks the channel for more input unless closing, too much is in flight, or the client is not
+    /// reading its replies (the outbound buffer is above its high-water mark).
     private func readMoreIfAllowed(context: ChannelHandlerContext) {
         if case .closing = phase { return }
-        guard requestsInFlight < Self.maximumRequestsInFlight, bytesInFlight < Self.maximumBytesInFlight else { return }
+        guard requestsInFlight < Self.maximumRequestsInFlight, bytesInFlight < Self.maximumBytesInFlight,
+              context.channel.isWritable else { return }
         context.read()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        readMoreIfAllowed(context: context)
+        context.fireChannelWritabilityChanged()
     }
 
     /// Stops negotiation or transmission: no more input is read; the channel closes once the
