@@ -7,8 +7,9 @@ extension AIOEngine {
     ///
     /// Each context's eventfd is watched by the loop as a pipe channel, so a request submitted from
     /// the loop completes on the loop: the promise is fulfilled without a thread hop, and the
-    /// completions of a burst are processed together. Measured against the reaper thread alone,
-    /// this is what lets the passthrough export approach raw libaio (see the benchmark notes).
+    /// completions of a burst are processed together. Measured against the reaper thread alone
+    /// (fio's nbd engine, 4k QD32, same run): random writes 63k -> 73k IOPS; random reads unchanged,
+    /// being bound by the client-server round trip rather than by the server.
     public func bind(to group: any EventLoopGroup, depth: Int = 256) async throws {
         for loop in group.makeIterator() {
             let context = try AIOContext(depth: depth, delivery: .eventFD)
@@ -20,7 +21,7 @@ extension AIOEngine {
                         try channel.pipeline.syncOperations.addHandler(AIOCompletionHandler(context: context))
                     }
                 }
-                .takingOwnershipOfDescriptor(input: watched)
+                .takingOwnershipOfDescriptor(input: watched).get()
             try await loop.submit { self.registerForCurrentThread(context) }.get()
         }
     }
