@@ -394,55 +394,43 @@ final class NBDConnectionHandler: ChannelInboundHandler {
         guard let export else { return }
         let loop = context.eventLoop
         let fua = request.flags.contains(.fua)
+        let length = UInt64(request.length)
         requestsInFlight += 1
         bytesInFlight += Int(request.length)
         switch request.command {
         case .read:
-            let allocator = context.channel.allocator
-            export.read(offset: request.offset, length: Int(request.length), allocator: allocator, on: loop)
-                .assumeIsolated().whenComplete { [self] result in
-                    finish(request) { context in
-                        switch result {
-                        case .success(let data): replyData(request, data, context: context)
-                        case .failure(let error): replyError(request, error, context: context)
-                        }
-                    }
-                }
-            return
+            let future = export.read(offset: request.offset, length: Int(request.length), allocator: context.channel.allocator, on: loop)
+            answer(request, when: future) { data, context in self.replyData(request, data, context: context) }
         case .blockStatus:
             let maxExtents = request.flags.contains(.requestOne) ? 1 : Self.maximumExtents
-            export.blockStatus(offset: request.offset, length: UInt64(request.length), maxExtents: maxExtents, on: loop)
-                .assumeIsolated().whenComplete { [self] result in
-                    finish(request) { context in
-                        switch result {
-                        case .success(let extents): replyBlockStatus(request, extents, context: context)
-                        case .failure(let error): replyError(request, error, context: context)
-                        }
-                    }
-                }
-            return
+            let future = export.blockStatus(offset: request.offset, length: length, maxExtents: maxExtents, on: loop)
+            answer(request, when: future) { extents, context in self.replyBlockStatus(request, extents, context: context) }
         default:
-            break
+            let future: EventLoopFuture<Void>
+            switch request.command {
+            case .write:
+                future = export.write(offset: request.offset, data: payload ?? ByteBuffer(), fua: fua, on: loop)
+            case .flush:
+                future = export.flush(on: loop)
+            case .trim:
+                future = export.trim(offset: request.offset, length: length, fua: fua, on: loop)
+            case .writeZeroes:
+                future = export.writeZeroes(offset: request.offset, length: length, mayTrim: !request.flags.contains(.noHole),
+                                            fastOnly: request.flags.contains(.fastZero), fua: fua, on: loop)
+            default:
+                future = export.cache(offset: request.offset, length: length, on: loop)
+            }
+            answer(request, when: future) { _, context in self.replySuccess(request, context: context) }
         }
-        let future: EventLoopFuture<Void>
-        switch request.command {
-        case .write:
-            future = export.write(offset: request.offset, data: payload ?? ByteBuffer(), fua: fua, on: loop)
-        case .flush:
-            future = export.flush(on: loop)
-        case .trim:
-            future = export.trim(offset: request.offset, length: UInt64(request.length), fua: fua, on: loop)
-        case .writeZeroes:
-            future = export.writeZeroes(offset: request.offset, length: UInt64(request.length),
-                                        mayTrim: !request.flags.contains(.noHole), fastOnly: request.flags.contains(.fastZero),
-                                        fua: fua, on: loop)
-        default:
-            future = export.cache(offset: request.offset, length: UInt64(request.length), on: loop)
-        }
+    }
+
+    /// When `future` completes: the reply `success` writes, or an error reply.
+    private func answer<Value>(_ request: NBDRequest, when future: EventLoopFuture<Value>,
+                               success: @escaping (Value, ChannelHandlerContext) -> Void) {
         future.assumeIsolated().whenComplete { [self] result in
             finish(request) { context in
                 switch result {
-                case .success: replySuccess(request, context: context)
+                case .success(let value): success(value, context)
                 case .failure(let error): replyError(request, error, context: context)
                 }
             }
