@@ -67,7 +67,11 @@ let package = Package(
             dependencies: ["BlockIO"]),
         .testTarget(
             name: "MirrorTests",
-            dependencies: ["Mirror"]),
+            dependencies: [
+                "Mirror", "BlockIO", "BlockExport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]),
         .testTarget(
             name: "NBDTests",
             dependencies: [
