@@ -212,10 +212,11 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
 
     // MARK: Export operations
 
-    /// Runs a tracked operation with its regions locked shared; `body` gets the target (nil when
-    /// degraded) and must call `done` exactly once.
+    /// Runs a tracked, range-checked operation with its regions locked shared (unless
+    /// `lockingRegions` is false: operations that only read the source need no lock); `body` gets
+    /// the target (nil when degraded) and must complete the promise exactly once.
     private func locked<T: Sendable>(
-        _ command: ExportCommand?, offset: UInt64, length: UInt64, on eventLoop: any EventLoop,
+        _ command: ExportCommand?, offset: UInt64, length: UInt64, lockingRegions: Bool = true, on eventLoop: any EventLoop,
         _ body: @escaping @Sendable (_ target: BlockDevice?, _ promise: EventLoopPromise<T>) -> Void
     ) -> EventLoopFuture<T> {
         guard tracker.enter() else {
@@ -228,7 +229,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
             }
         }
         let promise = eventLoop.makePromise(of: T.self)
-        let regions = shared.withLock { $0.bitmap.regions(offset: offset, length: length) }
+        let regions = lockingRegions ? shared.withLock { $0.bitmap.regions(offset: offset, length: length) } : 0..<0
         locks.lock(regions, .shared) { [self] in
             let target = shared.withLock { $0.failure == nil ? $0.target : nil }
             body(target, promise)
@@ -353,13 +354,13 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     }
 
     public func cache(offset: UInt64, length: UInt64, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
-        locked(.cache, offset: offset, length: 0, on: eventLoop) { [self] _, promise in
+        locked(.cache, offset: offset, length: length, lockingRegions: false, on: eventLoop) { [self] _, promise in
             source.prefetch(offset: offset, length: length) { promise.completeWith($0.mapError { BlockExportError($0) }) }
         }
     }
 
     public func blockStatus(offset: UInt64, length: UInt64, maxExtents: Int, on eventLoop: any EventLoop) -> EventLoopFuture<[BlockExtent]> {
-        locked(.blockStatus, offset: offset, length: 0, on: eventLoop) { [self] _, promise in
+        locked(.blockStatus, offset: offset, length: length, lockingRegions: false, on: eventLoop) { [self] _, promise in
             do throws(BlockIOError) {
                 let extents = try source.allocationMap(offset: offset, length: length, maxExtents: maxExtents)
                 promise.succeed(extents.map { BlockExtent(length: $0.length, isHole: $0.isHole, isZero: $0.isHole) })
