@@ -27,45 +27,17 @@ public final class FileExport: BlockExport {
                                              maximum: BlockSizeConstraints.maximumPayload))
     }
 
-    /// Runs `body` as one tracked operation: refused after `close`, range-checked, its `BlockIOError`
-    /// turned into a `BlockExportError`.
+    /// Runs `body` as one tracked, range-checked operation (see `InFlightTracker.run`).
     private func operation<T: Sendable>(
         _ command: ExportCommand?, offset: UInt64, length: UInt64, on eventLoop: any EventLoop,
         _ body: (EventLoopPromise<T>) -> Void
     ) -> EventLoopFuture<T> {
-        guard tracker.enter() else {
-            return eventLoop.makeFailedFuture(BlockExportError(.shuttingDown, "\(device.path) is closing"))
-        }
-        if let command {
-            do throws(BlockExportError) {
-                try checkRange(offset: offset, length: length, for: command)
-            } catch {
-                tracker.leave()
-                return eventLoop.makeFailedFuture(error)
-            }
-        }
-        let promise = eventLoop.makePromise(of: T.self)
-        body(promise)
-        let tracker = self.tracker
-        return promise.futureResult.always { _ in tracker.leave() }
+        tracker.run(self, command, offset: offset, length: length, on: eventLoop, body)
     }
 
     public func read(offset: UInt64, length: Int, allocator: ByteBufferAllocator, on eventLoop: any EventLoop) -> EventLoopFuture<ByteBuffer> {
         operation(.read, offset: offset, length: UInt64(length), on: eventLoop) { promise in
-            guard length > 0 else { return promise.succeed(allocator.buffer(capacity: 0)) }
-            let buffer = pool.take(capacity: length)
-            device.read(into: buffer.baseAddress, count: length, offset: offset) { [pool] result in
-                switch result {
-                case .success:
-                    var out = allocator.buffer(capacity: length)
-                    out.writeBytes(UnsafeRawBufferPointer(start: buffer.baseAddress, count: length))
-                    pool.recycle(buffer)
-                    promise.succeed(out)
-                case .failure(let error):
-                    pool.recycle(buffer)
-                    promise.fail(BlockExportError(error))
-                }
-            }
+            device.read(offset: offset, length: length, allocator: allocator, pool: pool, completing: promise)
         }
     }
 

@@ -1,3 +1,4 @@
+import NIOCore
 import Synchronization
 
 /// Counts an export's operations in flight so `close` can wait for them and refuse new ones.
@@ -46,4 +47,26 @@ public final class InFlightTracker: Sendable {
 
     /// Operations in flight now.
     public var count: Int { state.withLock { $0.count } }
+
+    /// Runs one operation of `export` as tracked: refused with `.shuttingDown` once draining,
+    /// range-checked for `command` (when given), and counted until its future completes.
+    public func run<T: Sendable>(
+        _ export: some BlockExport, _ command: ExportCommand?, offset: UInt64, length: UInt64,
+        on eventLoop: any EventLoop, _ body: (EventLoopPromise<T>) -> Void
+    ) -> EventLoopFuture<T> {
+        guard enter() else {
+            return eventLoop.makeFailedFuture(BlockExportError(.shuttingDown, "\(export.exportDescription) is closing"))
+        }
+        if let command {
+            do throws(BlockExportError) {
+                try export.checkRange(offset: offset, length: length, for: command)
+            } catch {
+                leave()
+                return eventLoop.makeFailedFuture(error)
+            }
+        }
+        let promise = eventLoop.makePromise(of: T.self)
+        body(promise)
+        return promise.futureResult.always { _ in self.leave() }
+    }
 }

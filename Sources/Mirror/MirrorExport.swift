@@ -219,25 +219,13 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         _ command: ExportCommand?, offset: UInt64, length: UInt64, lockingRegions: Bool = true, on eventLoop: any EventLoop,
         _ body: @escaping @Sendable (_ target: BlockDevice?, _ promise: EventLoopPromise<T>) -> Void
     ) -> EventLoopFuture<T> {
-        guard tracker.enter() else {
-            return eventLoop.makeFailedFuture(BlockExportError(.shuttingDown, "mirror of \(source.path) is stopping"))
-        }
-        if let command {
-            do throws(BlockExportError) { try checkRange(offset: offset, length: length, for: command) } catch {
-                tracker.leave()
-                return eventLoop.makeFailedFuture(error)
-            }
-        }
-        let promise = eventLoop.makePromise(of: T.self)
         let regions = lockingRegions ? shared.withLock { $0.bitmap.regions(offset: offset, length: length) } : 0..<0
-        locks.lock(regions, .shared) { [self] in
-            let target = shared.withLock { $0.failure == nil ? $0.target : nil }
-            body(target, promise)
-        }
-        let tracker = self.tracker, locks = self.locks
-        return promise.futureResult.always { _ in
-            locks.unlock(regions, .shared)
-            tracker.leave()
+        return tracker.run(self, command, offset: offset, length: length, on: eventLoop) { (promise: EventLoopPromise<T>) in
+            locks.lock(regions, .shared) { [self] in
+                let target = shared.withLock { $0.failure == nil ? $0.target : nil }
+                body(target, promise)
+            }
+            promise.futureResult.whenComplete { [locks] _ in locks.unlock(regions, .shared) }
         }
     }
 
@@ -283,30 +271,9 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     }
 
     public func read(offset: UInt64, length: Int, allocator: ByteBufferAllocator, on eventLoop: any EventLoop) -> EventLoopFuture<ByteBuffer> {
-        guard tracker.enter() else {
-            return eventLoop.makeFailedFuture(BlockExportError(.shuttingDown, "mirror of \(source.path) is stopping"))
+        locked(.read, offset: offset, length: UInt64(length), lockingRegions: false, on: eventLoop) { [self] _, promise in
+            source.read(offset: offset, length: length, allocator: allocator, pool: pool, completing: promise)
         }
-        do throws(BlockExportError) { try checkRange(offset: offset, length: UInt64(length), for: .read) } catch {
-            tracker.leave()
-            return eventLoop.makeFailedFuture(error)
-        }
-        let promise = eventLoop.makePromise(of: ByteBuffer.self)
-        guard length > 0 else { promise.succeed(allocator.buffer(capacity: 0)); tracker.leave(); return promise.futureResult }
-        let buffer = pool.take(capacity: length)
-        source.read(into: buffer.baseAddress, count: length, offset: offset) { [pool] result in
-            switch result {
-            case .success:
-                var out = allocator.buffer(capacity: length)
-                out.writeBytes(UnsafeRawBufferPointer(start: buffer.baseAddress, count: length))
-                pool.recycle(buffer)
-                promise.succeed(out)
-            case .failure(let error):
-                pool.recycle(buffer)
-                promise.fail(BlockExportError(error))
-            }
-        }
-        let tracker = self.tracker
-        return promise.futureResult.always { _ in tracker.leave() }
     }
 
     public func write(offset: UInt64, data: ByteBuffer, fua: Bool, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
