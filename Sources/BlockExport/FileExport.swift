@@ -94,21 +94,12 @@ public final class FileExport: BlockExport {
 
     public func blockStatus(offset: UInt64, length: UInt64, maxExtents: Int, on eventLoop: any EventLoop) -> EventLoopFuture<[BlockExtent]> {
         operation(.blockStatus, offset: offset, length: length, on: eventLoop) { promise in
-            do throws(BlockIOError) {
-                let extents = try device.allocationMap(offset: offset, length: length, maxExtents: maxExtents)
-                promise.succeed(extents.map { BlockExtent(length: $0.length, isHole: $0.isHole, isZero: $0.isHole) })
-            } catch {
-                promise.fail(BlockExportError(error))
-            }
+            device.blockStatus(offset: offset, length: length, maxExtents: maxExtents, completing: promise)
         }
     }
 
     public func close() async throws {
         await tracker.drain()
-        if !device.isReadOnly {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                device.flush { result in continuation.resume(with: result.mapError { BlockExportError($0) as any Error }) }
-            }
-        }
+        if !device.isReadOnly { try await device.flush() }
     }
 }

@@ -328,12 +328,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
 
     public func blockStatus(offset: UInt64, length: UInt64, maxExtents: Int, on eventLoop: any EventLoop) -> EventLoopFuture<[BlockExtent]> {
         locked(.blockStatus, offset: offset, length: length, lockingRegions: false, on: eventLoop) { [self] _, promise in
-            do throws(BlockIOError) {
-                let extents = try source.allocationMap(offset: offset, length: length, maxExtents: maxExtents)
-                promise.succeed(extents.map { BlockExtent(length: $0.length, isHole: $0.isHole, isZero: $0.isHole) })
-            } catch {
-                promise.fail(BlockExportError(error))
-            }
+            source.blockStatus(offset: offset, length: length, maxExtents: maxExtents, completing: promise)
         }
     }
 
@@ -351,10 +346,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         }
         await tracker.drain()
         let target = shared.withLock { $0.failure == nil ? $0.target : nil }
-        for device in [source] + (target.map { [$0] } ?? []) {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                device.flush { continuation.resume(with: $0.mapError { BlockExportError($0) as any Error }) }
-            }
-        }
+        try await source.flush()
+        try await target?.flush()
     }
 }

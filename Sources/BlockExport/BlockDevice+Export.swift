@@ -21,4 +21,21 @@ extension BlockDevice {
             }
         }
     }
+
+    /// Completes `promise` with the allocation map of a range as export extents (holes read as zero).
+    public func blockStatus(offset: UInt64, length: UInt64, maxExtents: Int, completing promise: EventLoopPromise<[BlockExtent]>) {
+        do throws(BlockIOError) {
+            let extents = try allocationMap(offset: offset, length: length, maxExtents: maxExtents)
+            promise.succeed(extents.map { BlockExtent(length: $0.length, isHole: $0.isHole, isZero: $0.isHole) })
+        } catch {
+            promise.fail(BlockExportError(error))
+        }
+    }
+
+    /// Makes every completed write durable; throws a `BlockExportError` naming the device.
+    public func flush() async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            flush { result in continuation.resume(with: result.mapError { BlockExportError($0) as any Error }) }
+        }
+    }
 }
