@@ -1,5 +1,6 @@
 import BlockExport
 import BlockIO
+import Dispatch
 import Logging
 import NIOCore
 import Synchronization
@@ -31,6 +32,13 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     private let logger: Logger
     private let locks = RegionLocks()
     private let tracker = InFlightTracker()
+    /// The persisted write-intent bitmap, if any (invariant 4).
+    public let intentLog: WriteIntentLog?
+    /// Serialises every write of the bitmap file, each from a snapshot taken when it runs, so a
+    /// later write of a page never carries fewer set bits than an earlier one did for a writer.
+    private let intentQueue = DispatchQueue(label: "blockmirror.write-intent")
+    /// Copied regions between two lazy saves of the bitmap.
+    private static let regionsPerSave = 256
 
     private struct Shared {
         var target: BlockDevice?
@@ -42,12 +50,21 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         var bytesCopied: UInt64 = 0
         var waitersForSync: [CheckedContinuation<MirrorStatus, Never>] = []
         var waitersForCopier: [CheckedContinuation<Void, Never>] = []
+        /// What the bitmap file holds (a superset of what may differ).
+        var persisted: RegionBitmap
+        /// Modifying requests in flight per region: their bits stay set on disk.
+        var active: [Int: Int] = [:]
+        var copiedSinceSave = 0
     }
     private let shared: Mutex<Shared>
 
-    /// A mirror over `source`, degraded until `attach` gives it a target.
-    public init(source: BlockDevice, regionSize: UInt64 = 1 << 20, copiesInFlight: Int = 8, pool: BufferPool, logger: Logger) {
+    /// A mirror over `source`, degraded until `attach` gives it a target. With `intentLog`, the
+    /// bitmap is persisted there; `resuming` is the bitmap read back from it after a crash or stop
+    /// (otherwise every region starts dirty).
+    public init(source: BlockDevice, regionSize: UInt64 = 1 << 20, copiesInFlight: Int = 8, pool: BufferPool, logger: Logger,
+                intentLog: WriteIntentLog? = nil, resuming: RegionBitmap? = nil) {
         self.source = source
+        self.intentLog = intentLog
         self.pool = pool
         self.logger = logger
         self.copiesInFlight = copiesInFlight
@@ -55,7 +72,8 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
             isReadOnly: false, canTrim: true, canWriteZeroes: true, canFastZero: false, canMultiConnect: true,
             blockSizes: BlockSizeConstraints(minimum: 1, preferred: UInt32(max(4096, source.alignment)),
                                              maximum: BlockSizeConstraints.maximumPayload))
-        shared = Mutex(Shared(bitmap: RegionBitmap(deviceSize: source.size, regionSize: regionSize, allDirty: true)))
+        let bitmap = resuming ?? RegionBitmap(deviceSize: source.size, regionSize: regionSize, allDirty: true)
+        shared = Mutex(Shared(bitmap: bitmap, persisted: bitmap))
     }
 
     // MARK: Status and control
@@ -75,10 +93,10 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
                             regionsDirty: shared.bitmap.dirtyCount, bytesCopied: shared.bytesCopied, failure: shared.failure)
     }
 
-    /// Attaches a target (like `mdadm --add`) and starts the recovery: every region is copied.
-    /// A target smaller than the source is refused; a larger one is fine (the export keeps the
-    /// source's size).
-    public func attach(target: BlockDevice) throws(AttachError) {
+    /// Attaches a target (like `mdadm --add`) and starts the recovery: every region is copied, or,
+    /// with `resume`, only the regions the bitmap marks. A target smaller than the source is
+    /// refused; a larger one is fine (the export keeps the source's size).
+    public func attach(target: BlockDevice, resume: Bool = false) throws(AttachError) {
         guard target.size >= source.size else {
             throw AttachError(description: "target \(target.path) has \(target.size) bytes, smaller than source \(source.path) (\(source.size) bytes)")
         }
@@ -88,7 +106,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
             }
             shared.target = target
             shared.failure = nil
-            shared.bitmap.setAll()
+            if !resume { shared.bitmap.setAll() }
             shared.cursor = 0
         }
         logger.info("target attached, recovery starts", metadata: ["target": "\(target.path)", "regions": "\(status.regionsTotal)"])
@@ -189,12 +207,16 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
 
     /// Ends one copy: clears the bit if asked, releases the region, starts the next copies.
     private func copied(_ region: Int, bytes: UInt64, clean: Bool, stall: Bool = false) {
-        let idle: Bool = shared.withLock { shared in
+        let (idle, save): (Bool, Bool) = shared.withLock { shared in
             if clean { shared.bitmap.setClean(region) }
             shared.bytesCopied += bytes
             shared.copying -= 1
-            return shared.copying == 0
+            shared.copiedSinceSave += clean ? 1 : 0
+            let save = shared.copiedSinceSave >= Self.regionsPerSave || (clean && shared.bitmap.dirtyCount == 0)
+            if save { shared.copiedSinceSave = 0 }
+            return (shared.copying == 0, save)
         }
+        if save { intentQueue.async { [self] in try? saveBitmap() } }
         locks.unlock(region..<(region + 1), .exclusive)
         if idle { wakeCopierWaiters() }
         settle()
@@ -220,18 +242,69 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         _ body: @escaping @Sendable (_ target: BlockDevice?, _ promise: EventLoopPromise<T>) -> Void
     ) -> EventLoopFuture<T> {
         let regions = lockingRegions ? shared.withLock { $0.bitmap.regions(offset: offset, length: length) } : 0..<0
+        let modifies = command?.modifies ?? false
         return tracker.run(self, command, offset: offset, length: length, on: eventLoop) { (promise: EventLoopPromise<T>) in
             locks.lock(regions, .shared) { [self] in
                 let target = shared.withLock { $0.failure == nil ? $0.target : nil }
-                body(target, promise)
+                guard modifies, let intentLog else { return body(target, promise) }
+                // Write intent before write (invariant 4): while this request is in flight its
+                // regions stay set on disk; a clear bit is set durably before any data moves.
+                let needsPersist: Bool = shared.withLock { shared in
+                    var newBits = false
+                    for region in regions {
+                        shared.active[region, default: 0] += 1
+                        if shared.persisted.setDirty(region) { newBits = true }
+                    }
+                    return newBits
+                }
+                promise.futureResult.whenComplete { [self] _ in
+                    shared.withLock { shared in
+                        for region in regions {
+                            shared.active[region]! -= 1
+                            if shared.active[region] == 0 { shared.active[region] = nil }
+                        }
+                    }
+                }
+                guard needsPersist else { return body(target, promise) }
+                intentQueue.async { [self] in
+                    do {
+                        try intentLog.persist(regions: Array(regions), of: shared.withLock { $0.persisted })
+                        body(target, promise)
+                    } catch {
+                        logger.error("cannot record write intent; request refused", metadata: ["error": "\(error)"])
+                        promise.fail(BlockExportError(.io, "\(error)"))
+                    }
+                }
             }
             promise.futureResult.whenComplete { [locks] _ in locks.unlock(regions, .shared) }
         }
     }
 
+    /// Writes the bitmap file lazily: bits of regions now clean and with no write in flight are
+    /// cleared on disk. Runs on `intentQueue` only.
+    private func saveBitmap() throws {
+        guard let intentLog else { return }
+        let snapshot: RegionBitmap = shared.withLock { shared in
+            var persisted = shared.bitmap
+            for region in shared.active.keys { persisted.setDirty(region) }
+            shared.persisted = persisted
+            return persisted
+        }
+        try intentLog.save(snapshot)
+    }
+
+    /// Saves the bitmap file now (FLUSH and stop do this).
+    private func saveBitmapNow() async throws {
+        guard intentLog != nil else { return }
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            intentQueue.async { [self] in continuation.resume(with: Result { try saveBitmap() }) }
+        }
+    }
+
     /// Runs the same operation on source and target (when there is one) and completes when both
     /// did. A source failure fails the request; a target failure degrades the mirror. When both
-    /// succeeded, the regions the range covers whole hold the same bytes on both legs: clean.
+    /// succeeded, the regions the range covers whole hold the same bytes on both legs: clean;
+    /// without a healthy target, the regions it touched are dirty.
     private func fanOut(offset: UInt64, length: UInt64, target: BlockDevice?, promise: EventLoopPromise<Void>,
                         _ operation: @escaping @Sendable (BlockDevice, @escaping @Sendable (Result<Void, BlockIOError>) -> Void) -> Void) {
         let outcome = Mutex<(pending: Int, source: Result<Void, BlockIOError>?, targetOK: Bool)>((target == nil ? 1 : 2, nil, target != nil))
@@ -239,12 +312,15 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
             let (sourceResult, targetOK) = outcome.withLock { ($0.source!, $0.targetOK) }
             switch sourceResult {
             case .success:
-                if targetOK {
-                    shared.withLock { shared in
+                shared.withLock { shared in
+                    if targetOK {
                         for region in shared.bitmap.regionsFullyCovered(offset: offset, length: length) { shared.bitmap.setClean(region) }
+                    } else {
+                        // Degraded, or the target failed: the target lacks this write.
+                        for region in shared.bitmap.regions(offset: offset, length: length) { shared.bitmap.setDirty(region) }
                     }
-                    settle()
                 }
+                settle()
                 promise.succeed(())
             case .failure(let error):
                 // The target may now hold bytes the source lacks: copy the regions again.
@@ -290,9 +366,17 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         return future.always { [pool] _ in pool.recycle(buffer) }
     }
 
+    /// FLUSH: both legs durable, then the bitmap file saved (so a restart recopies little).
     public func flush(on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
         locked(nil, offset: 0, length: 0, on: eventLoop) { [self] target, promise in
-            fanOut(offset: 0, length: 0, target: target, promise: promise) { device, done in device.flush(completion: done) }
+            let legs = eventLoop.makePromise(of: Void.self)
+            fanOut(offset: 0, length: 0, target: target, promise: legs) { device, done in device.flush(completion: done) }
+            legs.futureResult.whenComplete { [self] result in
+                guard case .success = result, intentLog != nil else { return promise.completeWith(result) }
+                intentQueue.async { [self] in
+                    promise.completeWith(Result { try saveBitmap() }.mapError { BlockExportError(.io, "\($0)") })
+                }
+            }
         }
     }
 
@@ -348,5 +432,6 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         let target = shared.withLock { $0.failure == nil ? $0.target : nil }
         try await source.flush()
         try await target?.flush()
+        try await saveBitmapNow()
     }
 }
