@@ -177,6 +177,13 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
                 ($0.bitmap.isDirty(region), $0.bitmap.byteRange(of: region))
             }
             guard stillDirty else { return copied(region, bytes: 0, clean: false) }
+            if let map = try? source.allocationMap(offset: range.offset, length: range.length, maxExtents: 1),
+               map.count == 1, map[0].isHole, map[0].length == range.length {
+                // A hole of a sparse source: zero the target's region without reading anything.
+                return target.writeZeroes(offset: range.offset, length: range.length, mayDeallocate: true, fastOnly: false) { [self] in
+                    targetWritten(region, bytes: range.length, $0)
+                }
+            }
             let length = Int(range.length)
             let buffer = pool.take(capacity: length)
             source.read(into: buffer.baseAddress, count: length, offset: range.offset) { [self] result in
@@ -194,14 +201,19 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
                 }
                 write { [self] result in
                     pool.recycle(buffer)
-                    switch result {
-                    case .success: copied(region, bytes: range.length, clean: true)
-                    case .failure(let error):
-                        targetFailed(error)
-                        copied(region, bytes: 0, clean: false)
-                    }
+                    targetWritten(region, bytes: range.length, result)
                 }
             }
+        }
+    }
+
+    /// Ends a copy whose target write finished: clean on success, target failed otherwise.
+    private func targetWritten(_ region: Int, bytes: UInt64, _ result: Result<Void, BlockIOError>) {
+        switch result {
+        case .success: copied(region, bytes: bytes, clean: true)
+        case .failure(let error):
+            targetFailed(error)
+            copied(region, bytes: 0, clean: false)
         }
     }
 

@@ -1,5 +1,6 @@
 import BlockExport
 import BlockIO
+import CLibAIO
 import Foundation
 import Logging
 import NIOCore
@@ -90,6 +91,27 @@ import Testing
         let sourceDiffers = firstDifference(source, model), targetDiffers = firstDifference(target, model)
         #expect(sourceDiffers == nil, "source differs from the model at byte \(sourceDiffers ?? -1)")
         #expect(targetDiffers == nil, "target differs from the model at byte \(targetDiffers ?? -1)")
+    }
+
+    /// Holes of a sparse source and all-zero regions are not copied byte by byte, yet the target
+    /// (here full of garbage beforehand) ends identical to the source.
+    @Test func sparseSourceAndZeroRegionsEndIdentical() async throws {
+        let rig = try Rig()
+        defer { rig.tearDown() }
+        // Punch two holes into the source; fill the target with random bytes.
+        let sourceFD = try FileDescriptor.open(rig.sourcePath, flags: O_RDWR).get()
+        try sourceFD.allocate(mode: bm_falloc_punch_hole(), offset: 16 << 20, length: 8 << 20).get()
+        try sourceFD.allocate(mode: bm_falloc_punch_hole(), offset: (40 << 20) + 4096, length: 1 << 20).get()
+        sourceFD.close()
+        try randomBytes(Self.size).write(to: URL(fileURLWithPath: rig.targetPath))
+        let mirror = MirrorExport(source: try rig.open(rig.sourcePath), regionSize: 1 << 20, pool: BufferPool(), logger: Logger(label: "mirror"))
+        try mirror.attach(target: try rig.open(rig.targetPath))
+        #expect(await mirror.waitUntilSettled().state == .inSync)
+        try await mirror.close()
+        let source = try Data(contentsOf: URL(fileURLWithPath: rig.sourcePath))
+        let target = try Data(contentsOf: URL(fileURLWithPath: rig.targetPath))
+        let differs = firstDifference(source, target)
+        #expect(differs == nil, "target differs from the source at byte \(differs ?? -1)")
     }
 
     /// Sizes: a target smaller than the source is refused, naming both paths and sizes.
