@@ -55,7 +55,7 @@ let package = Package(
         .target(
             name: "BlockMirrorCLI",
             dependencies: [
-                "BlockIO", "BlockExport", "NBD",
+                "BlockIO", "BlockExport", "NBD", "Mirror",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

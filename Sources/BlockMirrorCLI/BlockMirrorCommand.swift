@@ -10,7 +10,7 @@ public struct BlockMirrorCommand: AsyncParsableCommand {
             a socket in use); 64 a usage error.
             """,
         version: "0.1.0",
-        subcommands: [ServeCommand.self])
+        subcommands: [BuildCommand.self, ServeCommand.self])
 
     public init() {}
 }

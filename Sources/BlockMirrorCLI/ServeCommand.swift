@@ -40,45 +40,11 @@ struct ServeCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = makeLogger(label: "blockmirror.serve", level: logging.logLevel.level)
         let addresses = try listen.map { value throws(ListenAddress.ParseError) in try ListenAddress(parsing: value) }
-        let aio: AIOEngine
-        do { aio = try AIOEngine(depth: 512) } catch {
-            throw exitWithError(CLIError("cannot set up libaio: \(error) (see /proc/sys/fs/aio-max-nr)"))
+        try await ExportDaemon.run(name: name, listen: addresses, logger: logger) { aio in
+            let device = try BlockDevice.open(path: path, readOnly: readonly, aio: aio, logger: logger)
+            logger.info("opened", metadata: ["device": "\(path)", "kind": "\(device.kind.rawValue)", "size": "\(device.size)",
+                                             "direct": "\(device.isDirect)", "alignment": "\(device.alignment)"])
+            return FileExport(device: device, pool: BufferPool())
         }
-        let device: BlockDevice
-        do { device = try BlockDevice.open(path: path, readOnly: readonly, aio: aio, logger: logger) } catch {
-            aio.shutdown()
-            throw exitWithError(error)
-        }
-        logger.info("opened", metadata: ["device": "\(path)", "kind": "\(device.kind.rawValue)", "size": "\(device.size)",
-                                         "direct": "\(device.isDirect)", "alignment": "\(device.alignment)"])
-        let export = FileExport(device: device, pool: BufferPool())
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
-        do { try await aio.bind(to: group) } catch {
-            aio.shutdown()
-            throw exitWithError(CLIError("cannot attach libaio to the event loops: \(error)"))
-        }
-        let server = NBDServer(registry: NBDExportRegistry([(name, export)]), group: group, logger: logger)
-        do {
-            for address in addresses {
-                let bound = try await server.listen(on: address)
-                print(bound.uri(exportName: name))
-            }
-            fflush(nil)
-        } catch {
-            await server.shutdown()
-            try? await group.shutdownGracefully()
-            aio.shutdown()
-            throw exitWithError(error)
-        }
-
-        let signal = await SignalWaiter().wait()
-        logger.info("stopping", metadata: ["signal": "\(signal)"])
-        await server.shutdown()
-        var failure: (any Error)?
-        do { try await export.close() } catch { failure = error }
-        aio.shutdown()
-        try? await group.shutdownGracefully()
-        if let failure { throw exitWithError(failure) }
-        logger.info("stopped")
     }
 }

@@ -27,6 +27,8 @@ public final class WriteIntentLog: @unchecked Sendable {
         }
     }
 
+    /// The target name of a degraded mirror's bitmap; such a bitmap is adopted by any target.
+    public static let missingTarget = "missing"
     static let magic: UInt64 = 0x314d_4254_494d_4d42  // "BMMITBM1" little-endian
     static let version: UInt32 = 1
     static let headerSize = 4096
@@ -62,6 +64,7 @@ public final class WriteIntentLog: @unchecked Sendable {
     }
 
     /// Opens an existing bitmap file; refuses one written for other devices or another geometry.
+    /// A degraded mirror's bitmap (target `missing`) is adopted for a new target, all regions dirty.
     public static func open(path: String, expecting identity: Identity) throws(Failure) -> (WriteIntentLog, RegionBitmap) {
         let fd: FileDescriptor
         switch FileDescriptor.open(path, flags: O_RDWR) {
@@ -75,6 +78,15 @@ public final class WriteIntentLog: @unchecked Sendable {
             throw Failure(path: path, reason: "truncated header")
         }
         let stored = try decodeHeader(header, path: path)
+        var adopted = stored
+        adopted.target = identity.target
+        if stored != identity && stored.target == missingTarget && adopted == identity {
+            // The bitmap of a degraded mirror, now given a target: the target lacks everything.
+            let bitmap = RegionBitmap(deviceSize: identity.deviceSize, regionSize: identity.regionSize, allDirty: true)
+            try log.writeHeader()
+            try log.save(bitmap)
+            return (log, bitmap)
+        }
         guard stored == identity else {
             throw Failure(path: path, reason: "written for \(stored.source) -> \(stored.target) (\(stored.deviceSize) bytes, "
                           + "regions of \(stored.regionSize)), not \(identity.source) -> \(identity.target) "

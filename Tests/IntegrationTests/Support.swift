@@ -292,15 +292,20 @@ final class ServerProcess {
     let socketPath: String
     private var stopped = false
 
-    /// Starts the server and waits (up to 60 s) for the one stdout line with the NBD URI.
-    init(image: String, in dir: TempDir, socketName: String = "nbd.sock", name: String? = nil,
-         readonly: Bool = false, extraArguments: [String] = []) throws {
-        let binary = try BlockMirrorBinary.path()
-        socketPath = dir.file(socketName)
-        var arguments = [binary, "serve", image, "--listen", "unix:\(socketPath)", "--log-level", "debug"]
+    /// Starts `blockmirror serve IMAGE` and waits (up to 60 s) for the one stdout line with the NBD URI.
+    convenience init(image: String, in dir: TempDir, socketName: String = "nbd.sock", name: String? = nil,
+                     readonly: Bool = false, extraArguments: [String] = []) throws {
+        var arguments = ["serve", image]
         if let name { arguments += ["--name", name] }
         if readonly { arguments.append("--readonly") }
-        arguments += extraArguments
+        try self.init(arguments + extraArguments, in: dir, socketName: socketName)
+    }
+
+    /// Starts `blockmirror VERB…` listening on `dir/socketName` and waits (up to 60 s) for the URI line.
+    init(_ verbArguments: [String], in dir: TempDir, socketName: String = "nbd.sock") throws {
+        let binary = try BlockMirrorBinary.path()
+        socketPath = dir.file(socketName)
+        let arguments = [binary] + verbArguments + ["--listen", "unix:\(socketPath)", "--log-level", "debug"]
         let child = try ChildProcess(arguments, in: dir)
         self.child = child
         var line: String?
@@ -314,7 +319,7 @@ final class ServerProcess {
             child.killAndWait()
             stopped = true
             throw IntegrationFailure("""
-                blockmirror serve printed no URI line \(running ? "within 60 s" : "and exited with status \(child.exitCode)")
+                blockmirror printed no URI line \(running ? "within 60 s" : "and exited with status \(child.exitCode)")
                 $ \(arguments.joined(separator: " "))
                 --- stdout ---\n\(child.stdout)
                 --- stderr ---\n\(child.stderr.suffix(6000))

@@ -57,4 +57,19 @@ import Testing
         truncate(path, 4096 + 8)
         #expect(throws: WriteIntentLog.Failure.self) { try WriteIntentLog.open(path: path, expecting: identity) }
     }
+
+    /// The bitmap of a degraded mirror (target "missing") is adopted when a target is given, with
+    /// every region dirty: the new target lacks everything.
+    @Test func degradedBitmapIsAdoptedByANewTarget() throws {
+        let path = scratchPath()
+        defer { unlink(path) }
+        var degraded = identity
+        degraded.target = WriteIntentLog.missingTarget
+        var bitmap = RegionBitmap(deviceSize: identity.deviceSize, regionSize: identity.regionSize, allDirty: false)
+        bitmap.setDirty(1)
+        _ = try WriteIntentLog.create(path: path, identity: degraded, bitmap: bitmap)
+        let (_, adopted) = try WriteIntentLog.open(path: path, expecting: identity)
+        #expect(adopted.dirtyCount == adopted.regionCount)
+        #expect(try WriteIntentLog.open(path: path, expecting: identity).1.dirtyCount == adopted.regionCount)
+    }
 }

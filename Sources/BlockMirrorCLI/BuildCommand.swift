@@ -1,0 +1,98 @@
+import ArgumentParser
+import BlockExport
+import BlockIO
+import Foundation
+import Logging
+import Mirror
+import NBD
+
+/// `blockmirror build NAME --source OLD --target NEW|missing --listen …`: runs a mirror in the
+/// foreground (like `mdadm --build … OLD missing`), exported over NBD.
+struct BuildCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "build",
+        abstract: "Run a mirror of OLD onto NEW (or degraded on OLD with --target missing), exported over NBD.",
+        discussion: """
+            Reads come from the source; every write goes to both; a background copy fills the \
+            target. With --bitmap, a write-intent bitmap file lets a restart resume the copy instead \
+            of starting over. On SIGINT/SIGTERM the mirror drains, flushes both devices, saves the \
+            bitmap and says whether the target is a complete copy.
+            """)
+
+    @Argument(help: "The mirror's name (its NBD export name).")
+    var name: String
+
+    @Option(name: .long, help: "The source device or image (OLD): the copy every read comes from.")
+    var source: String
+
+    @Option(name: .long, help: "The target device or image (NEW), or \"missing\" to start degraded.")
+    var target: String
+
+    @Option(name: .long, help: "Where to listen: unix:PATH or tcp:HOST:PORT (repeatable).")
+    var listen: [String]
+
+    @Option(name: .long, help: "Write-intent bitmap file: created if absent, resumed from if present.")
+    var bitmap: String?
+
+    @Option(name: .long, help: "Bytes per bitmap region (a power of two, at least 4K).")
+    var regionSize: ByteSize = ByteSize(bytes: 1 << 20)
+
+    @OptionGroup var logging: LoggingOptions
+
+    func validate() throws {
+        guard !listen.isEmpty else { throw ValidationError("--listen is required (unix:PATH or tcp:HOST:PORT)") }
+        for value in listen { _ = try ListenAddress(parsing: value) }
+        let size = regionSize.bytes
+        guard size >= 4096, size & (size - 1) == 0 else {
+            throw ValidationError("--region-size must be a power of two of at least 4K (got \(size) bytes)")
+        }
+        guard source != target else { throw ValidationError("--source and --target are the same path (\(source))") }
+    }
+
+    func run() async throws {
+        let logger = makeLogger(label: "blockmirror.build", level: logging.logLevel.level)
+        let addresses = try listen.map { value throws(ListenAddress.ParseError) in try ListenAddress(parsing: value) }
+        let targetPath = target == "missing" ? nil : target
+        try await ExportDaemon.run(name: name, listen: addresses, logger: logger, open: { aio in
+            let sourceDevice = try BlockDevice.open(path: source, readOnly: false, aio: aio, logger: logger)
+            let targetDevice = try targetPath.map { try BlockDevice.open(path: $0, readOnly: false, aio: aio, logger: logger) }
+            var log: WriteIntentLog?
+            var resumed: RegionBitmap?
+            if let bitmap {
+                let identity = WriteIntentLog.Identity(deviceSize: sourceDevice.size, regionSize: regionSize.bytes,
+                                                       source: source, target: targetPath ?? WriteIntentLog.missingTarget)
+                if FileManager.default.fileExists(atPath: bitmap) {
+                    (log, resumed) = try WriteIntentLog.open(path: bitmap, expecting: identity)
+                    logger.info("resuming from the bitmap", metadata: ["bitmap": "\(bitmap)", "dirty": "\(resumed!.dirtyCount)"])
+                } else {
+                    log = try WriteIntentLog.create(path: bitmap, identity: identity, bitmap: RegionBitmap(
+                        deviceSize: sourceDevice.size, regionSize: regionSize.bytes, allDirty: true))
+                }
+            }
+            let mirror = MirrorExport(source: sourceDevice, regionSize: regionSize.bytes, pool: BufferPool(), logger: logger,
+                                      intentLog: log, resuming: resumed)
+            if let targetDevice { try mirror.attach(target: targetDevice, resume: resumed != nil) }
+            Task {
+                let settled = await mirror.waitUntilSettled()
+                switch settled.state {
+                case .inSync: logger.notice("recovery complete: target in sync", metadata: ["copied": "\(settled.bytesCopied)"])
+                case .targetFailed: logger.error("target failed: \(settled.failure ?? "")")
+                default: break
+                }
+            }
+            return mirror
+        }, stopped: { mirror in
+            let status = mirror.status
+            let resume = bitmap.map { " --bitmap \($0)" } ?? ""
+            if targetPath == nil {
+                print("\(name): degraded: no target attached; \(source) holds every write (add one with --target NEW\(resume))")
+            } else if status.regionsDirty == 0 && status.failure == nil {
+                print("\(name): in sync: \(target) is a complete copy of \(source)")
+            } else {
+                let why = status.failure.map { " (target failed: \($0))" } ?? ""
+                print("\(name): not in sync\(why): \(target) is incomplete (\(status.regionsDirty) of \(status.regionsTotal) regions to copy)"
+                      + (bitmap == nil ? "" : "; restart with\(resume) to resume"))
+            }
+        })
+    }
+}
