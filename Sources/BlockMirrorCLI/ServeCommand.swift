@@ -1,11 +1,7 @@
 import ArgumentParser
 import BlockExport
 import BlockIO
-import Foundation
-import Logging
 import NBD
-import NIOCore
-import NIOPosix
 
 /// `blockmirror serve PATH --listen …`: exports one file or block device over NBD, unchanged.
 struct ServeCommand: AsyncParsableCommand {

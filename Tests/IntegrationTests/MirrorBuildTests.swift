@@ -7,6 +7,19 @@ import Testing
 @Suite(.serialized) struct MirrorBuildTests {
     static let size = 64 << 20
 
+    /// A temp dir with OLD (random data), NEW (sparse, same size) and the bitmap's path.
+    struct Files {
+        let dir: TempDir
+        let old: String, new: String, bitmap: String
+        init(_ label: String = #function) throws {
+            try Tools.require("fio", "cmp")
+            dir = try TempDir(label)
+            old = dir.file("old.img"); new = dir.file("new.img"); bitmap = dir.file("bitmap")
+            try makeRandomFile(old, size: MirrorBuildTests.size)
+            try makeSparseFile(new, size: MirrorBuildTests.size)
+        }
+    }
+
     /// fio writes `size` bytes with crc32c and verifies them, through `uri`.
     func fioWriteVerify(_ uri: String, bs: String, in dir: TempDir, extra: [String] = []) throws -> CommandResult {
         try run(["fio", "--name=mirror", "--ioengine=nbd", "--uri=\(uri)", "--rw=randwrite", "--bs=\(bs)", "--iodepth=16",
@@ -22,12 +35,9 @@ import Testing
     /// Degraded on OLD, written to; restarted with NEW and the bitmap: recovery, more verified
     /// writes during and after it, stop says "in sync", and OLD == NEW byte for byte.
     @Test func degradedThenTargetRecoversAndStaysIdentical() throws {
-        try Tools.require("fio", "cmp")
-        let dir = try TempDir()
-        defer { dir.remove() }
-        let old = dir.file("old.img"), new = dir.file("new.img"), bitmap = dir.file("bitmap")
-        try makeRandomFile(old, size: Self.size)
-        try makeSparseFile(new, size: Self.size)
+        let files = try Files()
+        defer { files.dir.remove() }
+        let (dir, old, new, bitmap) = (files.dir, files.old, files.new, files.bitmap)
 
         let degraded = try ServerProcess(["build", "m0", "--source", old, "--target", "missing", "--bitmap", bitmap,
                                           "--region-size", "256K"], in: dir)
@@ -52,12 +62,9 @@ import Testing
     /// kill -9 while fio writes through an in-sync mirror; a restart with the same bitmap recopies
     /// what may differ, and after it OLD == NEW byte for byte.
     @Test func killDashNineThenResumeEndsIdentical() throws {
-        try Tools.require("fio", "cmp")
-        let dir = try TempDir()
-        defer { dir.remove() }
-        let old = dir.file("old.img"), new = dir.file("new.img"), bitmap = dir.file("bitmap")
-        try makeRandomFile(old, size: Self.size)
-        try makeSparseFile(new, size: Self.size)
+        let files = try Files()
+        defer { files.dir.remove() }
+        let (dir, old, new, bitmap) = (files.dir, files.old, files.new, files.bitmap)
         let arguments = ["build", "m0", "--source", old, "--target", new, "--bitmap", bitmap, "--region-size", "256K"]
 
         let first = try ServerProcess(arguments, in: dir)
