@@ -46,7 +46,16 @@ let package = Package(
         .target(
             name: "NBD",
             dependencies: [
-                "BlockExport",
+                "BlockIO", "BlockExport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        /// The control socket of a mirror daemon: line-delimited JSON requests and responses.
+        .target(
+            name: "Control",
+            dependencies: [
+                "BlockIO", "Mirror",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -55,7 +64,7 @@ let package = Package(
         .target(
             name: "BlockMirrorCLI",
             dependencies: [
-                "BlockIO", "BlockExport", "NBD", "Mirror",
+                "BlockIO", "BlockExport", "NBD", "Mirror", "Control",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -72,6 +81,9 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]),
+        .testTarget(
+            name: "ControlTests",
+            dependencies: ["Control", "Mirror"]),
         .testTarget(
             name: "NBDTests",
             dependencies: [

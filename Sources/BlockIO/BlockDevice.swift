@@ -201,6 +201,11 @@ public final class BlockDevice: Sendable {
         }
     }
 
+    /// Makes every completed write durable now, blocking the calling thread (`fdatasync`).
+    public func flushNow() throws(BlockIOError) {
+        if case .failure(let errno) = direct.dataSync() { throw error(.fdatasync, nil, nil, errno) }
+    }
+
     /// Discards a range (NBD TRIM): punches a hole in a file, `BLKDISCARD` on a device.
     /// Afterwards the range reads as zeroes on files; on devices its content is unspecified.
     public func discard(offset: UInt64, length: UInt64, completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void) {

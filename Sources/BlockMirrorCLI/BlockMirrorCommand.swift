@@ -7,10 +7,11 @@ public struct BlockMirrorCommand: AsyncParsableCommand {
         abstract: "A userspace block mirror: live migration of block devices over NBD.",
         discussion: """
             Exit status: 0 success; 1 a runtime error (a device missing, in use, unreadable; \
-            a socket in use); 64 a usage error.
+            a socket in use; no such mirror); 3 check found mismatches; 64 a usage error.
             """,
         version: "0.1.0",
-        subcommands: [BuildCommand.self, ServeCommand.self])
+        subcommands: [BuildCommand.self, AddCommand.self, StatusCommand.self, CheckCommand.self, SpeedCommand.self,
+                      StopCommand.self, ServeCommand.self])
 
     public init() {}
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import BlockExport
 import BlockIO
+import Control
 import Foundation
 import Logging
 import Mirror
@@ -37,6 +38,13 @@ struct BuildCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Bytes per bitmap region (a power of two, at least 4K).")
     var regionSize: ByteSize = ByteSize(bytes: 1 << 20)
 
+    @Option(name: .long, help: "KiB/s the background copy keeps even while clients do I/O (md's speed_limit_min).")
+    var speedMin: UInt64 = SpeedLimits().minimum
+
+    @Option(name: .long, help: "KiB/s the background copy never exceeds (md's speed_limit_max); default: unlimited.")
+    var speedMax: UInt64?
+
+    @OptionGroup var runtime: RuntimeOptions
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
@@ -46,14 +54,23 @@ struct BuildCommand: AsyncParsableCommand {
         guard size >= 4096, size & (size - 1) == 0 else {
             throw ValidationError("--region-size must be a power of two of at least 4K (got \(size) bytes)")
         }
+        try RuntimeDirectory.validate(name: name)
+        if let speedMax, speedMax < speedMin {
+            throw ValidationError("--speed-max (\(speedMax)K) is below --speed-min (\(speedMin)K)")
+        }
         guard source != target else { throw ValidationError("--source and --target are the same path (\(source))") }
     }
 
     func run() async throws {
         let logger = makeLogger(label: "blockmirror.build", level: logging.logLevel.level)
         let addresses = try listen.map { value throws(ListenAddress.ParseError) in try ListenAddress(parsing: value) }
-        let targetPath = target == "missing" ? nil : target
-        try await ExportDaemon.run(name: name, listen: addresses, logger: logger, open: { aio in
+        // Absolute paths: the bitmap file records them, and status shows them.
+        let source = absolutePath(self.source)
+        let targetPath = target == "missing" ? nil : absolutePath(target)
+        let control = ExportDaemon.Control<MirrorExport>(directory: runtime.directory) { [name] mirror, aio, request in
+            await MirrorControl.answer(request, name: name, mirror: mirror, aio: aio, logger: logger)
+        }
+        try await ExportDaemon.run(name: name, listen: addresses, logger: logger, control: control, open: { aio in
             let sourceDevice = try BlockDevice.open(path: source, readOnly: false, aio: aio, logger: logger)
             let targetDevice = try targetPath.map { try BlockDevice.open(path: $0, readOnly: false, aio: aio, logger: logger) }
             var log: WriteIntentLog?
@@ -69,7 +86,8 @@ struct BuildCommand: AsyncParsableCommand {
                         deviceSize: sourceDevice.size, regionSize: regionSize.bytes, allDirty: true))
                 }
             }
-            let mirror = MirrorExport(source: sourceDevice, regionSize: regionSize.bytes, pool: BufferPool(), logger: logger,
+            let mirror = MirrorExport(source: sourceDevice, regionSize: regionSize.bytes,
+                                      limits: SpeedLimits(minimum: speedMin, maximum: speedMax), pool: BufferPool(), logger: logger,
                                       intentLog: log, resuming: resumed)
             if let targetDevice { try mirror.attach(target: targetDevice, resume: resumed != nil) }
             Task {
@@ -81,18 +99,18 @@ struct BuildCommand: AsyncParsableCommand {
                 }
             }
             return mirror
-        }, stopped: { mirror in
+        }, report: { mirror in
             let status = mirror.status
             let resume = bitmap.map { " --bitmap \($0)" } ?? ""
-            if targetPath == nil {
-                print("\(name): degraded: no target attached; \(source) holds every write (add one with --target NEW\(resume))")
-            } else if status.regionsDirty == 0 && status.failure == nil {
-                print("\(name): in sync: \(target) is a complete copy of \(source)")
-            } else {
-                let why = status.failure.map { " (target failed: \($0))" } ?? ""
-                print("\(name): not in sync\(why): \(target) is incomplete (\(status.regionsDirty) of \(status.regionsTotal) regions to copy)"
-                      + (bitmap == nil ? "" : "; restart with\(resume) to resume"))
+            guard let target = status.target else {
+                return "\(name): degraded: no target attached; \(source) holds every write (add one with --target NEW\(resume))"
             }
+            if status.regionsDirty == 0 && status.failure == nil {
+                return "\(name): in sync: \(target) is a complete copy of \(source)"
+            }
+            let why = status.failure.map { " (target failed: \($0))" } ?? ""
+            return "\(name): not in sync\(why): \(target) is incomplete (\(status.regionsDirty) of \(status.regionsTotal) regions to copy)"
+                + (bitmap == nil ? "" : "; restart with --target \(target)\(resume) to resume")
         })
     }
 }

@@ -1,5 +1,6 @@
 import BlockExport
 import BlockIO
+import Control
 import Foundation
 import Logging
 import NBD
@@ -7,14 +8,23 @@ import NIOCore
 import NIOPosix
 
 /// What every serving verb does around its export: set up libaio on the event loops, open the
-/// export, listen and print the NBD URIs, serve until SIGINT/SIGTERM, then answer the requests in
-/// flight, close the export (which makes it durable) and tear everything down.
+/// export, listen and print the NBD URIs, serve until SIGINT/SIGTERM (or a `stop` request on the
+/// control socket), then answer the requests in flight, close the export (which makes it durable)
+/// and tear everything down.
 enum ExportDaemon {
-    /// Runs the daemon. `open` opens the devices and builds the export; `stopped` runs after the
-    /// export closed cleanly (to report what state it was left in). Errors exit with status 1.
+    /// A control socket for the daemon: where it lives, and how the export answers every verb but
+    /// `stop` (which the daemon handles itself).
+    struct Control<Export: BlockExport> {
+        var directory: RuntimeDirectory
+        var answer: @Sendable (_ export: Export, _ aio: AIOEngine, _ request: ControlRequest) async -> ControlResponse
+    }
+
+    /// Runs the daemon. `open` opens the devices and builds the export; `report` runs after the
+    /// export closed cleanly and says what state it was left in (printed, and the answer to a
+    /// `stop` request). Errors exit with status 1.
     static func run<Export: BlockExport>(
-        name: String, listen addresses: [ListenAddress], logger: Logger,
-        open: (AIOEngine) throws -> Export, stopped: (Export) -> Void = { _ in }
+        name: String, listen addresses: [ListenAddress], logger: Logger, control: Control<Export>? = nil,
+        open: (AIOEngine) throws -> Export, report: (Export) -> String? = { _ in nil }
     ) async throws {
         let aio: AIOEngine
         do { aio = try AIOEngine(depth: 512) } catch {
@@ -25,8 +35,11 @@ enum ExportDaemon {
             aio.shutdown()
             try? await group.shutdownGracefully()
         }
+        let stop = StopTrigger()
         let export: Export
+        var controlServer: ControlServer?
         do {
+            try control?.directory.create()
             try await aio.bind(to: group)
             export = try open(aio)
         } catch {
@@ -35,6 +48,15 @@ enum ExportDaemon {
         }
         let server = NBDServer(registry: NBDExportRegistry([(name, export)]), group: group, logger: logger)
         do {
+            if let control {
+                let answer = control.answer
+                let socket = ControlServer(path: control.directory.controlSocket(for: name), name: name, group: group,
+                                           logger: logger) { request in
+                    request.verb == .stop ? await stop.request() : await answer(export, aio, request)
+                }
+                try await socket.start()
+                controlServer = socket
+            }
             for address in addresses {
                 let bound = try await server.listen(on: address)
                 print(bound.uri(exportName: name))
@@ -42,19 +64,25 @@ enum ExportDaemon {
             fflush(nil)
         } catch {
             await server.shutdown()
+            await controlServer?.shutdown()
             try? await export.close()
             await tearDown()
             throw exitWithError(error)
         }
 
-        let signal = await SignalWaiter().wait()
-        logger.info("stopping", metadata: ["signal": "\(signal)"])
+        Task { stop.fire(.signal(await SignalWaiter().wait())) }
+        let reason = await stop.wait()
+        logger.info("stopping", metadata: ["reason": "\(reason)"])
         await server.shutdown()
         var failure: (any Error)?
         do { try await export.close() } catch { failure = error }
+        let text = failure == nil ? report(export) : nil
+        stop.finish(failure.map { ControlResponse.failure(name, "stop failed: \($0)") }
+                    ?? ControlResponse(ok: true, name: name, message: text))
+        await controlServer?.shutdown()
         await tearDown()
         if let failure { throw exitWithError(failure) }
-        stopped(export)
+        if let text { print(text) }
         logger.info("stopped")
     }
 }

@@ -28,10 +28,22 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
 
     /// Copies in flight at once, each one region.
     public let copiesInFlight: Int
-    private let pool: BufferPool
-    private let logger: Logger
-    private let locks = RegionLocks()
+    let pool: BufferPool
+    let logger: Logger
+    let locks = RegionLocks()
     private let tracker = InFlightTracker()
+    /// Paces the copy and the check (speed limits, speed shown, yield to foreground I/O).
+    let throttle: CopyThrottle
+    /// When the last client request arrived (monotonic nanoseconds): the copier yields while
+    /// clients are active.
+    private let lastForeground = Atomic<UInt64>(0)
+    /// Client activity this recent counts as "busy".
+    private static let busyWindowNanos: UInt64 = 200_000_000
+    /// Saves the bitmap file every second, clearing the bits of regions no write touched lately.
+    private var clearTimer: (any DispatchSourceTimer)?
+    /// A region written this recently keeps its bit on disk (md's bitmap daemon waits a few idle
+    /// seconds too): random writes then do not set and clear the same bits over and over.
+    private static let holdNanos: UInt64 = 2_000_000_000
     /// The persisted write-intent bitmap, if any (invariant 4).
     public let intentLog: WriteIntentLog?
     /// Serialises every write of the bitmap file, each from a snapshot taken when it runs, so a
@@ -40,7 +52,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     /// Copied regions between two lazy saves of the bitmap.
     private static let regionsPerSave = 256
 
-    private struct Shared {
+    struct Shared {
         var target: BlockDevice?
         var bitmap: RegionBitmap
         var failure: String?
@@ -54,16 +66,26 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         var persisted: RegionBitmap
         /// Modifying requests in flight per region: their bits stay set on disk.
         var active: [Int: Int] = [:]
+        /// When each recently written region last had no write in flight (monotonic nanoseconds).
+        var lastWrite: [Int: UInt64] = [:]
         var copiedSinceSave = 0
+        /// A delayed `pump` is scheduled (the speed limit holds the copy back).
+        var pumpScheduled = false
+        /// The check running now, its next region and its workers.
+        var check: CheckReport?
+        var checkCursor = 0
+        var checking = 0
+        var lastCheck: CheckReport?
     }
-    private let shared: Mutex<Shared>
+    let shared: Mutex<Shared>
 
     /// A mirror over `source`, degraded until `attach` gives it a target. With `intentLog`, the
     /// bitmap is persisted there; `resuming` is the bitmap read back from it after a crash or stop
     /// (otherwise every region starts dirty).
-    public init(source: BlockDevice, regionSize: UInt64 = 1 << 20, copiesInFlight: Int = 8, pool: BufferPool, logger: Logger,
-                intentLog: WriteIntentLog? = nil, resuming: RegionBitmap? = nil) {
+    public init(source: BlockDevice, regionSize: UInt64 = 1 << 20, copiesInFlight: Int = 8, limits: SpeedLimits = SpeedLimits(),
+                pool: BufferPool, logger: Logger, intentLog: WriteIntentLog? = nil, resuming: RegionBitmap? = nil) {
         self.source = source
+        self.throttle = CopyThrottle(limits: limits)
         self.intentLog = intentLog
         self.pool = pool
         self.logger = logger
@@ -74,23 +96,56 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
                                              maximum: BlockSizeConstraints.maximumPayload))
         let bitmap = resuming ?? RegionBitmap(deviceSize: source.size, regionSize: regionSize, allDirty: true)
         shared = Mutex(Shared(bitmap: bitmap, persisted: bitmap))
+        if intentLog != nil {
+            let timer = DispatchSource.makeTimerSource(queue: intentQueue)
+            timer.schedule(deadline: .now() + 1, repeating: 1)
+            timer.setEventHandler { [weak self] in
+                do { try self?.saveBitmap() } catch { self?.logger.error("cannot save the bitmap", metadata: ["error": "\(error)"]) }
+            }
+            timer.resume()
+            clearTimer = timer
+        }
     }
+
+    deinit { clearTimer?.cancel() }
+
+    /// Monotonic nanoseconds.
+    static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
 
     // MARK: Status and control
 
     public var status: MirrorStatus {
-        shared.withLock { Self.status(of: $0) }
+        let now = Self.now()
+        var status = shared.withLock { Self.status(of: $0) }
+        status.source = source.path
+        let speed = throttle.bytesPerSecond(now: now)
+        status.speedBytesPerSecond = UInt64(speed)
+        if status.state == .recovering, speed >= 1 { status.etaSeconds = Double(status.bytesDirty) / speed }
+        status.speedLimits = throttle.limits
+        status.foregroundInFlight = tracker.count
+        return status
     }
 
-    private static func status(of shared: Shared) -> MirrorStatus {
+    /// The state and counters (speed, limits and requests in flight are filled in by `status`).
+    static func status(of shared: Shared) -> MirrorStatus {
         let state: MirrorState
         if shared.stopping { state = .stopping }
         else if shared.failure != nil { state = .targetFailed }
         else if shared.target == nil { state = .degraded }
         else if shared.bitmap.dirtyCount > 0 { state = .recovering }
         else { state = .inSync }
-        return MirrorStatus(state: state, regionSize: shared.bitmap.regionSize, regionsTotal: shared.bitmap.regionCount,
-                            regionsDirty: shared.bitmap.dirtyCount, bytesCopied: shared.bytesCopied, failure: shared.failure)
+        return MirrorStatus(state: state, source: "", target: shared.target?.path, size: shared.bitmap.deviceSize,
+                            regionSize: shared.bitmap.regionSize, regionsTotal: shared.bitmap.regionCount,
+                            regionsDirty: shared.bitmap.dirtyCount, bytesCopied: shared.bytesCopied, speedBytesPerSecond: 0,
+                            speedLimits: SpeedLimits(), foregroundInFlight: 0, check: shared.check, lastCheck: shared.lastCheck,
+                            failure: shared.failure)
+    }
+
+    /// Changes the copy's speed limits while it runs (like writing md's sync_speed_min/max).
+    public func setSpeedLimits(_ limits: SpeedLimits) {
+        throttle.limits = limits
+        logger.info("speed limits changed", metadata: ["min": "\(limits.minimum)K/s", "max": "\(limits.maximum.map { "\($0)K/s" } ?? "none")"])
+        pump()
     }
 
     /// Attaches a target (like `mdadm --add`) and starts the recovery: every region is copied, or,
@@ -100,14 +155,28 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         guard target.size >= source.size else {
             throw AttachError(description: "target \(target.path) has \(target.size) bytes, smaller than source \(source.path) (\(source.size) bytes)")
         }
-        try shared.withLock { shared throws(AttachError) in
+        let fresh: RegionBitmap? = try shared.withLock { shared throws(AttachError) in
+            guard !shared.stopping else { throw AttachError(description: "the mirror is stopping") }
             guard shared.target == nil || shared.failure != nil else {
                 throw AttachError(description: "a target is already attached (\(shared.target!.path))")
             }
+            guard shared.check == nil else { throw AttachError(description: "a check is running") }
             shared.target = target
             shared.failure = nil
             if !resume { shared.bitmap.setAll() }
             shared.cursor = 0
+            return resume ? nil : shared.bitmap
+        }
+        if let intentLog, let fresh, intentLog.identity.target != target.path || fresh.dirtyCount > 0 {
+            // The bitmap file names the new target and marks everything to copy before any copy.
+            let result = intentQueue.sync { () -> Result<Void, WriteIntentLog.Failure> in
+                shared.withLock { $0.persisted = fresh }
+                return Result { () throws(WriteIntentLog.Failure) in try intentLog.adopt(target: target.path, bitmap: fresh) }
+            }
+            if case .failure(let failure) = result {
+                shared.withLock { $0.failure = "\(failure)" }
+                throw AttachError(description: "\(failure)")
+            }
         }
         logger.info("target attached, recovery starts", metadata: ["target": "\(target.path)", "regions": "\(status.regionsTotal)"])
         pump()
@@ -129,7 +198,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     // MARK: Target failure
 
     /// Marks the target failed after an I/O error on it: writes continue on the source alone.
-    private func targetFailed(_ error: BlockIOError) {
+    func targetFailed(_ error: BlockIOError) {
         let first: Bool = shared.withLock { shared in
             guard shared.failure == nil, shared.target != nil else { return false }
             shared.failure = error.description
@@ -155,18 +224,36 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     // MARK: Background copy
 
     /// Starts copies up to `copiesInFlight` while dirty regions remain.
+    /// Starts copies up to the throttle's depth while dirty regions remain; when the speed limit
+    /// holds the copy back, schedules itself for when it may go on.
     private func pump() {
+        enum Step { case copy(Int, BlockDevice), wait(UInt64), idle }
         while true {
-            let next: (region: Int, target: BlockDevice)? = shared.withLock { shared in
-                guard !shared.stopping, shared.failure == nil, let target = shared.target,
-                      shared.copying < copiesInFlight, shared.bitmap.dirtyCount > shared.copying else { return nil }
-                guard let region = shared.bitmap.nextDirty(from: shared.cursor) ?? shared.bitmap.nextDirty(from: 0) else { return nil }
+            let now = Self.now()
+            let busy = tracker.count > 0 || now &- lastForeground.load(ordering: .relaxed) < Self.busyWindowNanos
+            let step: Step = shared.withLock { shared in
+                guard !shared.stopping, shared.failure == nil, !shared.pumpScheduled, let target = shared.target,
+                      shared.bitmap.dirtyCount > shared.copying,
+                      shared.copying < throttle.depth(full: copiesInFlight, foregroundBusy: busy, now: now) else { return .idle }
+                if let wait = throttle.admit(shared.bitmap.regionSize, now: now) {
+                    shared.pumpScheduled = true
+                    return .wait(wait)
+                }
+                guard let region = shared.bitmap.nextDirty(from: shared.cursor) ?? shared.bitmap.nextDirty(from: 0) else { return .idle }
                 shared.cursor = region + 1
                 shared.copying += 1
-                return (region, target)
+                return .copy(region, target)
             }
-            guard let next else { return }
-            copy(region: next.region, to: next.target)
+            switch step {
+            case .idle: return
+            case .copy(let region, let target): copy(region: region, to: target)
+            case .wait(let nanos):
+                DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(min(nanos, 1_000_000_000)))) { [self] in
+                    shared.withLock { $0.pumpScheduled = false }
+                    pump()
+                }
+                return
+            }
         }
     }
 
@@ -228,16 +315,18 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
             if save { shared.copiedSinceSave = 0 }
             return (shared.copying == 0, save)
         }
+        if bytes > 0 { throttle.completed(bytes, now: Self.now()) }
         if save { intentQueue.async { [self] in try? saveBitmap() } }
         locks.unlock(region..<(region + 1), .exclusive)
-        if idle { wakeCopierWaiters() }
+        if idle { wakeBackgroundWaiters() }
         settle()
         if !stall { pump() }
     }
 
-    private func wakeCopierWaiters() {
+    /// Wakes `close` when neither copies nor check workers run.
+    func wakeBackgroundWaiters() {
         let waiters: [CheckedContinuation<Void, Never>] = shared.withLock { shared in
-            guard shared.copying == 0 else { return [] }
+            guard shared.copying == 0, shared.checking == 0 else { return [] }
             defer { shared.waitersForCopier = [] }
             return shared.waitersForCopier
         }
@@ -255,6 +344,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     ) -> EventLoopFuture<T> {
         let regions = lockingRegions ? shared.withLock { $0.bitmap.regions(offset: offset, length: length) } : 0..<0
         let modifies = command?.modifies ?? false
+        lastForeground.store(Self.now(), ordering: .relaxed)
         return tracker.run(self, command, offset: offset, length: length, on: eventLoop) { (promise: EventLoopPromise<T>) in
             locks.lock(regions, .shared) { [self] in
                 let target = shared.withLock { $0.failure == nil ? $0.target : nil }
@@ -270,10 +360,14 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
                     return newBits
                 }
                 promise.futureResult.whenComplete { [self] _ in
+                    let now = Self.now()
                     shared.withLock { shared in
                         for region in regions {
                             shared.active[region]! -= 1
-                            if shared.active[region] == 0 { shared.active[region] = nil }
+                            if shared.active[region] == 0 {
+                                shared.active[region] = nil
+                                shared.lastWrite[region] = now
+                            }
                         }
                     }
                 }
@@ -292,24 +386,35 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         }
     }
 
-    /// Writes the bitmap file lazily: bits of regions now clean and with no write in flight are
-    /// cleared on disk. Runs on `intentQueue` only.
-    private func saveBitmap() throws {
+    /// Writes the bitmap file lazily: bits of regions now clean, with no write in flight and (unless
+    /// `final`) none lately, are cleared on disk. Before a bit is cleared, both legs are made
+    /// durable, so a power loss cannot leave a clear bit over a region whose copies differ.
+    /// Runs on `intentQueue` only.
+    private func saveBitmap(final: Bool = false) throws {
         guard let intentLog else { return }
-        let snapshot: RegionBitmap = shared.withLock { shared in
+        let now = Self.now()
+        let (snapshot, previous, target): (RegionBitmap, RegionBitmap, BlockDevice?) = shared.withLock { shared in
             var persisted = shared.bitmap
             for region in shared.active.keys { persisted.setDirty(region) }
+            shared.lastWrite = shared.lastWrite.filter { now &- $0.value < Self.holdNanos }
+            if !final { for region in shared.lastWrite.keys { persisted.setDirty(region) } }
+            let previous = shared.persisted
             shared.persisted = persisted
-            return persisted
+            return (persisted, previous, shared.failure == nil ? shared.target : nil)
+        }
+        guard snapshot != previous || final else { return }
+        if zip(previous.words, snapshot.words).contains(where: { $0 & ~$1 != 0 }) {
+            try source.flushNow()
+            try target?.flushNow()
         }
         try intentLog.save(snapshot)
     }
 
-    /// Saves the bitmap file now (FLUSH and stop do this).
-    private func saveBitmapNow() async throws {
+    /// Saves the bitmap file now, clearing every clean bit (stop does this).
+    private func saveFinalBitmap() async throws {
         guard intentLog != nil else { return }
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            intentQueue.async { [self] in continuation.resume(with: Result { try saveBitmap() }) }
+            intentQueue.async { [self] in continuation.resume(with: Result { try saveBitmap(final: true) }) }
         }
     }
 
@@ -431,10 +536,11 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     /// Stops the copier, waits for requests in flight, and makes both legs durable.
     public func close() async throws {
         shared.withLock { $0.stopping = true }
+        clearTimer?.cancel()
         settle()
         await withCheckedContinuation { continuation in
             let idle = shared.withLock { shared -> Bool in
-                if shared.copying == 0 { return true }
+                if shared.copying == 0 && shared.checking == 0 { return true }
                 shared.waitersForCopier.append(continuation)
                 return false
             }
@@ -444,6 +550,6 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         let target = shared.withLock { $0.failure == nil ? $0.target : nil }
         try await source.flush()
         try await target?.flush()
-        try await saveBitmapNow()
+        try await saveFinalBitmap()
     }
 }

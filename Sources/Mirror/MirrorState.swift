@@ -1,5 +1,5 @@
 /// Where a mirror stands, as `status` and `detail` report it.
-public enum MirrorState: String, Sendable, Equatable {
+public enum MirrorState: String, Sendable, Equatable, Codable {
     /// Serving from the source alone; no target attached (`--target missing`).
     case degraded
     /// A target is attached and the copier is filling it.
@@ -12,13 +12,77 @@ public enum MirrorState: String, Sendable, Equatable {
     case stopping
 }
 
-/// A snapshot of a mirror's progress.
-public struct MirrorStatus: Sendable, Equatable {
+/// A snapshot of a mirror's progress: what `status`, `detail` and `--json` show.
+public struct MirrorStatus: Sendable, Equatable, Codable {
     public var state: MirrorState
+    /// The source device (OLD).
+    public var source: String
+    /// The attached target (NEW), also after it failed; nil when none was ever attached.
+    public var target: String?
+    /// Bytes exported (the source's size).
+    public var size: UInt64
     public var regionSize: UInt64
     public var regionsTotal: Int
+    /// Regions the target may lack.
     public var regionsDirty: Int
+    /// Bytes the background copy has written to the target since the daemon started.
     public var bytesCopied: UInt64
+    /// The copy (or check) speed, bytes per second, averaged over the last 5 seconds.
+    public var speedBytesPerSecond: UInt64
+    /// Seconds until in sync at the current speed; nil when not recovering or not moving.
+    public var etaSeconds: Double?
+    public var speedLimits: SpeedLimits
+    /// Client requests being served right now.
+    public var foregroundInFlight: Int
+    /// The check running now, with its progress so far.
+    public var check: CheckReport?
+    /// The last check that ended (like md's `mismatch_cnt`).
+    public var lastCheck: CheckReport?
     /// Why the target failed, naming device and offset.
     public var failure: String?
+
+    /// Bytes the target still lacks (whole regions; the last may be partial).
+    public var bytesDirty: UInt64 { min(UInt64(regionsDirty) * regionSize, size) }
+}
+
+/// What a check found (md's `check` and `repair` actions): source and target compared region by
+/// region, mismatches counted in 512-byte sectors like md's `mismatch_cnt`.
+public struct CheckReport: Sendable, Equatable, Codable {
+    /// A byte range where the legs differ.
+    public struct Mismatch: Sendable, Equatable, Codable {
+        public var offset: UInt64
+        public var length: UInt64
+    }
+
+    /// Whether mismatches are rewritten on the target from the source.
+    public var repair: Bool
+    public var regionsTotal: Int
+    /// Regions compared so far.
+    public var regionsChecked: Int = 0
+    /// Regions not compared because they were still to be copied (they are known to differ).
+    public var regionsSkipped: Int = 0
+    /// 512-byte sectors that differ.
+    public var mismatchedSectors: UInt64 = 0
+    /// Sectors rewritten on the target (repair only).
+    public var repairedSectors: UInt64 = 0
+    /// The first mismatching ranges, in device order per region (at most `maximumListed`).
+    public var mismatches: [Mismatch] = []
+    /// Why the check ended early; nil when it compared every region.
+    public var interrupted: String?
+
+    /// How many mismatching ranges a report lists.
+    public static let maximumListed = 64
+
+    public init(repair: Bool, regionsTotal: Int) {
+        self.repair = repair
+        self.regionsTotal = regionsTotal
+    }
+
+    /// Adds mismatching ranges found in one region.
+    public mutating func record(_ ranges: [Mismatch]) {
+        for range in ranges {
+            mismatchedSectors += (range.length + UInt64(SectorComparison.sectorSize) - 1) / UInt64(SectorComparison.sectorSize)
+            if mismatches.count < Self.maximumListed { mismatches.append(range) }
+        }
+    }
 }

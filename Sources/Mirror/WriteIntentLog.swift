@@ -35,7 +35,8 @@ public final class WriteIntentLog: @unchecked Sendable {
     static let pageSize = 4096
 
     public let path: String
-    public let identity: Identity
+    /// The devices and geometry the bitmap is for (the target changes when one is attached).
+    public private(set) var identity: Identity
     private let fd: FileDescriptor
 
     private init(path: String, identity: Identity, fd: FileDescriptor) {
@@ -99,6 +100,14 @@ public final class WriteIntentLog: @unchecked Sendable {
         guard case .success(let n) = read, n == bytes else { throw Failure(path: path, reason: "truncated bitmap") }
         bitmap = RegionBitmap(deviceSize: identity.deviceSize, regionSize: identity.regionSize, words: words.map { UInt64(littleEndian: $0) })
         return (log, bitmap)
+    }
+
+    /// Records a newly attached target: the header names it and every region is dirty, durably
+    /// before this returns (the new target lacks everything).
+    public func adopt(target: String, bitmap: RegionBitmap) throws(Failure) {
+        identity.target = target
+        try writeHeader()
+        try save(bitmap)
     }
 
     private func writeHeader() throws(Failure) {

@@ -1,4 +1,5 @@
 import BlockExport
+import BlockIO
 import Logging
 import NIOCore
 import NIOPosix
@@ -78,27 +79,13 @@ public final class NBDServer: Sendable {
     /// Removes a unix socket left by a dead server; refuses if a server still answers on it or the
     /// path is something other than a socket.
     private static func removeStaleSocket(at path: String, address: ListenAddress) throws {
-        var info = stat()
-        guard lstat(path, &info) == 0 else { return }
-        guard info.st_mode & S_IFMT == S_IFSOCK else {
-            throw ListenError(address: address, reason: "\(path) exists and is not a socket")
+        switch UnixSocket.state(of: path) {
+        case .absent: return
+        case .stale: unlink(path)
+        case .notASocket: throw ListenError(address: address, reason: "\(path) exists and is not a socket")
+        case .live: throw ListenError(address: address, reason: "a server is already listening on \(path)")
+        case .unreachable(let errno): throw ListenError(address: address, reason: "\(path): \(errno)")
         }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return }
-        defer { close(fd) }
-        var sun = sockaddr_un()
-        sun.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &sun.sun_path) { raw in
-            let bytes = Array(path.utf8.prefix(raw.count - 1))
-            raw.copyBytes(from: bytes)
-        }
-        let connected = withUnsafePointer(to: &sun) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        if connected == 0 {
-            throw ListenError(address: address, reason: "a server is already listening on \(path)")
-        }
-        unlink(path)
     }
 
     /// Stops accepting, lets every connection finish the requests it has in flight, closes them,

@@ -50,7 +50,7 @@ import Testing
     @Test func garbageIsRefused() throws {
         let path = scratchPath()
         defer { unlink(path) }
-        FileManager.default.createFile(atPath: path, contents: Data(repeating: 0, count: 8192))
+        _ = FileManager.default.createFile(atPath: path, contents: Data(repeating: 0, count: 8192))
         #expect(throws: WriteIntentLog.Failure.self) { try WriteIntentLog.open(path: path, expecting: identity) }
         _ = try WriteIntentLog.create(path: path, identity: identity,
                                       bitmap: RegionBitmap(deviceSize: identity.deviceSize, regionSize: identity.regionSize, allDirty: true))

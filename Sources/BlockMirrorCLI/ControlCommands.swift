@@ -1,0 +1,140 @@
+import ArgumentParser
+import Control
+import Foundation
+import Mirror
+
+/// `blockmirror add NAME NEW`: attaches a target to a running mirror; the recovery starts.
+struct AddCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "add", abstract: "Add a target to a running mirror and start the recovery (like mdadm --add).")
+
+    @Argument(help: "The mirror's name.") var name: String
+    @Argument(help: "The target device or image (NEW), at least as large as the source.") var target: String
+    @OptionGroup var runtime: RuntimeOptions
+
+    func run() throws {
+        let path = absolutePath(target)
+        let response = try runtime.send(ControlRequest(verb: .add, target: path), to: name)
+        print("\(name): \(response.message ?? "added \(path)")")
+    }
+}
+
+/// `blockmirror status [NAME] [--json]`: progress of one mirror or of every mirror, like /proc/mdstat.
+struct StatusCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status", abstract: "Show the state and progress of mirrors (like /proc/mdstat).")
+
+    @Argument(help: "The mirror's name (default: every mirror in the runtime directory).") var name: String?
+    @Flag(name: .long, help: "Print JSON (one object for NAME, an array otherwise).") var json = false
+    @OptionGroup var runtime: RuntimeOptions
+
+    func run() throws {
+        if let name {
+            let status = try runtime.send(ControlRequest(verb: .status), to: name).status!
+            print(json ? NamedStatus(name: name, status: status).json : StatusText.render(name: name, status))
+            return
+        }
+        var statuses: [NamedStatus] = []
+        for name in runtime.directory.mirrorNames() {
+            do {
+                let response = try ControlClient.send(ControlRequest(verb: .status), to: name, in: runtime.directory)
+                if let status = response.status { statuses.append(NamedStatus(name: name, status: status)) }
+            } catch {
+                // A dead daemon's socket was just removed; say so and go on with the others.
+                FileHandle.standardError.write(Data("blockmirror: \(error)\n".utf8))
+            }
+        }
+        if json {
+            print(String(decoding: ControlCodec.encode(statuses).dropLast(), as: UTF8.self))
+        } else if statuses.isEmpty {
+            print("no mirrors running (runtime directory \(runtime.directory.path))")
+        } else {
+            print(statuses.map { StatusText.render(name: $0.name, $0.status) }.joined(separator: "\n\n"))
+        }
+    }
+}
+
+/// A status with its mirror's name, encoded as one flat JSON object (`name` plus `MirrorStatus`).
+struct NamedStatus: Encodable {
+    let name: String
+    let status: MirrorStatus
+
+    private enum Key: String, CodingKey { case name }
+
+    func encode(to encoder: any Encoder) throws {
+        try status.encode(to: encoder)
+        var container = encoder.container(keyedBy: Key.self)
+        try container.encode(name, forKey: .name)
+    }
+
+    var json: String { String(decoding: ControlCodec.encode(self).dropLast(), as: UTF8.self) }
+}
+
+/// `blockmirror check NAME [--repair]`: compares source and target; exit status 3 on mismatches.
+struct CheckCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check",
+        abstract: "Compare source and target of an in-sync mirror, like md's check (mismatch_cnt in 512-byte sectors).",
+        discussion: "Exit status: 0 no mismatch (or all repaired with --repair), 3 mismatches found, 1 the check could not run.")
+
+    @Argument(help: "The mirror's name.") var name: String
+    @Flag(name: .long, help: "Rewrite mismatching sectors on the target from the source (md's repair).") var repair = false
+    @Flag(name: .long, help: "Print the report as JSON.") var json = false
+    @OptionGroup var runtime: RuntimeOptions
+
+    func run() throws {
+        let report = try runtime.send(ControlRequest(verb: .check, repair: repair), to: name, timeout: nil).check!
+        if json {
+            print(String(decoding: ControlCodec.encode(report).dropLast(), as: UTF8.self))
+        } else {
+            var line = "\(name): \(repair ? "repair" : "check") \(report.interrupted == nil ? "complete" : "interrupted: \(report.interrupted!)"): "
+                + "mismatch_cnt=\(report.mismatchedSectors) (\(report.regionsChecked) of \(report.regionsTotal) regions compared"
+                + (report.regionsSkipped > 0 ? ", \(report.regionsSkipped) still to copy" : "") + ")"
+            if repair { line += ", \(report.repairedSectors) sectors repaired" }
+            print(line)
+            for mismatch in report.mismatches {
+                print("  mismatch at offset \(mismatch.offset), \(mismatch.length) bytes")
+            }
+        }
+        if report.interrupted != nil { throw ExitCode(1) }
+        if report.mismatchedSectors > 0 && !repair { throw ExitCode(3) }
+    }
+}
+
+/// `blockmirror speed NAME [--min K] [--max K|unlimited]`: changes the copy's limits live.
+struct SpeedCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "speed", abstract: "Change a mirror's copy speed limits while it runs (KiB/s, like md's sync_speed_min/max).")
+
+    @Argument(help: "The mirror's name.") var name: String
+    @Option(name: .long, help: "KiB/s the copy keeps under client load.") var min: UInt64?
+    @Option(name: .long, help: "KiB/s the copy never exceeds, or \"unlimited\".") var max: String?
+    @OptionGroup var runtime: RuntimeOptions
+
+    func validate() throws {
+        guard min != nil || max != nil else { throw ValidationError("give --min, --max or both") }
+        if let max, max != "unlimited", UInt64(max) == nil || UInt64(max) == 0 {
+            throw ValidationError("--max must be a positive number of KiB/s or \"unlimited\" (got \(max))")
+        }
+    }
+
+    func run() throws {
+        let maximum = max.map { $0 == "unlimited" ? 0 : UInt64($0)! }
+        let response = try runtime.send(ControlRequest(verb: .speed, speedMin: min, speedMax: maximum), to: name)
+        print("\(name): \(response.message ?? "speed limits changed")")
+    }
+}
+
+/// `blockmirror stop NAME`: drains and stops the daemon; says whether the target is a complete copy.
+struct StopCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "stop", abstract: "Stop a mirror: drain, flush both devices, save the bitmap (like mdadm --stop).")
+
+    @Argument(help: "The mirror's name.") var name: String
+    @OptionGroup var runtime: RuntimeOptions
+
+    func run() throws {
+        let response = try runtime.send(ControlRequest(verb: .stop), to: name, timeout: nil)
+        print(response.message ?? "\(name): stopped")
+    }
+}

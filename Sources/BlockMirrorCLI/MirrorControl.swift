@@ -1,0 +1,43 @@
+import BlockIO
+import Control
+import Logging
+import Mirror
+
+/// How a mirror daemon answers control requests other than `stop`.
+enum MirrorControl {
+    static func answer(_ request: ControlRequest, name: String, mirror: MirrorExport, aio: AIOEngine,
+                       logger: Logger) async -> ControlResponse {
+        switch request.verb {
+        case .status:
+            return ControlResponse(ok: true, name: name, status: mirror.status)
+        case .add:
+            guard let path = request.target, !path.isEmpty else { return .failure(name, "add: no target given") }
+            guard path != mirror.source.path else { return .failure(name, "\(path) is the source of mirror \(name)") }
+            do {
+                let target = try BlockDevice.open(path: path, readOnly: false, aio: aio, logger: logger)
+                try mirror.attach(target: target)
+            } catch {
+                return .failure(name, "cannot add \(path): \(error)")
+            }
+            let status = mirror.status
+            return ControlResponse(ok: true, name: name, message: "added \(path): recovery started (\(status.regionsDirty) regions to copy)",
+                                   status: status)
+        case .speed:
+            var limits = mirror.status.speedLimits
+            if let minimum = request.speedMin { limits.minimum = minimum }
+            if let maximum = request.speedMax { limits.maximum = maximum == 0 ? nil : maximum }
+            mirror.setSpeedLimits(limits)
+            return ControlResponse(ok: true, name: name, message: "speed limits: min \(limits.minimum)K/sec, max "
+                                   + (limits.maximum.map { "\($0)K/sec" } ?? "unlimited"), status: mirror.status)
+        case .check:
+            do {
+                let report = try await mirror.check(repair: request.repair ?? false)
+                return ControlResponse(ok: true, name: name, status: mirror.status, check: report)
+            } catch {
+                return .failure(name, "cannot check: \(error)")
+            }
+        case .stop:
+            return .failure(name, "stop is handled by the daemon")
+        }
+    }
+}

@@ -1,0 +1,48 @@
+import Mirror
+
+/// Renders a mirror's status for people, in the shape of /proc/mdstat.
+enum StatusText {
+    /// Three lines, as /proc/mdstat shows an array:
+    ///
+    ///     m0 : recovering /var/tmp/old.img[0] /var/tmp/new.img[1]
+    ///           2097152K, 1024K regions, speed limits 1000K-unlimited [2/1] [U_]
+    ///           [=>...................]  recovery =  8.5% (178944/2097152) finish=0.8min speed=19884K/sec
+    static func render(name: String, _ status: MirrorStatus) -> String {
+        var devices = "\(status.source)[0]"
+        if let target = status.target { devices += " \(target)[1]" + (status.failure != nil ? "(F)" : "") }
+        let healthy = status.state == .inSync ? "[2/2] [UU]" : "[2/1] [U_]"
+        let limits = "\(status.speedLimits.minimum)K-" + (status.speedLimits.maximum.map { "\($0)K" } ?? "unlimited")
+        var lines = ["\(name) : \(status.state.rawValue) \(devices)",
+                     "      \(status.size / 1024)K, \(status.regionSize / 1024)K regions, speed limits \(limits) \(healthy)"]
+        if status.state == .recovering {
+            let total = status.size / 1024
+            let done = total - min(total, status.bytesDirty / 1024)
+            lines.append("      " + progress(action: "recovery", done: done, total: total, speed: status.speedBytesPerSecond,
+                                             eta: status.etaSeconds))
+        }
+        if let check = status.check {
+            let total = UInt64(check.regionsTotal), done = UInt64(check.regionsChecked + check.regionsSkipped)
+            lines.append("      " + progress(action: check.repair ? "repair" : "check", done: done, total: total,
+                                             speed: status.speedBytesPerSecond, eta: nil))
+        }
+        if let failure = status.failure { lines.append("      target failed: \(failure)") }
+        if let last = status.lastCheck, status.check == nil {
+            lines.append("      last \(last.repair ? "repair" : "check"): mismatch_cnt=\(last.mismatchedSectors)"
+                         + (last.interrupted.map { " (interrupted: \($0))" } ?? ""))
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    /// md's progress line: a 20-step bar, per-mille percentage, done/total, finish and speed.
+    static func progress(action: String, done: UInt64, total: UInt64, speed: UInt64, eta: Double?) -> String {
+        let perMille = total == 0 ? 1000 : Int(done * 1000 / total)
+        let filled = perMille / 50
+        let bar = "[" + String(repeating: "=", count: filled) + ">" + String(repeating: ".", count: 20 - filled) + "]"
+        let percent = "\(perMille / 10).\(perMille % 10)%"
+        let padded = String(repeating: " ", count: max(0, 5 - percent.count)) + percent
+        var line = "\(bar)  \(action) = \(padded) (\(done)/\(total))"
+        if let eta { line += " finish=\(String(format: "%.1f", eta / 60))min" }
+        line += " speed=\(speed / 1024)K/sec"
+        return line
+    }
+}

@@ -1,0 +1,89 @@
+import Foundation
+import Mirror
+
+/// A request on a mirror daemon's control socket: one JSON object on one line (docs/CONTROL.md).
+public struct ControlRequest: Codable, Sendable, Equatable {
+    public enum Verb: String, Codable, Sendable {
+        /// The mirror's status (`MirrorStatus`).
+        case status
+        /// Attach `target` and start the recovery (`mdadm --add`).
+        case add
+        /// Change the speed limits (`speedMin`, `speedMax`; either may be absent: unchanged).
+        case speed
+        /// Compare source and target (`repair`: rewrite mismatches on the target); answers when done.
+        case check
+        /// Drain, flush both legs, save the bitmap and exit; answers with the final report.
+        case stop
+    }
+
+    public var verb: Verb
+    /// `add`: the target device or image.
+    public var target: String?
+    /// `speed`: KiB/s the copy keeps under foreground load.
+    public var speedMin: UInt64?
+    /// `speed`: KiB/s the copy never exceeds; 0 removes the limit.
+    public var speedMax: UInt64?
+    /// `check`: rewrite mismatching sectors on the target from the source.
+    public var repair: Bool?
+
+    public init(verb: Verb, target: String? = nil, speedMin: UInt64? = nil, speedMax: UInt64? = nil, repair: Bool? = nil) {
+        self.verb = verb; self.target = target; self.speedMin = speedMin; self.speedMax = speedMax; self.repair = repair
+    }
+}
+
+/// The answer to one request: `ok` with what the verb returns, or `ok: false` with `error`.
+public struct ControlResponse: Codable, Sendable, Equatable {
+    public var ok: Bool
+    /// The mirror's name.
+    public var name: String
+    /// Why the request failed, for people (names the device, path or state).
+    public var error: String?
+    /// A one-line account of what was done (`add`, `speed`, `stop`).
+    public var message: String?
+    public var status: MirrorStatus?
+    /// `check`: what the check found.
+    public var check: CheckReport?
+
+    public init(ok: Bool, name: String, error: String? = nil, message: String? = nil, status: MirrorStatus? = nil, check: CheckReport? = nil) {
+        self.ok = ok; self.name = name; self.error = error; self.message = message; self.status = status; self.check = check
+    }
+
+    public static func failure(_ name: String, _ error: String) -> ControlResponse {
+        ControlResponse(ok: false, name: name, error: error)
+    }
+}
+
+/// JSON lines: one object per line, keys sorted so outputs are stable.
+public enum ControlCodec {
+    public struct DecodingFailure: Error, CustomStringConvertible, Sendable {
+        public let description: String
+    }
+
+    public static func encode<T: Encodable>(_ value: T) -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        var data = (try? encoder.encode(value)) ?? Data("{}".utf8)
+        data.append(UInt8(ascii: "\n"))
+        return data
+    }
+
+    public static func decode<T: Decodable>(_ type: T.Type, from line: Data) throws(DecodingFailure) -> T {
+        do {
+            return try JSONDecoder().decode(type, from: line)
+        } catch let error as DecodingError {
+            throw DecodingFailure(description: describe(error))
+        } catch {
+            throw DecodingFailure(description: "\(error)")
+        }
+    }
+
+    private static func describe(_ error: DecodingError) -> String {
+        switch error {
+        case .dataCorrupted(let context): return "not JSON: \(context.underlyingError.map { "\($0)" } ?? context.debugDescription)"
+        case .keyNotFound(let key, _): return "missing key \"\(key.stringValue)\""
+        case .typeMismatch(_, let context), .valueNotFound(_, let context):
+            return "bad value at \"\(context.codingPath.map(\.stringValue).joined(separator: "."))\": \(context.debugDescription)"
+        @unknown default: return "\(error)"
+        }
+    }
+}

@@ -1,0 +1,141 @@
+import BlockIO
+import Synchronization
+
+extension MirrorExport {
+    /// Why a check cannot run.
+    public struct CheckError: Error, CustomStringConvertible, Sendable {
+        public let description: String
+    }
+
+    /// Compares source and target region by region (md's `check`; with `repair`, md's `repair`:
+    /// mismatching sectors are rewritten on the target from the source). Runs only on a mirror in
+    /// sync; client I/O goes on meanwhile (each region is held exclusively while it is compared,
+    /// as the copier holds it), paced by the same speed limits as the copy. Returns when every
+    /// region was compared, or early (with `interrupted` saying why) when the mirror stops or the
+    /// target fails.
+    public func check(repair: Bool) async throws(CheckError) -> CheckReport {
+        let workers = copiesInFlight
+        let target: BlockDevice = try shared.withLock { shared throws(CheckError) in
+            guard !shared.stopping else { throw CheckError(description: "the mirror is stopping") }
+            guard let target = shared.target, shared.failure == nil else {
+                throw CheckError(description: "no healthy target to compare with (state \(Self.status(of: shared).state.rawValue))")
+            }
+            guard shared.check == nil else { throw CheckError(description: "a check is already running") }
+            guard shared.bitmap.dirtyCount == 0 else {
+                throw CheckError(description: "recovery in progress (\(shared.bitmap.dirtyCount) of \(shared.bitmap.regionCount) "
+                                 + "regions to copy): check once in sync")
+            }
+            shared.check = CheckReport(repair: repair, regionsTotal: shared.bitmap.regionCount)
+            shared.checkCursor = 0
+            shared.checking = workers
+            return target
+        }
+        logger.info("check started", metadata: ["repair": "\(repair)", "target": "\(target.path)"])
+        await withTaskGroup(of: Void.self) { group in
+            for _ in 0..<workers { group.addTask { await self.checkRegions(against: target, repair: repair) } }
+        }
+        if repair { try? await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+            target.flush { c.resume(with: $0.mapError { $0 as any Error }) }
+        } }
+        let report: CheckReport = shared.withLock { shared in
+            var report = shared.check!
+            if report.interrupted == nil, report.regionsChecked + report.regionsSkipped < report.regionsTotal {
+                report.interrupted = shared.stopping ? "the mirror is stopping" : "the target failed: \(shared.failure ?? "")"
+            }
+            shared.check = nil
+            shared.lastCheck = report
+            return report
+        }
+        wakeBackgroundWaiters()
+        logger.info("check ended", metadata: ["mismatched sectors": "\(report.mismatchedSectors)",
+                                              "interrupted": "\(report.interrupted ?? "no")"])
+        return report
+    }
+
+    /// One check worker: takes the next region until none is left or the check must end.
+    private func checkRegions(against target: BlockDevice, repair: Bool) async {
+        let regionSize = shared.withLock { Int($0.bitmap.regionSize) }
+        let sourceBuffer = pool.take(capacity: regionSize), targetBuffer = pool.take(capacity: regionSize)
+        defer {
+            pool.recycle(sourceBuffer)
+            pool.recycle(targetBuffer)
+            shared.withLock { $0.checking -= 1 }
+        }
+        while true {
+            let next: (region: Int, offset: UInt64, length: UInt64)? = shared.withLock { shared in
+                guard !shared.stopping, shared.failure == nil, shared.check?.interrupted == nil,
+                      shared.checkCursor < shared.bitmap.regionCount else { return nil }
+                let region = shared.checkCursor
+                shared.checkCursor += 1
+                let range = shared.bitmap.byteRange(of: region)
+                return (region, range.offset, range.length)
+            }
+            guard let next else { return }
+            while let wait = throttle.admit(next.length, now: Self.now()) { try? await Task.sleep(nanoseconds: wait) }
+            let regions = next.region..<(next.region + 1)
+            await withCheckedContinuation { continuation in locks.lock(regions, .exclusive) { continuation.resume() } }
+            let outcome = await compare(next.offset, Int(next.length), target: target, repair: repair,
+                                        sourceBuffer: sourceBuffer, targetBuffer: targetBuffer, skip: shared.withLock { $0.bitmap.isDirty(next.region) })
+            locks.unlock(regions, .exclusive)
+            throttle.completed(next.length, now: Self.now())
+            shared.withLock { shared in
+                switch outcome {
+                case .skipped: shared.check!.regionsSkipped += 1
+                case .compared(let mismatches, let repaired):
+                    shared.check!.regionsChecked += 1
+                    shared.check!.record(mismatches)
+                    if repaired { shared.check!.repairedSectors += mismatches.reduce(0) { $0 + ($1.length + 511) / 512 } }
+                case .sourceFailed(let error):
+                    shared.check!.interrupted = "cannot read the source: \(error)"
+                case .targetFailed: break
+                }
+            }
+        }
+    }
+
+    private enum RegionComparison {
+        case skipped
+        case compared([CheckReport.Mismatch], repaired: Bool)
+        case sourceFailed(BlockIOError)
+        case targetFailed
+    }
+
+    /// Reads one region from both legs, compares, and rewrites the target's copy if asked.
+    private func compare(_ offset: UInt64, _ length: Int, target: BlockDevice, repair: Bool,
+                         sourceBuffer: AlignedBuffer, targetBuffer: AlignedBuffer, skip: Bool) async -> RegionComparison {
+        // A region still to be copied is known to differ; the copier will handle it.
+        guard !skip else { return .skipped }
+        let (sourceRead, targetRead) = await withCheckedContinuation { continuation in
+            let results = Mutex<(Result<Void, BlockIOError>?, Result<Void, BlockIOError>?)>((nil, nil))
+            let done: @Sendable () -> Void = {
+                if let both = results.withLock({ r -> (Result<Void, BlockIOError>, Result<Void, BlockIOError>)? in
+                    guard let a = r.0, let b = r.1 else { return nil }
+                    return (a, b)
+                }) { continuation.resume(returning: both) }
+            }
+            source.read(into: sourceBuffer.baseAddress, count: length, offset: offset) { result in
+                results.withLock { $0.0 = result }
+                done()
+            }
+            target.read(into: targetBuffer.baseAddress, count: length, offset: offset) { result in
+                results.withLock { $0.1 = result }
+                done()
+            }
+        }
+        if case .failure(let error) = sourceRead { return .sourceFailed(error) }
+        if case .failure(let error) = targetRead {
+            targetFailed(error)
+            return .targetFailed
+        }
+        let mismatches = SectorComparison.mismatches(sourceBuffer.baseAddress, targetBuffer.baseAddress, count: length, base: offset)
+        guard repair, !mismatches.isEmpty else { return .compared(mismatches, repaired: false) }
+        let written: Result<Void, BlockIOError> = await withCheckedContinuation { continuation in
+            target.write(from: sourceBuffer.baseAddress, count: length, offset: offset, durable: false) { continuation.resume(returning: $0) }
+        }
+        if case .failure(let error) = written {
+            targetFailed(error)
+            return .targetFailed
+        }
+        return .compared(mismatches, repaired: true)
+    }
+}

@@ -1,0 +1,28 @@
+import Glibc
+
+/// Compares two copies of the same bytes sector by sector, as a check counts mismatches.
+public enum SectorComparison {
+    /// The unit mismatches are counted in (md's `mismatch_cnt` counts 512-byte sectors).
+    public static let sectorSize = 512
+
+    /// The ranges (relative to the buffers' start, plus `base`) where `a` and `b` differ, whole
+    /// sectors, adjacent sectors merged. Empty when the buffers are equal.
+    public static func mismatches(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, count: Int, base: UInt64) -> [CheckReport.Mismatch] {
+        guard memcmp(a, b, count) != 0 else { return [] }
+        var ranges: [CheckReport.Mismatch] = []
+        var offset = 0
+        while offset < count {
+            let length = min(sectorSize, count - offset)
+            if memcmp(a + offset, b + offset, length) != 0 {
+                let start = base + UInt64(offset)
+                if let last = ranges.last, last.offset + last.length == start {
+                    ranges[ranges.count - 1].length += UInt64(length)
+                } else {
+                    ranges.append(CheckReport.Mismatch(offset: start, length: UInt64(length)))
+                }
+            }
+            offset += length
+        }
+        return ranges
+    }
+}

@@ -1,0 +1,95 @@
+import Testing
+@testable import Mirror
+
+/// The pacing rules on a synthetic clock: no sleeping, no timing asserts.
+@Suite struct CopyThrottleTests {
+    static let second: UInt64 = 1_000_000_000
+
+    /// Without a maximum everything is admitted at once.
+    @Test func unlimitedAdmitsEverything() {
+        let throttle = CopyThrottle(limits: SpeedLimits(minimum: 1000, maximum: nil))
+        for step in 0..<1000 { #expect(throttle.admit(1 << 20, now: UInt64(step)) == nil) }
+    }
+
+    /// With a maximum, the bytes admitted over a simulated minute never exceed the limit by more
+    /// than one burst plus one request, and the copy never stalls for good.
+    @Test func speedMaxBoundsTheAdmittedBytes() {
+        let limitKiB: UInt64 = 10_000
+        let throttle = CopyThrottle(limits: SpeedLimits(minimum: 1000, maximum: limitKiB))
+        var now: UInt64 = 5 * Self.second
+        let start = now
+        var admitted: UInt64 = 0
+        while now - start < 60 * Self.second {
+            if let wait = throttle.admit(1 << 20, now: now) {
+                #expect(wait > 0 && wait <= 2 * Self.second)
+                now += wait
+            } else {
+                admitted += 1 << 20
+            }
+        }
+        let allowed = Double(limitKiB * 1024) * 60
+        #expect(Double(admitted) <= allowed + Double(limitKiB * 1024) * 0.2 + Double(1 << 20))
+        #expect(Double(admitted) >= allowed * 0.9)
+    }
+
+    /// A limit below one region per second still admits a region at a time (the bucket goes into debt).
+    @Test func tinyLimitStillProgresses() {
+        let throttle = CopyThrottle(limits: SpeedLimits(minimum: 1, maximum: 1))
+        var now = Self.second
+        var admitted = 0
+        for _ in 0..<10 {
+            while let wait = throttle.admit(1 << 20, now: now) { now += wait }
+            admitted += 1
+        }
+        #expect(admitted == 10)
+        // 10 MiB at 1 KiB/s takes about 9 MiB worth of seconds of waiting.
+        #expect(now > 9 * 1024 * Self.second)
+    }
+
+    /// Under foreground I/O the copier yields (fewer copies in flight) only while it is above its
+    /// minimum speed; below it, it keeps its full depth.
+    @Test func yieldsToForegroundOnlyAboveSpeedMin() {
+        let throttle = CopyThrottle(limits: SpeedLimits(minimum: 50_000, maximum: nil))
+        let now = 10 * Self.second
+        #expect(throttle.depth(full: 8, foregroundBusy: false, now: now) == 8)
+        #expect(throttle.depth(full: 8, foregroundBusy: true, now: now) == 8)  // nothing copied yet: below the minimum
+        for step in 0..<20 { throttle.completed(20 << 20, now: now - 5 * Self.second + UInt64(step) * Self.second / 4) }
+        // 400 MiB in 5 s: far above 50,000 KiB/s.
+        #expect(throttle.depth(full: 8, foregroundBusy: true, now: now) == 2)
+        #expect(throttle.depth(full: 8, foregroundBusy: false, now: now) == 8)
+        throttle.limits = SpeedLimits(minimum: 500_000, maximum: nil)
+        #expect(throttle.depth(full: 8, foregroundBusy: true, now: now) == 8)
+    }
+
+    @Test func rateMeterAveragesOverItsWindow() {
+        var meter = RateMeter(slotNanos: Self.second / 4, slotCount: 20)
+        #expect(meter.bytesPerSecond(now: Self.second) == 0)
+        let start = 100 * Self.second
+        for step in 0..<40 { meter.add(1 << 20, now: start + UInt64(step) * Self.second / 4) }  // 4 MiB/s for 10 s
+        let rate = meter.bytesPerSecond(now: start + 10 * Self.second - 1)
+        #expect(abs(rate - Double(4 << 20)) < Double(1 << 20))
+        // Long after the last sample the window is empty.
+        #expect(meter.bytesPerSecond(now: start + 60 * Self.second) == 0)
+    }
+}
+
+@Suite struct SectorComparisonTests {
+    @Test func countsAndMergesMismatchingSectors() {
+        var a = [UInt8](repeating: 7, count: 8192), b = a
+        b[0] = 1; b[700] = 1; b[1023] = 1  // sectors 0 and 1
+        b[4096] = 1                          // sector 8
+        b[8191] = 1                          // sector 15 (the last)
+        let ranges = a.withUnsafeBytes { pa in b.withUnsafeBytes { pb in
+            SectorComparison.mismatches(pa.baseAddress!, pb.baseAddress!, count: 8192, base: 1 << 20)
+        } }
+        #expect(ranges == [CheckReport.Mismatch(offset: (1 << 20), length: 1024),
+                           CheckReport.Mismatch(offset: (1 << 20) + 4096, length: 512),
+                           CheckReport.Mismatch(offset: (1 << 20) + 7680, length: 512)])
+        var report = CheckReport(repair: false, regionsTotal: 1)
+        report.record(ranges)
+        #expect(report.mismatchedSectors == 4)
+        a = b
+        #expect(a.withUnsafeBytes { pa in b.withUnsafeBytes { pb in
+            SectorComparison.mismatches(pa.baseAddress!, pb.baseAddress!, count: 8192, base: 0) } }.isEmpty)
+    }
+}
