@@ -92,6 +92,6 @@ let package = Package(
             ]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["blockmirror", "NBD"]),
+            dependencies: ["blockmirror", "NBD", "Mirror"]),
     ]
 )

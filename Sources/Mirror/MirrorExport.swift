@@ -152,15 +152,15 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     /// with `resume`, only the regions the bitmap marks. A target smaller than the source is
     /// refused; a larger one is fine (the export keeps the source's size).
     public func attach(target: BlockDevice, resume: Bool = false) throws(AttachError) {
-        guard target.size >= source.size else {
-            throw AttachError(description: "target \(target.path) has \(target.size) bytes, smaller than source \(source.path) (\(source.size) bytes)")
-        }
         let fresh: RegionBitmap? = try shared.withLock { shared throws(AttachError) in
             guard !shared.stopping else { throw AttachError(description: "the mirror is stopping") }
             guard shared.target == nil || shared.failure != nil else {
                 throw AttachError(description: "a target is already attached (\(shared.target!.path))")
             }
             guard shared.check == nil else { throw AttachError(description: "a check is running") }
+            guard target.size >= source.size else {
+                throw AttachError(description: "target \(target.path) has \(target.size) bytes, smaller than source \(source.path) (\(source.size) bytes)")
+            }
             shared.target = target
             shared.failure = nil
             if !resume { shared.bitmap.setAll() }

@@ -351,6 +351,20 @@ final class ServerProcess {
                 sourceLocation: sourceLocation)
     }
 
+    /// Waits (up to 120 s) for an exit the test caused otherwise (a `stop` verb): records a
+    /// failure unless it is status 0.
+    func waitForCleanExit(sourceLocation: SourceLocation = #_sourceLocation) {
+        guard !stopped else { return }
+        stopped = true
+        guard child.waitForExit(timeout: 120) else {
+            child.killAndWait()
+            Issue.record("blockmirror did not exit within 120 s\n\(log)", sourceLocation: sourceLocation)
+            return
+        }
+        #expect(child.exitedNormally && child.exitCode == 0, "blockmirror exit status \(child.exitCode)\n\(log)",
+                sourceLocation: sourceLocation)
+    }
+
     deinit { child.killAndWait() }
 }
 
