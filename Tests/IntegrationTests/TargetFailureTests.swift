@@ -1,0 +1,47 @@
+import Foundation
+import Mirror
+import Testing
+
+/// Invariant 5 with a real failing device: the target is a 64 MiB sparse file on a 16 MiB tmpfs,
+/// so writing it fails with ENOSPC partway. The mirror degrades, says why, keeps serving from the
+/// source, and no acknowledged write is lost (fio verifies through the export, then again against
+/// OLD alone after the stop).
+@Suite(.serialized) struct TargetFailureTests {
+    @Test func fullTargetDegradesAndNoAcknowledgedWriteIsLost() throws {
+        try Tools.require("fio", "mount", "umount")
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let small = dir.file("small")
+        try FileManager.default.createDirectory(atPath: small, withIntermediateDirectories: true)
+        try #require(try run("mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", small, in: dir).succeeded)
+        defer { _ = try? run("umount", small, in: dir) }
+        let old = dir.file("old.img"), new = small + "/new.img"
+        try makeRandomFile(old, size: 64 << 20)
+        try makeSparseFile(new, size: 64 << 20)
+
+        let mirror = try MirrorDaemon(source: old, target: new, in: dir, ["--region-size", "256K"])
+        let job = ["fio", "--name=failing", "--ioengine=nbd", "--uri=\(mirror.uri)", "--rw=randwrite", "--bsrange=4k-64k",
+                   "--iodepth=16", "--size=64M", "--io_size=48M", "--verify=crc32c", "--verify_state_save=0", "--randseed=7"]
+        let fio = try run(job, in: dir)
+        #expect(fio.succeeded, "writes failed although only the target is full\n\(fio)\n\(mirror.log)")
+        let failed = try #require(try mirror.waitForStatus { $0.state == .targetFailed })
+        let reason = failed.failure ?? ""
+        #expect(reason.contains(new) && reason.contains("No space left on device") && reason.contains("offset"), "\(reason)")
+        #expect(mirror.log.contains("target failed"), "\(mirror.log)")
+        let text = try mirror.cli("status", "m0")
+        #expect(text.stdout.contains("target-failed") && text.stdout.contains("new.img[1](F)"), "\(text)")
+
+        // Still serving, from the source alone.
+        let more = try run(job.map { $0 == "--randseed=7" ? "--randseed=8" : $0 }, in: dir)
+        #expect(more.succeeded, "\(more)\n\(mirror.log)")
+        let stop = try mirror.stop()
+        #expect(stop.stdout.contains("not in sync (target failed:"), "\(stop)")
+
+        // OLD alone holds the last writes: fio's verify pass of the second job against a plain export of it.
+        let server = try ServerProcess(image: old, in: dir, socketName: "plain.sock")
+        defer { server.stop() }
+        let verify = try run(job.map { $0 == "--randseed=7" ? "--randseed=8" : $0.hasPrefix("--uri=") ? "--uri=\(server.uri)" : $0 }
+                             + ["--verify_only"], in: dir)
+        #expect(verify.succeeded, "acknowledged writes missing from OLD\n\(verify)")
+    }
+}
