@@ -10,8 +10,9 @@ public struct BlockMirrorCommand: AsyncParsableCommand {
             a socket in use; no such mirror); 3 check found mismatches; 64 a usage error.
             """,
         version: "0.1.0",
-        subcommands: [BuildCommand.self, AddCommand.self, StatusCommand.self, CheckCommand.self, SpeedCommand.self,
-                      StopCommand.self, ServeCommand.self])
+        subcommands: [BuildCommand.self, AddCommand.self, FailCommand.self, RemoveCommand.self, StatusCommand.self,
+                      DetailCommand.self, ListCommand.self, WaitCommand.self, CheckCommand.self, SpeedCommand.self, StopCommand.self,
+                      ServeCommand.self])
 
     public init() {}
 }

@@ -44,6 +44,9 @@ struct BuildCommand: AsyncParsableCommand {
     @Option(name: .long, help: "KiB/s the background copy never exceeds (md's speed_limit_max); default: unlimited.")
     var speedMax: UInt64?
 
+    @Flag(name: .long, help: "Run in the background: print the NBD URI and return once serving (log in RUNDIR/NAME.log).")
+    var daemon = false
+
     @OptionGroup var runtime: RuntimeOptions
     @OptionGroup var logging: LoggingOptions
 
@@ -54,7 +57,7 @@ struct BuildCommand: AsyncParsableCommand {
         guard size >= 4096, size & (size - 1) == 0 else {
             throw ValidationError("--region-size must be a power of two of at least 4K (got \(size) bytes)")
         }
-        try RuntimeDirectory.validate(name: name)
+        do { try RuntimeDirectory.validate(name: name) } catch { throw ValidationError(error.description) }
         if let speedMax, speedMax < speedMin {
             throw ValidationError("--speed-max (\(speedMax)K) is below --speed-min (\(speedMin)K)")
         }
@@ -62,6 +65,14 @@ struct BuildCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        if daemon {
+            do {
+                for line in try Daemonizer.detach(name: name, directory: runtime.directory) { print(line) }
+            } catch {
+                throw exitWithError(error)
+            }
+            return
+        }
         let logger = makeLogger(label: "blockmirror.build", level: logging.logLevel.level)
         let addresses = try listen.map { value throws(ListenAddress.ParseError) in try ListenAddress(parsing: value) }
         // Absolute paths: the bitmap file records them, and status shows them.

@@ -19,41 +19,6 @@ struct AddCommand: ParsableCommand {
     }
 }
 
-/// `blockmirror status [NAME] [--json]`: progress of one mirror or of every mirror, like /proc/mdstat.
-struct StatusCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "status", abstract: "Show the state and progress of mirrors (like /proc/mdstat).")
-
-    @Argument(help: "The mirror's name (default: every mirror in the runtime directory).") var name: String?
-    @Flag(name: .long, help: "Print JSON (one object for NAME, an array otherwise).") var json = false
-    @OptionGroup var runtime: RuntimeOptions
-
-    func run() throws {
-        if let name {
-            let status = try runtime.send(ControlRequest(verb: .status), to: name).status!
-            print(json ? NamedStatus(name: name, status: status).json : StatusText.render(name: name, status))
-            return
-        }
-        var statuses: [NamedStatus] = []
-        for name in runtime.directory.mirrorNames() {
-            do {
-                let response = try ControlClient.send(ControlRequest(verb: .status), to: name, in: runtime.directory)
-                if let status = response.status { statuses.append(NamedStatus(name: name, status: status)) }
-            } catch {
-                // A dead daemon's socket was just removed; say so and go on with the others.
-                FileHandle.standardError.write(Data("blockmirror: \(error)\n".utf8))
-            }
-        }
-        if json {
-            print(String(decoding: ControlCodec.encode(statuses).dropLast(), as: UTF8.self))
-        } else if statuses.isEmpty {
-            print("no mirrors running (runtime directory \(runtime.directory.path))")
-        } else {
-            print(statuses.map { StatusText.render(name: $0.name, $0.status) }.joined(separator: "\n\n"))
-        }
-    }
-}
-
 /// A status with its mirror's name, encoded as one flat JSON object (`name` plus `MirrorStatus`).
 struct NamedStatus: Encodable {
     let name: String
@@ -136,5 +101,92 @@ struct StopCommand: ParsableCommand {
     func run() throws {
         let response = try runtime.send(ControlRequest(verb: .stop), to: name, timeout: nil)
         print(response.message ?? "\(name): stopped")
+    }
+}
+
+/// `blockmirror detail NAME [--json]`: everything about one mirror, like `mdadm --detail`.
+struct DetailCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "detail", abstract: "Show a mirror in detail: sizes, state, devices and their roles (like mdadm --detail).")
+
+    @Argument(help: "The mirror's name.") var name: String
+    @Flag(name: .long, help: "Print JSON: {\"name\", \"status\", \"daemon\"}.") var json = false
+    @OptionGroup var runtime: RuntimeOptions
+
+    func run() throws {
+        let response = try runtime.send(ControlRequest(verb: .status), to: name)
+        if json {
+            print(String(decoding: ControlCodec.encode(Detail(name: name, status: response.status!, daemon: response.daemon)).dropLast(),
+                         as: UTF8.self))
+        } else {
+            print(DetailText.render(name: name, response.status!, daemon: response.daemon))
+        }
+    }
+
+    struct Detail: Encodable {
+        let name: String
+        let status: MirrorStatus
+        let daemon: DaemonInfo?
+    }
+}
+
+/// `blockmirror list [--json]`: the mirrors running, one line each.
+struct ListCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List the running mirrors, one line each.")
+
+    @Flag(name: .long, help: "Print a JSON array of {\"name\", \"state\", \"source\", \"target\", \"exports\", \"pid\"}.") var json = false
+    @OptionGroup var runtime: RuntimeOptions
+
+    struct Entry: Encodable {
+        let name: String, state: MirrorState, source: String, target: String?, exports: [String], pid: Int32?
+    }
+
+    func run() throws {
+        var entries: [Entry] = []
+        for name in runtime.directory.mirrorNames() {
+            do {
+                let response = try ControlClient.send(ControlRequest(verb: .status), to: name, in: runtime.directory)
+                guard let status = response.status else { continue }
+                entries.append(Entry(name: name, state: status.state, source: status.source, target: status.target,
+                                     exports: response.daemon?.exports ?? [], pid: response.daemon?.pid))
+            } catch {
+                FileHandle.standardError.write(Data("blockmirror: \(error)\n".utf8))
+            }
+        }
+        if json {
+            print(String(decoding: ControlCodec.encode(entries).dropLast(), as: UTF8.self))
+            return
+        }
+        for entry in entries {
+            print("\(entry.name)\t\(entry.state.rawValue)\t\(entry.source) -> \(entry.target ?? "missing")\t\(entry.exports.first ?? "")")
+        }
+    }
+}
+
+/// `blockmirror fail NAME`: marks the target faulty, like `mdadm --fail`.
+struct FailCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fail", abstract: "Mark a mirror's target faulty (like mdadm --fail): writes go to the source alone.")
+
+    @Argument(help: "The mirror's name.") var name: String
+    @OptionGroup var runtime: RuntimeOptions
+
+    func run() throws {
+        let response = try runtime.send(ControlRequest(verb: .fail), to: name)
+        print("\(name): \(response.message ?? "target marked faulty")")
+    }
+}
+
+/// `blockmirror remove NAME`: detaches a failed target, like `mdadm --remove`.
+struct RemoveCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "remove", abstract: "Remove a failed target from a mirror (like mdadm --remove); add a new one with add.")
+
+    @Argument(help: "The mirror's name.") var name: String
+    @OptionGroup var runtime: RuntimeOptions
+
+    func run() throws {
+        let response = try runtime.send(ControlRequest(verb: .remove), to: name)
+        print("\(name): \(response.message ?? "target removed")")
     }
 }

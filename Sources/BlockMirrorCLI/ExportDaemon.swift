@@ -6,6 +6,7 @@ import Logging
 import NBD
 import NIOCore
 import NIOPosix
+import Synchronization
 
 /// What every serving verb does around its export: set up libaio on the event loops, open the
 /// export, listen and print the NBD URIs, serve until SIGINT/SIGTERM (or a `stop` request on the
@@ -36,8 +37,11 @@ enum ExportDaemon {
             try? await group.shutdownGracefully()
         }
         let stop = StopTrigger()
+        let info = Mutex(DaemonInfo(pid: getpid(), exports: [], started: ISO8601DateFormatter().string(from: Date()), backend: "engine"))
         let export: Export
         var controlServer: ControlServer?
+        var pidFile: String?
+        defer { if let pidFile { unlink(pidFile) } }
         do {
             try control?.directory.create()
             try await aio.bind(to: group)
@@ -52,16 +56,24 @@ enum ExportDaemon {
                 let answer = control.answer
                 let socket = ControlServer(path: control.directory.controlSocket(for: name), name: name, group: group,
                                            logger: logger) { request in
-                    request.verb == .stop ? await stop.request() : await answer(export, aio, request)
+                    guard request.verb != .stop else { return await stop.request() }
+                    var response = await answer(export, aio, request)
+                    if request.verb == .status { response.daemon = info.withLock { $0 } }
+                    return response
                 }
                 try await socket.start()
                 controlServer = socket
+                pidFile = control.directory.path + "/\(name).pid"
+                _ = FileManager.default.createFile(atPath: pidFile!, contents: Data("\(getpid())\n".utf8),
+                                               attributes: [.posixPermissions: 0o644])
             }
             for address in addresses {
                 let bound = try await server.listen(on: address)
                 print(bound.uri(exportName: name))
+                info.withLock { $0.exports.append(bound.uri(exportName: name)) }
             }
             fflush(nil)
+            Daemonizer.detachStandardOutput()
         } catch {
             await server.shutdown()
             await controlServer?.shutdown()

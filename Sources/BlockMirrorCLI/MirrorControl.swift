@@ -13,14 +13,15 @@ enum MirrorControl {
         case .add:
             guard let path = request.target, !path.isEmpty else { return .failure(name, "add: no target given") }
             guard path != mirror.source.path else { return .failure(name, "\(path) is the source of mirror \(name)") }
+            let regions: Int
             do {
                 let target = try BlockDevice.open(path: path, readOnly: false, aio: aio, logger: logger)
-                try mirror.attach(target: target)
+                regions = try mirror.attach(target: target)
             } catch {
                 return .failure(name, "cannot add \(path): \(error)")
             }
             let status = mirror.status
-            return ControlResponse(ok: true, name: name, message: "added \(path): recovery started (\(status.regionsDirty) regions to copy)",
+            return ControlResponse(ok: true, name: name, message: "added \(path): recovery started (\(regions) of \(status.regionsTotal) regions to copy)",
                                    status: status)
         case .speed:
             var limits = mirror.status.speedLimits
@@ -35,6 +36,16 @@ enum MirrorControl {
                 return ControlResponse(ok: true, name: name, status: mirror.status, check: report)
             } catch {
                 return .failure(name, "cannot check: \(error)")
+            }
+        case .fail:
+            do { try mirror.failTarget() } catch { return .failure(name, "cannot fail the target: \(error)") }
+            return ControlResponse(ok: true, name: name, message: "marked \(mirror.status.target ?? "the target") faulty", status: mirror.status)
+        case .remove:
+            do {
+                let removed = try mirror.removeTarget()
+                return ControlResponse(ok: true, name: name, message: "removed \(removed)", status: mirror.status)
+            } catch {
+                return .failure(name, "cannot remove the target: \(error)")
             }
         case .stop:
             return .failure(name, "stop is handled by the daemon")

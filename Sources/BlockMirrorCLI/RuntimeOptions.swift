@@ -16,6 +16,7 @@ struct RuntimeOptions: ParsableArguments {
     func send(_ request: ControlRequest, to name: String, timeout: Int? = 30) throws -> ControlResponse {
         let response: ControlResponse
         do {
+            try RuntimeDirectory.validate(name: name)
             response = try ControlClient.send(request, to: name, in: directory, timeout: timeout)
         } catch {
             throw exitWithError(error)

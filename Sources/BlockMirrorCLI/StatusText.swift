@@ -14,23 +14,28 @@ enum StatusText {
         let limits = "\(status.speedLimits.minimum)K-" + (status.speedLimits.maximum.map { "\($0)K" } ?? "unlimited")
         var lines = ["\(name) : \(status.state.rawValue) \(devices)",
                      "      \(status.size / 1024)K, \(status.regionSize / 1024)K regions, speed limits \(limits) \(healthy)"]
-        if status.state == .recovering {
-            let total = status.size / 1024
-            let done = total - min(total, status.bytesDirty / 1024)
-            lines.append("      " + progress(action: "recovery", done: done, total: total, speed: status.speedBytesPerSecond,
-                                             eta: status.etaSeconds))
-        }
-        if let check = status.check {
-            let total = UInt64(check.regionsTotal), done = UInt64(check.regionsChecked + check.regionsSkipped)
-            lines.append("      " + progress(action: check.repair ? "repair" : "check", done: done, total: total,
-                                             speed: status.speedBytesPerSecond, eta: nil))
-        }
+        if let line = progressLine(status) { lines.append("      " + line) }
         if let failure = status.failure { lines.append("      target failed: \(failure)") }
         if let last = status.lastCheck, status.check == nil {
             lines.append("      last \(last.repair ? "repair" : "check"): mismatch_cnt=\(last.mismatchedSectors)"
                          + (last.interrupted.map { " (interrupted: \($0))" } ?? ""))
         }
         return lines.joined(separator: "\n")
+    }
+
+    /// The progress line of a recovery or a check in progress, nil when neither runs.
+    static func progressLine(_ status: MirrorStatus) -> String? {
+        if status.state == .recovering {
+            let total = status.size / 1024
+            let done = total - min(total, status.bytesDirty / 1024)
+            return progress(action: "recovery", done: done, total: total, speed: status.speedBytesPerSecond, eta: status.etaSeconds)
+        }
+        if let check = status.check {
+            let total = status.size / 1024
+            let done = min(total, UInt64(check.regionsChecked + check.regionsSkipped) * (status.regionSize / 1024))
+            return progress(action: check.repair ? "repair" : "check", done: done, total: total, speed: status.speedBytesPerSecond, eta: nil)
+        }
+        return nil
     }
 
     /// md's progress line: a 20-step bar, per-mille percentage, done/total, finish and speed.

@@ -12,6 +12,10 @@ public struct ControlRequest: Codable, Sendable, Equatable {
         case speed
         /// Compare source and target (`repair`: rewrite mismatches on the target); answers when done.
         case check
+        /// Mark the target faulty (`mdadm --fail`): writes go to the source alone.
+        case fail
+        /// Detach a failed target (`mdadm --remove`).
+        case remove
         /// Drain, flush both legs, save the bitmap and exit; answers with the final report.
         case stop
     }
@@ -43,6 +47,8 @@ public struct ControlResponse: Codable, Sendable, Equatable {
     public var status: MirrorStatus?
     /// `check`: what the check found.
     public var check: CheckReport?
+    /// `status`: the daemon serving the mirror.
+    public var daemon: DaemonInfo?
 
     public init(ok: Bool, name: String, error: String? = nil, message: String? = nil, status: MirrorStatus? = nil, check: CheckReport? = nil) {
         self.ok = ok; self.name = name; self.error = error; self.message = message; self.status = status; self.check = check
@@ -50,6 +56,22 @@ public struct ControlResponse: Codable, Sendable, Equatable {
 
     public static func failure(_ name: String, _ error: String) -> ControlResponse {
         ControlResponse(ok: false, name: name, error: error)
+    }
+}
+
+/// The daemon behind a mirror: what `detail` and `list` show besides the mirror's status.
+public struct DaemonInfo: Codable, Sendable, Equatable {
+    /// Its process id.
+    public var pid: Int32
+    /// The NBD URIs clients use.
+    public var exports: [String]
+    /// When it started (ISO 8601, UTC).
+    public var started: String
+    /// `engine` (this daemon) or `md`.
+    public var backend: String
+
+    public init(pid: Int32, exports: [String], started: String, backend: String) {
+        self.pid = pid; self.exports = exports; self.started = started; self.backend = backend
     }
 }
 

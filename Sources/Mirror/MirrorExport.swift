@@ -16,8 +16,8 @@ import Synchronization
 /// (invariant 5). The source is written first-class on every path, so it is never older than what
 /// was acknowledged (invariant 6).
 public final class MirrorExport: BlockExport, @unchecked Sendable {
-    /// Why a target cannot be attached.
-    public struct AttachError: Error, CustomStringConvertible, Sendable {
+    /// Why a target cannot be attached, failed or removed.
+    public struct TargetError: Error, CustomStringConvertible, Sendable {
         public let description: String
     }
 
@@ -118,6 +118,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         let now = Self.now()
         var status = shared.withLock { Self.status(of: $0) }
         status.source = source.path
+        status.bitmap = intentLog?.path
         let speed = throttle.bytesPerSecond(now: now)
         status.speedBytesPerSecond = UInt64(speed)
         if status.state == .recovering, speed >= 1 { status.etaSeconds = Double(status.bytesDirty) / speed }
@@ -150,16 +151,18 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
 
     /// Attaches a target (like `mdadm --add`) and starts the recovery: every region is copied, or,
     /// with `resume`, only the regions the bitmap marks. A target smaller than the source is
-    /// refused; a larger one is fine (the export keeps the source's size).
-    public func attach(target: BlockDevice, resume: Bool = false) throws(AttachError) {
-        let fresh: RegionBitmap? = try shared.withLock { shared throws(AttachError) in
-            guard !shared.stopping else { throw AttachError(description: "the mirror is stopping") }
+    /// refused; a larger one is fine (the export keeps the source's size). Returns the number of
+    /// regions to copy.
+    @discardableResult
+    public func attach(target: BlockDevice, resume: Bool = false) throws(TargetError) -> Int {
+        let fresh: RegionBitmap? = try shared.withLock { shared throws(TargetError) in
+            guard !shared.stopping else { throw TargetError(description: "the mirror is stopping") }
             guard shared.target == nil || shared.failure != nil else {
-                throw AttachError(description: "a target is already attached (\(shared.target!.path))")
+                throw TargetError(description: "a target is already attached (\(shared.target!.path))")
             }
-            guard shared.check == nil else { throw AttachError(description: "a check is running") }
+            guard shared.check == nil else { throw TargetError(description: "a check is running") }
             guard target.size >= source.size else {
-                throw AttachError(description: "target \(target.path) has \(target.size) bytes, smaller than source \(source.path) (\(source.size) bytes)")
+                throw TargetError(description: "target \(target.path) has \(target.size) bytes, smaller than source \(source.path) (\(source.size) bytes)")
             }
             shared.target = target
             shared.failure = nil
@@ -175,11 +178,13 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
             }
             if case .failure(let failure) = result {
                 shared.withLock { $0.failure = "\(failure)" }
-                throw AttachError(description: "\(failure)")
+                throw TargetError(description: "\(failure)")
             }
         }
-        logger.info("target attached, recovery starts", metadata: ["target": "\(target.path)", "regions": "\(status.regionsTotal)"])
+        let dirty = shared.withLock { $0.bitmap.dirtyCount }
+        logger.info("target attached, recovery starts", metadata: ["target": "\(target.path)", "regions": "\(dirty)"])
         pump()
+        return dirty
     }
 
     /// Returns when the target is in sync, has failed, or the mirror is stopping.
@@ -199,15 +204,49 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
 
     /// Marks the target failed after an I/O error on it: writes continue on the source alone.
     func targetFailed(_ error: BlockIOError) {
+        if markFailed(error.description) {
+            logger.error("target failed, mirror degraded: serving from the source alone", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Records the target's failure (the first reason wins); true if it was healthy until now.
+    private func markFailed(_ reason: String) -> Bool {
         let first: Bool = shared.withLock { shared in
             guard shared.failure == nil, shared.target != nil else { return false }
-            shared.failure = error.description
+            shared.failure = reason
             return true
         }
-        if first {
-            logger.error("target failed, mirror degraded: serving from the source alone", metadata: ["error": "\(error)"])
-            settle()
+        if first { settle() }
+        return first
+    }
+
+    /// Marks a healthy target faulty on the administrator's word (`mdadm --fail`): writes go to the
+    /// source alone from now on and the copy stops; the target keeps what it had.
+    public func failTarget() throws(TargetError) {
+        guard let target = shared.withLock({ $0.failure == nil ? $0.target : nil }) else {
+            throw TargetError(description: "no healthy target to fail (state \(status.state.rawValue))")
         }
+        if markFailed("\(target.path) marked faulty by the administrator") {
+            logger.notice("target marked faulty, mirror degraded: serving from the source alone", metadata: ["target": "\(target.path)"])
+        }
+    }
+
+    /// Detaches a failed target (`mdadm --remove`): the mirror is degraded and a new target can be
+    /// added. An active target must be failed first, as md requires. Returns the removed path.
+    @discardableResult
+    public func removeTarget() throws(TargetError) -> String {
+        let removed: String = try shared.withLock { shared throws(TargetError) in
+            guard let target = shared.target else { throw TargetError(description: "no target to remove") }
+            guard shared.failure != nil else {
+                throw TargetError(description: "\(target.path) is active: fail it first (blockmirror fail)")
+            }
+            guard shared.check == nil else { throw TargetError(description: "a check is running") }
+            shared.target = nil
+            shared.failure = nil
+            return target.path
+        }
+        logger.notice("target removed, mirror degraded", metadata: ["target": "\(removed)"])
+        return removed
     }
 
     /// Wakes `waitUntilSettled` callers when the state is no longer `recovering`.

@@ -40,6 +40,8 @@ public struct MirrorStatus: Sendable, Equatable, Codable {
     public var lastCheck: CheckReport?
     /// Why the target failed, naming device and offset.
     public var failure: String?
+    /// The write-intent bitmap file, if any.
+    public var bitmap: String?
 
     /// Bytes the target still lacks (whole regions; the last may be partial).
     public var bytesDirty: UInt64 { min(UInt64(regionsDirty) * regionSize, size) }

@@ -119,7 +119,7 @@ import Testing
         let rig = try Rig(targetSize: Self.size - 4096)
         defer { rig.tearDown() }
         let mirror = MirrorExport(source: try rig.open(rig.sourcePath), pool: BufferPool(), logger: Logger(label: "mirror"))
-        let error = #expect(throws: MirrorExport.AttachError.self) { try mirror.attach(target: try rig.open(rig.targetPath)) }
+        let error = #expect(throws: MirrorExport.TargetError.self) { try mirror.attach(target: try rig.open(rig.targetPath)) }
         #expect(error?.description.contains(rig.targetPath) == true)
         #expect(error?.description.contains("\(Self.size)") == true)
         #expect(mirror.status.state == .degraded)

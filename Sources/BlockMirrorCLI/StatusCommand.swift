@@ -1,0 +1,116 @@
+import ArgumentParser
+import Control
+import Foundation
+import Mirror
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `blockmirror status [NAME] [--json] [--watch]`: progress of one mirror or of every mirror, like
+/// /proc/mdstat (and `watch cat /proc/mdstat`).
+struct StatusCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status", abstract: "Show the state and progress of mirrors (like /proc/mdstat).")
+
+    @Argument(help: "The mirror's name (default: every mirror in the runtime directory).") var name: String?
+    @Flag(name: .long, help: "Print JSON (one object for NAME, an array otherwise).") var json = false
+    @Flag(name: .long, help: "Refresh every --interval seconds until interrupted (or until NAME stops).") var watch = false
+    @Option(name: .long, help: "Seconds between refreshes with --watch.") var interval: Double = 1
+    @OptionGroup var runtime: RuntimeOptions
+
+    func validate() throws {
+        guard interval >= 0.1 else { throw ValidationError("--interval must be at least 0.1 seconds") }
+    }
+
+    func run() throws {
+        guard watch else {
+            print(try snapshot())
+            return
+        }
+        let terminal = isatty(1) != 0
+        while true {
+            let text: String
+            do {
+                text = try snapshot()
+            } catch let error as ControlError where name != nil {
+                print("\(name!): no longer running (\(error))")
+                return
+            }
+            // On a terminal, redraw in place like watch(1); otherwise one block per refresh.
+            print(terminal ? "\u{1B}[H\u{1B}[2J" + text : text + "\n")
+            fflush(nil)
+            usleep(useconds_t(interval * 1_000_000))
+        }
+    }
+
+    /// The text (or JSON) of one refresh. Control errors are thrown as `ControlError`.
+    private func snapshot() throws -> String {
+        if let name {
+            let response = try ControlClient.send(ControlRequest(verb: .status), to: name, in: runtime.directory)
+            guard response.ok, let status = response.status else { throw ControlError("\(name): \(response.error ?? "no status")") }
+            return json ? NamedStatus(name: name, status: status).json : StatusText.render(name: name, status)
+        }
+        var statuses: [NamedStatus] = []
+        for name in runtime.directory.mirrorNames() {
+            do {
+                let response = try ControlClient.send(ControlRequest(verb: .status), to: name, in: runtime.directory)
+                if let status = response.status { statuses.append(NamedStatus(name: name, status: status)) }
+            } catch {
+                // A dead daemon's socket was just removed; say so and go on with the others.
+                FileHandle.standardError.write(Data("blockmirror: \(error)\n".utf8))
+            }
+        }
+        if json { return String(decoding: ControlCodec.encode(statuses).dropLast(), as: UTF8.self) }
+        if statuses.isEmpty { return "no mirrors running (runtime directory \(runtime.directory.path))" }
+        return statuses.map { StatusText.render(name: $0.name, $0.status) }.joined(separator: "\n\n")
+    }
+}
+
+/// `blockmirror wait NAME`: blocks until the recovery (and any check) is over, like `mdadm --wait`,
+/// with a live progress line on a terminal. Exit status 0 when in sync, 1 otherwise.
+struct WaitCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "wait",
+        abstract: "Wait until a mirror's recovery is over (like mdadm --wait), with a live progress bar on a terminal.",
+        discussion: "Exit status: 0 in sync; 1 the target failed, no target is attached, or the mirror stopped.")
+
+    @Argument(help: "The mirror's name.") var name: String
+    @Option(name: .long, help: "Seconds between polls.") var interval: Double = 0.5
+    @OptionGroup var runtime: RuntimeOptions
+
+    func validate() throws {
+        guard interval >= 0.05 else { throw ValidationError("--interval must be at least 0.05 seconds") }
+    }
+
+    func run() throws {
+        let terminal = isatty(1) != 0
+        var lastPrinted = Date.distantPast
+        var drewLine = false
+        while true {
+            let status = try runtime.send(ControlRequest(verb: .status), to: name).status!
+            let busy = status.state == .recovering || status.check != nil
+            if busy, let line = StatusText.progressLine(status) {
+                if terminal {
+                    print("\r\(name): \(line)\u{1B}[K", terminator: "")
+                    drewLine = true
+                } else if Date().timeIntervalSince(lastPrinted) >= 5 {
+                    print("\(name): \(line)")
+                    lastPrinted = Date()
+                }
+                fflush(nil)
+            }
+            if !busy {
+                if drewLine { print() }
+                switch status.state {
+                case .inSync:
+                    print("\(name): in sync")
+                    return
+                case .targetFailed: throw exitWithError(CLIError("\(name): target failed: \(status.failure ?? "")"))
+                case .degraded: throw exitWithError(CLIError("\(name): degraded, no target to wait for"))
+                case .stopping, .recovering: throw exitWithError(CLIError("\(name): stopping"))
+                }
+            }
+            usleep(useconds_t(interval * 1_000_000))
+        }
+    }
+}

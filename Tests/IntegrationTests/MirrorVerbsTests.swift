@@ -1,0 +1,151 @@
+import Foundation
+import Mirror
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The mdadm-like verbs through the real binary: `build --daemon`, `list`, `detail`, `fail`,
+/// `remove`, `add` again, `wait` (with its live bar on a real terminal, via tmux), `status --watch`,
+/// and their errors.
+@Suite(.serialized) struct MirrorVerbsTests {
+    struct Rig {
+        let dir: TempDir
+        let old: String, new: String, runDir: String
+        init(_ label: String = #function, size: Int = 32 << 20) throws {
+            dir = try TempDir(label)
+            old = dir.file("old.img"); new = dir.file("new.img"); runDir = dir.file("run")
+            try makeRandomFile(old, size: size)
+            try makeSparseFile(new, size: size)
+        }
+
+        @discardableResult
+        func cli(_ arguments: String...) throws -> CommandResult {
+            try MirrorDaemon.cli(arguments, runDir: runDir, in: dir)
+        }
+
+        func status(_ name: String = "m0") throws -> MirrorStatus {
+            let result = try cli("status", name, "--json")
+            guard result.succeeded else { throw IntegrationFailure("\(result)") }
+            return try JSONDecoder().decode(MirrorStatus.self, from: Data(result.stdout.utf8))
+        }
+
+        /// Kills a daemon a failed test left behind (its pid file names it).
+        func killLeftovers() {
+            for name in ["m0", "m1"] {
+                if let text = try? String(contentsOfFile: runDir + "/\(name).pid", encoding: .utf8), let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+                    kill(pid, SIGKILL)
+                }
+            }
+        }
+    }
+
+    @Test func daemonModeAndTheLifecycleOfATarget() throws {
+        try Tools.require("cmp")
+        let rig = try Rig()
+        defer { rig.killLeftovers(); rig.dir.remove() }
+        let started = try rig.cli("build", "m0", "--source", rig.old, "--target", "missing", "--daemon",
+                                  "--listen", "unix:\(rig.dir.file("nbd.sock"))", "--bitmap", rig.dir.file("bitmap"))
+        try #require(started.succeeded, "\(started)")
+        #expect(started.stdout.hasPrefix("nbd+unix:///m0?socket=") && started.stdout.contains("m0: daemon started (pid"), "\(started)")
+        let pid = try #require(pid_t(try String(contentsOfFile: rig.runDir + "/m0.pid", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
+        #expect(kill(pid, 0) == 0, "the daemon is not running")
+
+        let list = try rig.cli("list")
+        #expect(list.succeeded && list.stdout.contains("m0\tdegraded\t\(rig.old) -> missing\tnbd+unix:///m0"), "\(list)")
+        let degraded = try rig.cli("detail", "m0")
+        #expect(degraded.stdout.contains("State : clean, degraded\n") && degraded.stdout.contains("       -        1      removed")
+                && degraded.stdout.contains("Bitmap : \(rig.dir.file("bitmap"))") && degraded.stdout.contains("Daemon PID : \(pid)"),
+                "\(degraded)")
+        let waitDegraded = try rig.cli("wait", "m0")
+        #expect(waitDegraded.status == 1 && waitDegraded.stderr.contains("degraded, no target"), "\(waitDegraded)")
+
+        try #require(try rig.cli("add", "m0", rig.new).succeeded)
+        let waited = try rig.cli("wait", "m0")
+        #expect(waited.succeeded && waited.stdout.hasSuffix("m0: in sync\n"), "\(waited)")
+        let synced = try rig.cli("detail", "m0")
+        #expect(synced.stdout.contains("State : clean\n") && synced.stdout.contains("active sync   \(rig.new)"), "\(synced)")
+
+        // fail -> faulty; remove -> degraded; a second remove is refused; add again recovers.
+        let active = try rig.cli("remove", "m0")
+        #expect(active.status == 1 && active.stderr.contains("is active: fail it first"), "\(active)")
+        #expect(try rig.cli("fail", "m0").succeeded)
+        let failed = try rig.status()
+        #expect(failed.state == .targetFailed && failed.failure?.contains("marked faulty") == true)
+        #expect(try rig.cli("detail", "m0").stdout.contains("faulty        \(rig.new)"))
+        #expect(try rig.cli("remove", "m0").succeeded)
+        #expect(try rig.status().state == .degraded)
+        let twice = try rig.cli("remove", "m0")
+        #expect(twice.status == 1 && twice.stderr.contains("no target to remove"), "\(twice)")
+        try #require(try rig.cli("add", "m0", rig.new).succeeded)
+        #expect(try rig.cli("wait", "m0").succeeded)
+
+        let stop = try rig.cli("stop", "m0")
+        #expect(stop.succeeded && stop.stdout.contains("in sync"), "\(stop)")
+        #expect(waitUntil(timeout: 60) { kill(pid, 0) != 0 }, "the daemon still runs after stop")
+        #expect(!FileManager.default.fileExists(atPath: rig.runDir + "/m0.pid") && !FileManager.default.fileExists(atPath: rig.runDir + "/m0.ctl"))
+        #expect(readText(rig.runDir + "/m0.log").contains("stopped"))
+        #expect(try run("cmp", rig.old, rig.new, in: rig.dir).succeeded)
+    }
+
+    @Test func errorsAreOneLineNamingWhat() throws {
+        let rig = try Rig(size: 4 << 20)
+        defer { rig.killLeftovers(); rig.dir.remove() }
+        let missing = try rig.cli("build", "m0", "--source", rig.dir.file("nope.img"), "--target", "missing", "--daemon",
+                                  "--listen", "unix:\(rig.dir.file("nbd.sock"))")
+        #expect(missing.status == 1 && missing.stderr == "blockmirror: error: open \(rig.dir.file("nope.img")): No such file or directory\n",
+                "\(missing)")
+        let badName = try rig.cli("build", "../m0", "--source", rig.old, "--target", "missing", "--listen", "unix:\(rig.dir.file("nbd.sock"))")
+        #expect(badName.status == 64 && badName.stderr.contains("invalid mirror name"), "\(badName)")
+        let same = try rig.cli("build", "m0", "--source", rig.old, "--target", rig.old, "--listen", "unix:\(rig.dir.file("nbd.sock"))")
+        #expect(same.status == 64 && same.stderr.contains("same path"), "\(same)")
+        for verb in [["detail", "nosuch"], ["wait", "nosuch"], ["fail", "nosuch"], ["check", "nosuch"], ["speed", "nosuch", "--max", "1"]] {
+            let result = try MirrorDaemon.cli(verb, runDir: rig.runDir, in: rig.dir)
+            #expect(result.status == 1 && result.stderr == "blockmirror: error: no mirror named nosuch (no control socket \(rig.runDir)/nosuch.ctl)\n",
+                    "\(result)")
+        }
+        let badSpeed = try rig.cli("speed", "m0", "--max", "fast")
+        #expect(badSpeed.status == 64, "\(badSpeed)")
+    }
+
+    /// `wait` on a real terminal (tmux): the md-style bar is redrawn in place, then "in sync".
+    @Test func waitDrawsALiveProgressBarOnATerminal() throws {
+        try Tools.require("tmux")
+        let rig = try Rig()
+        defer { rig.killLeftovers(); rig.dir.remove() }
+        let mirror = try MirrorDaemon(source: rig.old, target: rig.new, in: rig.dir, ["--speed-max", "1000"])
+        let session = "bmwait\(getpid())"
+        let binary = try BlockMirrorBinary.path()
+        try #require(try run("tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "10",
+                             "\(binary) wait m0 --run-dir \(rig.runDir); sleep 600", in: rig.dir).succeeded)
+        defer { _ = try? run("tmux", "kill-session", "-t", session, in: rig.dir) }
+        var screen = ""
+        let drawing = try waitUntil(timeout: 60) {
+            screen = try run("tmux", "capture-pane", "-p", "-t", session, in: rig.dir).stdout
+            return screen.contains("m0: [") && screen.contains("recovery =")
+        }
+        #expect(drawing, "no progress bar on the terminal:\n\(screen)")
+        #expect(screen.split(separator: "\n").filter { $0.contains("recovery =") }.count == 1, "the bar is not redrawn in place:\n\(screen)")
+        try #require(try mirror.cli("speed", "m0", "--max", "unlimited").succeeded)
+        let done = try waitUntil(timeout: 120) {
+            screen = try run("tmux", "capture-pane", "-p", "-t", session, in: rig.dir).stdout
+            return screen.contains("m0: in sync")
+        }
+        #expect(done, "wait never said in sync:\n\(screen)")
+        _ = try mirror.stop()
+    }
+
+    /// `status --watch` without a terminal prints a block per refresh and ends when the mirror stops.
+    @Test func statusWatchFollowsUntilTheMirrorStops() throws {
+        let rig = try Rig(size: 4 << 20)
+        defer { rig.killLeftovers(); rig.dir.remove() }
+        let mirror = try MirrorDaemon(source: rig.old, target: "missing", in: rig.dir)
+        let watch = try ChildProcess([try BlockMirrorBinary.path(), "status", "m0", "--watch", "--interval", "0.2", "--run-dir", rig.runDir], in: rig.dir)
+        defer { watch.killAndWait() }
+        #expect(waitUntil(timeout: 60) { watch.stdout.components(separatedBy: "m0 : degraded").count >= 3 }, "\(watch.stdout)")
+        _ = try mirror.stop()
+        #expect(watch.waitForExit(timeout: 60) && watch.exitCode == 0, "\(watch.stderr)")
+        #expect(watch.stdout.contains("m0: no longer running"), "\(watch.stdout)")
+    }
+}
