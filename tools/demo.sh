@@ -1,57 +1,103 @@
 #!/usr/bin/env bash
-# The main job, end to end on image files it creates: build BlockMirror, put a filesystem with a
-# file on an image, export the image over NBD with `blockmirror serve`, and look at it with real
-# NBD clients (nbdinfo, qemu-img, nbdcopy). Later issues turn this into the live-migration demo.
-# Usage: tools/demo.sh   (as root; WORK=dir to keep the files somewhere else)
+# The main job: a live migration of a "VM disk" from OLD to NEW on image files it creates, told as
+# a short story with its figures — the seed scenario (mdadm --build … OLD missing; --add NEW; keep
+# writing; --stop; boot on NEW) with BlockMirror in md's place:
+#   OLD holds an ext4 filesystem with files; a degraded mirror on OLD is exported over NBD and
+#   mounted (nbdfuse + loop: the "VM"); NEW is added and copied in the background while 100 MiB
+#   more are written; the mirror is checked and stopped; NEW mounts alone with every file intact.
+# Usage: tools/demo.sh   (as root on Debian 12; SIZE=512M, SPEED_MAX=KiB/s of the copy, WORK=dir)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tools/setup.sh
 
+SIZE=${SIZE:-512M}
+SPEED_MAX=${SPEED_MAX:-40000}
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+now() { date +%s.%N; }
+elapsed() { python3 -c "print(f'{$2 - $1:.1f}')"; }
 
 say "Building blockmirror (release)"
 swift build -c release --product blockmirror 2>&1 | tail -1
 BIN=$(swift build -c release --show-bin-path)/blockmirror
+bm() { "$BIN" "$@" --run-dir "$WORK/run"; }
 
 WORK=${WORK:-$(mktemp -d /var/tmp/blockmirror-demo.XXXXXX)}
-SERVER_PID=
+MNT=$WORK/vm FUSE=$WORK/fuse LOOP=
 cleanup() {
-    [[ -n $SERVER_PID ]] && kill -TERM "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null || true
+    mountpoint -q "$MNT" && umount "$MNT"
+    [[ -n $LOOP ]] && losetup -d "$LOOP"
+    mountpoint -q "$FUSE" && fusermount3 -u "$FUSE"
+    [[ -S $WORK/run/vm-disk.ctl ]] && "$BIN" stop vm-disk --run-dir "$WORK/run" >/dev/null 2>&1
+    mountpoint -q "$WORK/check" && umount "$WORK/check"
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+mkdir -p "$MNT" "$FUSE" "$WORK/check" "$WORK/files"
 
-say "Creating OLD: a 256 MiB image with an ext4 filesystem and a 20 MiB file"
-IMG=$WORK/old.img
-truncate -s 256M "$IMG"
-mkdir -p "$WORK/files"
-head -c 20M /dev/urandom > "$WORK/files/somefile.data"
-mkfs.ext4 -q -F -d "$WORK/files" "$IMG"
-( cd "$WORK/files" && md5sum somefile.data )
+say "1. The old disk: OLD ($SIZE) with an ext4 filesystem and 3 files"
+OLD=$WORK/old.img NEW=$WORK/new.img
+truncate -s "$SIZE" "$OLD"
+for i in 1 2 3; do head -c $((i * 8))M /dev/urandom > "$WORK/files/file$i.data"; done
+mkfs.ext4 -q -F -d "$WORK/files" "$OLD"
+(cd "$WORK/files" && md5sum file*.data | tee "$WORK/before.md5")
+truncate -s "$SIZE" "$NEW"
+echo "NEW: an empty $SIZE image, the disk we move to"
 
-say "Exporting it: blockmirror serve $IMG --listen unix:$WORK/nbd.sock"
-"$BIN" serve "$IMG" --listen "unix:$WORK/nbd.sock" --name old >"$WORK/uri" 2>"$WORK/server.log" &
-SERVER_PID=$!
-for _ in $(seq 600); do [[ -s $WORK/uri ]] && break; kill -0 $SERVER_PID || { cat "$WORK/server.log"; exit 1; }; sleep 0.1; done
-URI=$(head -1 "$WORK/uri")
-echo "clients use: $URI"
+say "2. Build a degraded mirror on OLD (mdadm --build … OLD missing) and export it over NBD"
+bm build vm-disk --source "$OLD" --target missing --bitmap "$WORK/vm-disk.bitmap" --speed-max "$SPEED_MAX" \
+    --listen "unix:$WORK/nbd.sock" --daemon | tee "$WORK/started"
+URI=$(head -1 "$WORK/started")
+bm status vm-disk
 
-say "What nbdinfo sees"
-nbdinfo "$URI"
+say "3. The VM uses the mirror: nbdfuse + loop device + mount"
+nbdfuse "$FUSE/" "$URI" &
+for _ in $(seq 300); do [[ -e $FUSE/nbd ]] && break; sleep 0.1; done
+LOOP=$(losetup --find --show --direct-io=off "$FUSE/nbd")
+mount "$LOOP" "$MNT"
+(cd "$MNT" && md5sum -c --quiet "$WORK/before.md5") && echo "the VM sees its 3 files, checksums OK"
 
-say "Its allocation map (base:allocation; ext4 leaves most of the image unallocated)"
-nbdinfo --map --totals "$URI"
+say "4. Add NEW (mdadm --add): the background copy starts, held to ${SPEED_MAX}K/sec"
+T0=$(now)
+bm add vm-disk "$NEW"
+sleep 1
+bm status vm-disk
 
-say "Copying the export with nbdcopy and comparing with the image"
-nbdcopy "$URI" "$WORK/copy.img"
-cmp "$IMG" "$WORK/copy.img" && echo "identical: $(stat -c %s "$WORK/copy.img") bytes"
+say "5. The VM keeps writing during the copy: 100 MiB more"
+head -c 100M /dev/urandom > "$WORK/payload"
+W0=$(now)
+cp "$WORK/payload" "$MNT/written-during-copy.data"
+sync -f "$MNT/written-during-copy.data"
+W1=$(now)
+(cd "$MNT" && md5sum *.data > "$WORK/after.md5")
+WRITE_S=$(elapsed "$W0" "$W1")
+echo "100 MiB written through the mirror in ${WRITE_S} s while the copy ran"
+bm detail vm-disk | sed -n '/State :/,/Rebuild Finish/p'
 
-say "Checking the filesystem through NBD (qemu-img and e2fsck on the copy)"
-qemu-img info -f raw "$URI" | head -3
-e2fsck -fn "$WORK/copy.img"
+say "6. Lift the speed limit while it runs (md's sync_speed_max) and wait for in sync (mdadm --wait)"
+bm speed vm-disk --max unlimited
+bm wait vm-disk
+T1=$(now)
+RECOVERY_S=$(elapsed "$T0" "$T1")
 
-say "Stopping the server (SIGTERM: in-flight requests answered, device flushed)"
-kill -TERM "$SERVER_PID"; wait "$SERVER_PID"; SERVER_PID=
-tail -2 "$WORK/server.log"
-echo
-echo "Done. The mirror engine (issue 3) turns this into the live OLD -> NEW migration."
+say "7. Check: compare OLD and NEW region by region (md's check, mismatch_cnt)"
+bm check vm-disk | tee "$WORK/check.out"
+
+say "8. Shut the VM down and stop the mirror (mdadm --stop)"
+umount "$MNT"; losetup -d "$LOOP"; LOOP=
+fusermount3 -u "$FUSE"
+bm stop vm-disk | tee "$WORK/stopped"
+
+say "9. Boot on NEW alone: mount it and verify every file"
+mount -o ro,loop "$NEW" "$WORK/check"
+(cd "$WORK/check" && md5sum -c "$WORK/after.md5")
+umount "$WORK/check"
+cmp "$OLD" "$NEW" && echo "OLD and NEW are identical byte for byte (OLD still holds everything: reverting is possible)"
+
+say "The story"
+cat <<STORY
+A $SIZE disk with a live ext4 filesystem moved from OLD to NEW without unmounting it: the mirror
+started degraded on OLD, NEW was added, and the copy ran in the background (${RECOVERY_S} s from
+'add' to in sync, held to ${SPEED_MAX}K/sec until step 6) while the filesystem took 100 MiB of new
+writes (${WRITE_S} s). check reported $(grep -o 'mismatch_cnt=[0-9]*' "$WORK/check.out"), stop reported
+"$(cat "$WORK/stopped")", and NEW mounted alone with all 4 files intact.
+STORY

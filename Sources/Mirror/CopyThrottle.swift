@@ -3,7 +3,7 @@ import Synchronization
 /// Paces the background copy (and check): a token bucket for `SpeedLimits.maximum`, a moving
 /// average of the copy speed, and the yield rule under foreground I/O.
 ///
-/// The bucket may go into debt by one request: a request is admitted whenever the balance is
+/// The bucket may go into debt by one request: a request is admitted whenever the balance is not
 /// positive, and the next one waits until the debt is paid back. So a limit below one region per
 /// second still makes progress, one region at a time.
 public final class CopyThrottle: Sendable {
@@ -33,13 +33,12 @@ public final class CopyThrottle: Sendable {
             guard let maximum = state.limits.maximum else { return nil }
             let rate = Double(max(maximum, 1)) * 1024
             let capacity = rate * Self.burstSeconds
+            // The bucket starts empty, so the first second copies at the limit, not limit + burst.
             if let refilledAt = state.refilledAt {
                 state.tokens = min(capacity, state.tokens + rate * Double(now - refilledAt) / 1e9)
-            } else {
-                state.tokens = capacity
             }
             state.refilledAt = now
-            guard state.tokens > 0 else { return UInt64(-state.tokens / rate * 1e9) + 1_000_000 }
+            guard state.tokens >= 0 else { return UInt64(-state.tokens / rate * 1e9) + 1_000_000 }
             state.tokens -= Double(bytes)
             return nil
         }
