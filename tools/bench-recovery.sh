@@ -3,15 +3,18 @@
 # blockdev-mirror, all on the same two files (OLD: random data; NEW: a fresh fallocated file of
 # the same size before every recovery), with fio:
 #   1. idle recovery OLD -> NEW:
-#        raw limit    fio reading OLD and writing NEW at the same time, 1M QD16 each, libaio O_DIRECT
-#        raw copy     dd iflag=direct oflag=direct bs=$DD_BS (a real, serial copy)
+#        raw fio      fio reading OLD and writing NEW at the same time, 1M QD16 each, libaio O_DIRECT
+#                     (what the disk does for a pipelined copy; not a copy: NEW gets fio's data)
+#        raw dd       dd iflag=direct oflag=direct bs=$DD_BS (a real copy, one request at a time)
+#                     (ratios "vs raw" are against the faster of the two, by median)
 #        qsd          blockdev-mirror sync=full (O_DIRECT, aio=native both sides): time from the
 #                     command to BLOCK_JOB_READY
-#        blockmirror  blockmirror build NAME --source OLD --target NEW: time from the start of the
-#                     process to `blockmirror status --json` reporting "in-sync"
+#        blockmirror  blockmirror build NAME --source OLD --target missing, then (its export up)
+#                     blockmirror add NAME NEW: time from the add to `blockmirror status --json`
+#                     reporting "in-sync" (BM_START=build: --target NEW, timed from the start)
 #   2. the same under fio --ioengine=nbd 64k randwrite QD8 through each one's NBD export, from
 #      before the recovery until it is done (at most LOAD_TIMEOUT s): recovery time and the
-#      foreground MiB/s of fio within the recovery;
+#      foreground MiB/s of fio within the recovery (and in the FIO_WARMUP s before it);
 #   3. 4k randwrite QD32 (fio nbd engine, RUNTIME s) on the mirror once in sync: blockmirror
 #      in-sync against qsd's job in ready state (not completed: writes keep being mirrored), and
 #      raw libaio O_DIRECT on OLD alone as a reference.
@@ -32,9 +35,13 @@
 #                      before they complete, as with blockmirror; or background)
 #   QSD_SPEED=0        qsd's speed limit in bytes/s (0: none)
 #   BM_ARGS=           extra arguments for blockmirror build (e.g. "--speed-min 100000")
+#   BM_START=add       how blockmirror's recovery starts: add (default when the binary has the
+#                      verb): `build --target missing`, then `blockmirror add NAME NEW` once its
+#                      export is up (and the load running), like qsd's blockdev-mirror on a
+#                      running daemon; build: `build --target NEW`, timed from the process start
 #   DD_BS=1M           block size of the dd copy
 #   VERIFY=1           compare NEW with OLD after each mirror run (0: skip)
-#   FIO_WARMUP=1       seconds the load runs on qsd's export before blockdev-mirror is sent
+#   FIO_WARMUP=1       seconds the load runs through the export before the recovery starts
 #   BLOCKMIRROR_BIN=   use this binary instead of building
 #   SCRATCH=.build-release   SwiftPM scratch path of the release build (relative to the project)
 #   WORKDIR_BASE=/var/tmp    where OLD and NEW go (must allow O_DIRECT: not /dev/shm or tmpfs)
@@ -57,6 +64,7 @@ TARGETS=${TARGETS:-raw qsd blockmirror}
 QSD_COPY_MODE=${QSD_COPY_MODE:-write-blocking}
 QSD_SPEED=${QSD_SPEED:-0}
 BM_ARGS=${BM_ARGS:-}
+BM_START=${BM_START:-}
 DD_BS=${DD_BS:-1M}
 VERIFY=${VERIFY:-1}
 FIO_WARMUP=${FIO_WARMUP:-1}
@@ -79,6 +87,7 @@ for v in REPEAT RUNTIME LOAD_TIMEOUT SYNC_TIMEOUT; do
 done
 is_uint "$QSD_SPEED" || die "QSD_SPEED must be a number of bytes/s (got '$QSD_SPEED')"
 [[ $FIO_WARMUP =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "FIO_WARMUP must be a number of seconds (got '$FIO_WARMUP')"
+case $BM_START in "" | add | build) ;; *) die "BM_START must be add or build" ;; esac
 case $QSD_COPY_MODE in background | write-blocking) ;; *) die "QSD_COPY_MODE must be background or write-blocking" ;; esac
 size_spec=${SIZE%iB}; size_spec=${size_spec%B}
 SIZE_BYTES=$(numfmt --from=iec "$size_spec" 2>/dev/null) || die "cannot parse SIZE='$SIZE' (use e.g. 512M, 2G)"
@@ -129,9 +138,20 @@ QMP_SOCK=$WORK/qsd-qmp.sock
 QSD_SOCK=$WORK/qsd-nbd.sock
 BM_SOCK=$WORK/bm-nbd.sock
 SAMPLES=$WORK/samples.tsv
-FIO_PID='' QSD_PID='' BM_PID=''
+FIO_PID='' QSD_PID='' BM_PID='' CHILD_PID=''
 FAILURES=0
 NOTES=()
+
+# fg_run CMD...: runs CMD in the background and waits for it, so that a signal to this script is
+# acted on at once (bash runs traps only between foreground commands); cleanup ends CHILD_PID.
+fg_run() {
+    "$@" &
+    CHILD_PID=$!
+    local rc=0
+    wait "$CHILD_PID" || rc=$?
+    CHILD_PID=
+    return "$rc"
+}
 
 # stop_pid PID WHAT SIGNAL: signal, wait STOP_TIMEOUT s, then SIGKILL; sets STOP_RC.
 stop_pid() {
@@ -185,6 +205,7 @@ stop_bm() {
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    if [[ -n $CHILD_PID ]]; then kill -TERM "$CHILD_PID" 2>/dev/null || true; wait "$CHILD_PID" 2>/dev/null || true; fi
     stop_fio || true
     stop_bm || true
     stop_qsd || true
@@ -235,6 +256,11 @@ if want blockmirror; then
     done
     "$BLOCKMIRROR_BIN" build --help 2>&1 | grep -q -- '--run-dir' \
         || die "$BLOCKMIRROR_BIN build has no --run-dir option (the control socket is needed for status and stop)"
+    if [[ -z $BM_START ]]; then
+        if "$BLOCKMIRROR_BIN" add --help >/dev/null 2>&1; then BM_START=add; else BM_START=build; fi
+    elif [[ $BM_START == add ]]; then
+        "$BLOCKMIRROR_BIN" add --help >/dev/null 2>&1 || die "$BLOCKMIRROR_BIN has no 'add' verb: use BM_START=build"
+    fi
 fi
 
 # ---------------------------------------------------------------- files
@@ -258,7 +284,7 @@ calc() { python3 -c "print($1)"; }
 
 verify() {  # verify WHAT: NEW must equal OLD
     ((VERIFY)) || return 0
-    if python3 "$HELPER" verify "$OLD" "$NEW" 2>>"$WORK/verify.err"; then
+    if fg_run python3 "$HELPER" verify "$OLD" "$NEW" 2>>"$WORK/verify.err"; then
         log "  $1: NEW equals OLD"
     else
         tail -1 "$WORK/verify.err" >&2
@@ -293,7 +319,7 @@ run_4k() {
     else
         args+=(--ioengine=nbd --uri="$uri")
     fi
-    if timeout --kill-after=10 $((RUNTIME * 3 + 60)) fio "${args[@]}" >"$out" 2>"$out.err"; then
+    if fg_run timeout --kill-after=10 $((RUNTIME * 3 + 60)) fio "${args[@]}" >"$out" 2>"$out.err"; then
         value=$(python3 "$FIO_HELPER" value "$out" write iops 2>>"$out.err") || value=
     fi
     if [[ -z $value ]]; then
@@ -334,6 +360,13 @@ load_result() {
         fail "$target: no result from the load fio in round $round"
         sample "$round" "$target" load_fg_mibs -
     fi
+    # For reference: the same fio in the FIO_WARMUP s before the recovery started (none if it
+    # could not run before, as with BM_START=build).
+    if w=$(python3 "$HELPER" window --fio-json "$WORK/$tag.fio.json" --bw-log "$WORK/${tag}_bw.1.log" \
+        --start "$(calc "$start - $FIO_WARMUP")" --end "$start" 2>/dev/null) \
+        && mibs=$(python3 -c 'import json, sys; print(round(json.loads(sys.argv[1])["mibs"], 1))' "$w" 2>/dev/null); then
+        sample "$round" "$target" load_pre_mibs "$mibs"
+    fi
 }
 
 # ---------------------------------------------------------------- raw
@@ -342,11 +375,11 @@ raw_round() {
     local out=$WORK/raw.r$r.copy.json
     reset_new
     # The limit: what the disk does reading OLD and writing NEW at once, as a pipelined copy would.
-    if timeout --kill-after=10 $((SYNC_TIMEOUT + 60)) fio --output-format=json --ioengine=libaio --direct=1 --bs=1M --iodepth=16 \
+    if fg_run timeout --kill-after=10 $((SYNC_TIMEOUT + 60)) fio --output-format=json --ioengine=libaio --direct=1 --bs=1M --iodepth=16 \
         --size="$SIZE_BYTES" --name=read-old --rw=read --filename="$OLD" \
         --name=write-new --rw=write --filename="$NEW" >"$out" 2>"$out.err" \
         && secs=$(python3 "$HELPER" copy-time "$out" "$SIZE_BYTES" 2>>"$out.err"); then
-        log "  raw limit (fio read OLD + write NEW, 1M QD16 each): $secs s"
+        log "  raw fio read OLD + write NEW at once (1M QD16 each): $secs s"
         sample "$r" raw copy_fio_s "$secs"
     else
         tail -5 "$out.err" >&2
@@ -355,7 +388,7 @@ raw_round() {
     fi
     reset_new
     t0=$EPOCHREALTIME
-    if dd if="$OLD" of="$NEW" bs="$DD_BS" iflag=direct oflag=direct conv=notrunc status=none 2>"$WORK/dd.err"; then
+    if fg_run dd if="$OLD" of="$NEW" bs="$DD_BS" iflag=direct oflag=direct conv=notrunc status=none 2>"$WORK/dd.err"; then
         t1=$EPOCHREALTIME
         secs=$(calc "round($t1 - $t0, 3)")
         log "  raw dd copy (bs=$DD_BS): $secs s"
@@ -388,7 +421,7 @@ start_qsd() {
 
 # qsd_finish WHAT: cancel the ready job (NEW stays a consistent copy), stop qsd, compare.
 qsd_finish() {
-    if ! python3 "$HELPER" qsd-cancel --qmp "$QMP_SOCK" --timeout "$STOP_TIMEOUT"; then
+    if ! fg_run python3 "$HELPER" qsd-cancel --qmp "$QMP_SOCK" --timeout "$STOP_TIMEOUT"; then
         fail "qsd: $1: block-job-cancel of the ready job failed"
         stop_qsd
         return
@@ -405,7 +438,7 @@ qsd_round() {
     reset_new
     if ! start_qsd; then fail "qsd did not start (round $r)"; stop_qsd; sample "$r" qsd idle_s -; return; fi
     out=$WORK/qsd.r$r.idle.json
-    if python3 "$HELPER" qsd-mirror "${mirror_args[@]}" --start-mirror --timeout "$SYNC_TIMEOUT" --out "$out"; then
+    if fg_run python3 "$HELPER" qsd-mirror "${mirror_args[@]}" --start-mirror --timeout "$SYNC_TIMEOUT" --out "$out"; then
         secs=$(json_get "$out" seconds)
         if [[ $(json_get "$out" "done") == True ]]; then
             log "  qsd idle recovery: $(calc "round($secs, 3)") s to ready"
@@ -430,7 +463,7 @@ qsd_round() {
     out=$WORK/qsd.r$r.load.json
     start_load "$QSD_URI" "qsd.r$r.load"
     sleep "$FIO_WARMUP"
-    if ! python3 "$HELPER" qsd-mirror "${mirror_args[@]}" --start-mirror --timeout "$LOAD_TIMEOUT" --out "$out"; then
+    if ! fg_run python3 "$HELPER" qsd-mirror "${mirror_args[@]}" --start-mirror --timeout "$LOAD_TIMEOUT" --out "$out"; then
         stop_fio
         fail "qsd blockdev-mirror under load (round $r); tail of $WORK/qsd.log:"
         log_tail "$WORK/qsd.log"
@@ -450,7 +483,7 @@ qsd_round() {
         sample "$r" qsd load_s ">$secs"
         sample "$r" qsd load_pct_at_timeout "$(calc "round(100 * $off / $len, 1)")"
         sample "$r" qsd load_copy_mibs_at_timeout "$(calc "round($off / 1048576 / $secs, 1)")"
-        if ! python3 "$HELPER" qsd-mirror --qmp "$QMP_SOCK" --start "$start" --timeout $((LOAD_TIMEOUT + SYNC_TIMEOUT)) --out "$out.rest" \
+        if ! fg_run python3 "$HELPER" qsd-mirror --qmp "$QMP_SOCK" --start "$start" --timeout $((LOAD_TIMEOUT + SYNC_TIMEOUT)) --out "$out.rest" \
             || [[ $(json_get "$out.rest" "done") != True ]]; then
             fail "qsd recovery not done after the load stopped (round $r)"
             stop_qsd
@@ -461,11 +494,11 @@ qsd_round() {
 }
 
 # ---------------------------------------------------------------- blockmirror
-start_bm() {  # sets BM_T0 (the time it was started) and BM_PID
+start_bm() {  # start_bm TARGET: the daemon in the background; sets BM_PID (and BM_T0, its start)
     rm -f "$BM_SOCK" "$WORK/blockmirror.out"
-    echo "=== $(date +%T) start ===" >>"$WORK/blockmirror.log"
+    echo "=== $(date +%T) start (target $1) ===" >>"$WORK/blockmirror.log"
     BM_T0=$EPOCHREALTIME
-    "$BLOCKMIRROR_BIN" build "$NAME" --source "$OLD" --target "$NEW" --listen "unix:$BM_SOCK" --run-dir "$RUN" \
+    "$BLOCKMIRROR_BIN" build "$NAME" --source "$OLD" --target "$1" --listen "unix:$BM_SOCK" --run-dir "$RUN" \
         "${bm_args[@]}" >"$WORK/blockmirror.out" 2>>"$WORK/blockmirror.log" &
     BM_PID=$!
 }
@@ -488,9 +521,37 @@ wait_bm_uri() {  # sets BM_URI from the first line blockmirror prints
     return 1
 }
 
+# bm_begin [LOADTAG]: a running mirror whose recovery has started at BM_T0. BM_START=add: the
+# daemon starts degraded (--target missing), the load (if any) runs FIO_WARMUP s through its
+# export, then `blockmirror add` starts the recovery (as blockdev-mirror does for qsd).
+# BM_START=build: the daemon starts with --target NEW (recovery from its start); the load can
+# only connect once it listens.
+bm_begin() {
+    local tag=${1:-}
+    if [[ $BM_START == add ]]; then
+        start_bm missing
+        wait_bm_uri || return 1
+        if [[ -n $tag ]]; then
+            start_load "$BM_URI" "$tag"
+            sleep "$FIO_WARMUP"
+            kill -0 "$FIO_PID" 2>/dev/null || { log "the load fio died:"; tail -5 "$WORK/$tag.fio.err" >&2; return 1; }
+        fi
+        BM_T0=$EPOCHREALTIME
+        if ! "$BLOCKMIRROR_BIN" add "$NAME" "$NEW" --run-dir "$RUN" >>"$WORK/blockmirror.log" 2>&1; then
+            log "blockmirror add $NAME $NEW failed; tail of $WORK/blockmirror.log:"
+            log_tail "$WORK/blockmirror.log"
+            return 1
+        fi
+    else
+        start_bm "$NEW"
+        wait_bm_uri || return 1
+        [[ -z $tag ]] || start_load "$BM_URI" "$tag"
+    fi
+}
+
 # bm_wait OUT TIMEOUT: polls status until in-sync (TIMEOUT s after BM_T0 at most).
 bm_wait() {
-    python3 "$HELPER" bm-wait --bin "$BLOCKMIRROR_BIN" --name "$NAME" --run-dir "$RUN" --start "$BM_T0" \
+    fg_run python3 "$HELPER" bm-wait --bin "$BLOCKMIRROR_BIN" --name "$NAME" --run-dir "$RUN" --start "$BM_T0" \
         --size "$SIZE_BYTES" --timeout "$2" --pid "$BM_PID" --out "$1"
 }
 
@@ -511,9 +572,8 @@ bm_round() {
     local r=$1 out finished secs end
     # idle recovery, then 4k randwrite on the in-sync mirror
     reset_new
-    start_bm
     out=$WORK/blockmirror.r$r.idle.json
-    if bm_wait "$out" "$SYNC_TIMEOUT" && wait_bm_uri; then
+    if bm_begin && bm_wait "$out" "$SYNC_TIMEOUT"; then
         secs=$(json_get "$out" seconds)
         if [[ $(json_get "$out" "done") == True ]]; then
             log "  blockmirror idle recovery: $(calc "round($secs, 3)") s to in-sync (±$(calc "round($(json_get "$out" resolution) / 2, 3)") s, $(json_get "$out" polls) polls)"
@@ -533,18 +593,11 @@ bm_round() {
         stop_bm
     fi
 
-    # recovery under load (the copy starts with the process; fio can only start once it listens)
+    # recovery under load
     reset_new
-    start_bm
     out=$WORK/blockmirror.r$r.load.json
-    if ! wait_bm_uri; then
-        fail "blockmirror did not start (round $r)"
-        sample "$r" blockmirror load_s -
-        stop_bm
-        return
-    fi
-    start_load "$BM_URI" "blockmirror.r$r.load"
-    if ! bm_wait "$out" "$LOAD_TIMEOUT"; then
+    local tag=blockmirror.r$r.load
+    if ! bm_begin "$tag" || ! bm_wait "$out" "$LOAD_TIMEOUT"; then
         stop_fio
         fail "blockmirror recovery under load (round $r); tail of $WORK/blockmirror.log:"
         log_tail "$WORK/blockmirror.log"
@@ -553,8 +606,11 @@ bm_round() {
         return
     fi
     secs=$(json_get "$out" seconds) end=$(json_get "$out" end) finished=$(json_get "$out" "done")
-    load_result blockmirror "$r" "blockmirror.r$r.load" "$BM_T0" "$end"
-    sample "$r" blockmirror load_fio_delay_s "$(calc "round($(head -1 "$WORK/blockmirror.r$r.load_bw.1.log" | cut -d, -f1) / 1000 - 0.1 - $BM_T0, 3)" 2>/dev/null || echo -)"
+    load_result blockmirror "$r" "$tag" "$BM_T0" "$end"
+    # When fio's first write landed, relative to the start of the recovery (< 0: load was on before).
+    local first
+    first=$(head -1 "$WORK/${tag}_bw.1.log" 2>/dev/null | cut -d, -f1)
+    [[ -z $first ]] || sample "$r" blockmirror load_fio_delay_s "$(calc "round($first / 1000 - 0.1 - $BM_T0, 3)")"
     if [[ $finished == True ]]; then
         log "  blockmirror recovery under load: $(calc "round($secs, 3)") s to in-sync"
         sample "$r" blockmirror load_s "$secs"
@@ -570,7 +626,7 @@ bm_round() {
             stop_bm
             return
         fi
-        log "  blockmirror in sync $(calc "round($(json_get "$out.rest" seconds), 3)") s after its start (idle after ${LOAD_TIMEOUT}s)"
+        log "  blockmirror in sync $(calc "round($(json_get "$out.rest" seconds), 3)") s after the recovery started (idle after ${LOAD_TIMEOUT}s)"
     fi
     bm_finish "recovery under load"
 }
@@ -578,7 +634,7 @@ bm_round() {
 # ---------------------------------------------------------------- run
 : >"$SAMPLES"
 n=${#targets[@]}
-log "targets: ${targets[*]}; $REPEAT rounds; $SIZE files; 4k runs of ${RUNTIME}s; load timeout ${LOAD_TIMEOUT}s"
+log "targets: ${targets[*]}; $REPEAT rounds; $SIZE files; 4k runs of ${RUNTIME}s; load timeout ${LOAD_TIMEOUT}s; about $(((REPEAT * (${#targets[@]} * RUNTIME + 20 * SIZE_BYTES / 1073741824 + 10)) / 60 + 1)) min"
 for ((round = 1; round <= REPEAT; round++)); do
     for ((i = 0; i < n; i++)); do
         t=${targets[$(((i + round - 1) % n))]}
@@ -598,8 +654,15 @@ fi
 
 # ---------------------------------------------------------------- report
 NOTES+=("NEW is a fresh fallocated (unwritten) file before every recovery; OLD keeps the writes of earlier runs.")
-NOTES+=("qsd's time runs from the blockdev-mirror command (qsd already running) to BLOCK_JOB_READY; blockmirror's from the start of its process (start-up included) to the status poll that first saw in-sync (± half the poll interval, see the JSON).")
-if want qsd; then NOTES+=("Under load, fio runs ${FIO_WARMUP}s on qsd's export before the mirror starts; blockmirror's copy starts with its process and fio connects once it listens (load_fio_delay_s in the JSON). Foreground MiB/s counts fio's writes within the recovery only."); fi
+want qsd && NOTES+=("qsd: time from the blockdev-mirror command (qsd already running, its export up) to BLOCK_JOB_READY; under load fio runs ${FIO_WARMUP}s through the export before the command.")
+if want blockmirror; then
+    if [[ $BM_START == add ]]; then
+        NOTES+=("blockmirror: started degraded (build --target missing); time from 'blockmirror add NAME NEW' to the status poll that first saw in-sync (± half the poll interval: see idle_poll_resolution_s); under load fio runs ${FIO_WARMUP}s through the export before the add.")
+    else
+        NOTES+=("blockmirror (BM_START=build): time from the start of 'build --target NEW' (start-up included) to the status poll that first saw in-sync; under load fio connects only once the export listens, so the first part of the copy runs unloaded (load_fio_delay_s in the JSON).")
+    fi
+fi
+NOTES+=("Foreground MiB/s counts fio's writes within the recovery window only (fio's 100 ms bandwidth log).")
 NOTES+=("2-core machine: figures are noisy (PEERS.md: +-30% run to run); compare ratios from the same run.")
 notes_json=$(printf '%s\n' "${NOTES[@]}" | python3 -c 'import json, sys; print(json.dumps([l.rstrip("\n") for l in sys.stdin if l.strip()]))')
 python3 - "$WORK/meta.json" <<EOF
@@ -614,6 +677,7 @@ meta = {
     "size_bytes": $SIZE_BYTES, "repeat": $REPEAT, "runtime_s": $RUNTIME, "load_timeout_s": $LOAD_TIMEOUT,
     "targets": "${targets[*]}".split(),
     "qsd_copy_mode": "$QSD_COPY_MODE", "qsd_speed": $QSD_SPEED, "blockmirror_args": "$BM_ARGS",
+    "blockmirror_start": "$BM_START" or None,
     "dd_bs": "$DD_BS", "verify": bool($VERIFY), "fio_warmup_s": $FIO_WARMUP,
     "workdir_fs": out("stat", "-f", "-c", "%T", "$WORKDIR_BASE"),
     "kernel": platform.release(), "cpus": os.cpu_count(),

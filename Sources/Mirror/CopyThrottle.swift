@@ -4,7 +4,7 @@ import Synchronization
 /// average of the copy speed, and the yield rule under foreground I/O.
 ///
 /// The bucket may go into debt by one request: a request is admitted whenever the balance is not
-/// positive, and the next one waits until the debt is paid back. So a limit below one region per
+/// negative, and the next one waits until the debt is paid back. So a limit below one region per
 /// second still makes progress, one region at a time.
 public final class CopyThrottle: Sendable {
     private struct State {
