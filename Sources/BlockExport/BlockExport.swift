@@ -96,8 +96,17 @@ public struct BlockExtent: Sendable, Equatable {
 }
 
 /// The kinds of request, for range checks (reads and writes fail differently out of range).
-public enum ExportCommand: String, Sendable {
+public enum ExportCommand: String, Sendable, CaseIterable {
     case read, write, trim, writeZeroes = "write zeroes", cache, blockStatus = "block status"
+
+    /// The name in metrics labels (no spaces).
+    public var metricName: String {
+        switch self {
+        case .writeZeroes: "write_zeroes"
+        case .blockStatus: "block_status"
+        default: rawValue
+        }
+    }
 
     /// Whether the command changes data.
     public var modifies: Bool { self == .write || self == .trim || self == .writeZeroes }

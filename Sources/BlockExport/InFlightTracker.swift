@@ -1,7 +1,11 @@
+import CoreMetrics
+import Dispatch
 import NIOCore
 import Synchronization
 
-/// Counts an export's operations in flight so `close` can wait for them and refuse new ones.
+/// Counts an export's operations in flight so `close` can wait for them and refuse new ones, and
+/// records each one's latency (swift-metrics timer `blockmirror_request_duration_seconds`, dimension `op`;
+/// a no-op unless the process bootstrapped a metrics backend before creating the export).
 public final class InFlightTracker: Sendable {
     private struct State {
         var count = 0
@@ -9,8 +13,13 @@ public final class InFlightTracker: Sendable {
         var waiters: [CheckedContinuation<Void, Never>] = []
     }
     private let state = Mutex(State())
+    /// One latency timer per command, plus FLUSH (no command) at the end.
+    private let timers: [CoreMetrics.Timer]
 
-    public init() {}
+    public init() {
+        let operations = ExportCommand.allCases.map { $0.metricName } + ["flush"]
+        timers = operations.map { CoreMetrics.Timer(label: "blockmirror_request_duration_seconds", dimensions: [("op", $0)]) }
+    }
 
     /// Registers a new operation; false once draining has begun (the caller fails it with `.shuttingDown`).
     public func enter() -> Bool {
@@ -66,7 +75,12 @@ public final class InFlightTracker: Sendable {
             }
         }
         let promise = eventLoop.makePromise(of: T.self)
+        let started = DispatchTime.now().uptimeNanoseconds
+        let timer = timers[command.map { ExportCommand.allCases.firstIndex(of: $0)! } ?? timers.count - 1]
         body(promise)
-        return promise.futureResult.always { _ in self.leave() }
+        return promise.futureResult.always { _ in
+            timer.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds - started))
+            self.leave()
+        }
     }
 }

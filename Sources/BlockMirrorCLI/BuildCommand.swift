@@ -47,6 +47,7 @@ struct BuildCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Run in the background: print the NBD URI and return once serving (log in RUNDIR/NAME.log).")
     var daemon = false
 
+    @OptionGroup var metrics: MetricsOption
     @OptionGroup var runtime: RuntimeOptions
     @OptionGroup var logging: LoggingOptions
 
@@ -81,7 +82,13 @@ struct BuildCommand: AsyncParsableCommand {
         let control = ExportDaemon.Control<MirrorExport>(directory: runtime.directory) { [name] mirror, aio, request in
             await MirrorControl.answer(request, name: name, mirror: mirror, aio: aio, logger: logger)
         }
-        try await ExportDaemon.run(name: name, listen: addresses, logger: logger, control: control, open: { aio in
+        var metricsSettings: ExportDaemon.Metrics<MirrorExport>? = try metrics.daemonMetrics()
+        if metricsSettings != nil {
+            let mirrorMetrics = MirrorMetrics(name: name)
+            metricsSettings?.sample = { mirrorMetrics.update(from: $0.status) }
+        }
+        try await ExportDaemon.run(name: name, listen: addresses, logger: logger, control: control, metrics: metricsSettings,
+                                   open: { aio in
             let sourceDevice = try BlockDevice.open(path: source, readOnly: false, aio: aio, logger: logger)
             let targetDevice = try targetPath.map { try BlockDevice.open(path: $0, readOnly: false, aio: aio, logger: logger) }
             var log: WriteIntentLog?

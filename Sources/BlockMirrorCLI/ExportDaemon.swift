@@ -6,6 +6,7 @@ import Logging
 import NBD
 import NIOCore
 import NIOPosix
+import Prometheus
 import Synchronization
 
 /// What every serving verb does around its export: set up libaio on the event loops, open the
@@ -20,12 +21,22 @@ enum ExportDaemon {
         var answer: @Sendable (_ export: Export, _ aio: AIOEngine, _ request: ControlRequest) async -> ControlResponse
     }
 
+    /// Prometheus metrics for the daemon (`--metrics HOST:PORT`): request latencies, plus what
+    /// `sample` records from the export before each scrape.
+    struct Metrics<Export: BlockExport> {
+        var host: String
+        var port: Int
+        /// The registry `MetricsServer.bootstrap()` made the backend.
+        var registry: PrometheusCollectorRegistry
+        var sample: @Sendable (Export) -> Void = { _ in }
+    }
+
     /// Runs the daemon. `open` opens the devices and builds the export; `report` runs after the
     /// export closed cleanly and says what state it was left in (printed, and the answer to a
     /// `stop` request). Errors exit with status 1.
     static func run<Export: BlockExport>(
         name: String, listen addresses: [ListenAddress], logger: Logger, control: Control<Export>? = nil,
-        open: (AIOEngine) throws -> Export, report: (Export) -> String? = { _ in nil }
+        metrics: Metrics<Export>? = nil, open: (AIOEngine) throws -> Export, report: (Export) -> String? = { _ in nil }
     ) async throws {
         let aio: AIOEngine
         do { aio = try AIOEngine(depth: 512) } catch {
@@ -40,6 +51,7 @@ enum ExportDaemon {
         let info = Mutex(DaemonInfo(pid: getpid(), exports: [], started: ISO8601DateFormatter().string(from: Date()), backend: "engine"))
         let export: Export
         var controlServer: ControlServer?
+        var metricsServer: MetricsServer?
         var pidFile: String?
         defer { if let pidFile { unlink(pidFile) } }
         do {
@@ -72,10 +84,20 @@ enum ExportDaemon {
                 print(bound.uri(exportName: name))
                 info.withLock { $0.exports.append(bound.uri(exportName: name)) }
             }
+            if let metrics {
+                let server = try await MetricsServer(host: metrics.host, port: metrics.port, group: group, registry: metrics.registry) {
+                    metrics.sample(export)
+                }
+                metricsServer = server
+                let url = "http://\(metrics.host.contains(":") ? "[\(metrics.host)]" : metrics.host):\(server.boundPort)/metrics"
+                info.withLock { $0.metrics = url }
+                logger.notice("serving Prometheus metrics", metadata: ["url": "\(url)"])
+            }
             fflush(nil)
             Daemonizer.detachStandardOutput()
         } catch {
             await server.shutdown()
+            await metricsServer?.shutdown()
             await controlServer?.shutdown()
             try? await export.close()
             await tearDown()
@@ -92,6 +114,7 @@ enum ExportDaemon {
         stop.finish(failure.map { ControlResponse.failure(name, "stop failed: \($0)") }
                     ?? ControlResponse(ok: true, name: name, message: text))
         await controlServer?.shutdown()
+        await metricsServer?.shutdown()
         await tearDown()
         if let failure { throw exitWithError(failure) }
         if let text { print(text) }

@@ -25,6 +25,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Refuse writes.")
     var readonly = false
 
+    @OptionGroup var metrics: MetricsOption
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
@@ -36,7 +37,8 @@ struct ServeCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = makeLogger(label: "blockmirror.serve", level: logging.logLevel.level)
         let addresses = try listen.map { value throws(ListenAddress.ParseError) in try ListenAddress(parsing: value) }
-        try await ExportDaemon.run(name: name, listen: addresses, logger: logger) { aio in
+        let metricsSettings: ExportDaemon.Metrics<FileExport>? = try metrics.daemonMetrics()
+        try await ExportDaemon.run(name: name, listen: addresses, logger: logger, metrics: metricsSettings) { aio in
             let device = try BlockDevice.open(path: path, readOnly: readonly, aio: aio, logger: logger)
             logger.info("opened", metadata: ["device": "\(path)", "kind": "\(device.kind.rawValue)", "size": "\(device.size)",
                                              "direct": "\(device.isDirect)", "alignment": "\(device.alignment)"])

@@ -69,9 +69,11 @@ public struct DaemonInfo: Codable, Sendable, Equatable {
     public var started: String
     /// `engine` (this daemon) or `md`.
     public var backend: String
+    /// Where Prometheus scrapes it (`--metrics`), if it serves metrics.
+    public var metrics: String?
 
-    public init(pid: Int32, exports: [String], started: String, backend: String) {
-        self.pid = pid; self.exports = exports; self.started = started; self.backend = backend
+    public init(pid: Int32, exports: [String], started: String, backend: String, metrics: String? = nil) {
+        self.pid = pid; self.exports = exports; self.started = started; self.backend = backend; self.metrics = metrics
     }
 }
 
