@@ -49,6 +49,7 @@
 #   KEEP_WORK=1        keep the work dir (files, fio outputs, logs) instead of deleting it
 # Exit code: 0 if every run succeeded and every copy compared equal, 1 otherwise.
 set -euo pipefail
+shopt -s extglob
 export LC_ALL=C   # a "." in $EPOCHREALTIME and in printf's numbers
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -210,10 +211,14 @@ cleanup() {
     stop_bm || true
     stop_qsd || true
     if ((rc != 0 || FAILURES != 0)) && [[ -d $WORK ]] && [[ $KEEP_WORK != 1 ]]; then
-        local keep="${RESULTS%.json}-logs"
-        mkdir -p "$keep"
-        cp "$WORK"/*.log "$WORK"/*.json "$WORK"/*.err "$WORK"/*.out "$WORK"/*.tsv "$keep"/ 2>/dev/null || true
-        log "logs of the failed run kept in $keep"
+        local keep="${RESULTS%.json}-logs" files
+        files=$(compgen -G "$WORK/*.@(log|json|err|out|tsv)" || true)
+        if [[ -n $files ]]; then
+            mkdir -p "$keep"
+            # shellcheck disable=SC2086  # one file name a line, no blanks in them (mktemp dir)
+            cp $files "$keep"/ 2>/dev/null || true
+            log "logs of the failed run kept in $keep"
+        fi
     fi
     if [[ $KEEP_WORK == 1 ]]; then
         log "work dir kept: $WORK"

@@ -24,7 +24,7 @@ struct StatusCommand: ParsableCommand {
 
     func run() throws {
         guard watch else {
-            print(try snapshot())
+            do { print(try snapshot()) } catch { throw exitWithError(error) }
             return
         }
         let terminal = isatty(1) != 0

@@ -107,6 +107,19 @@ import Glibc
         }
         let badSpeed = try rig.cli("speed", "m0", "--max", "fast")
         #expect(badSpeed.status == 64, "\(badSpeed)")
+
+        // A running mirror: its source cannot serve a second one; another user is refused.
+        let mirror = try MirrorDaemon(source: rig.old, target: "missing", in: rig.dir)
+        let busy = try rig.cli("build", "m1", "--source", rig.new, "--target", rig.old, "--listen", "unix:\(rig.dir.file("other.sock"))")
+        #expect(busy.status == 1 && busy.stderr.hasPrefix("blockmirror: error: lock \(rig.old): ") && busy.stderr.contains("in use"),
+                "\(busy)")
+        if Tools.find("setpriv") != nil {
+            let nobody = try run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", try BlockMirrorBinary.path(),
+                                  "status", "m0", "--run-dir", rig.runDir], in: rig.dir)
+            #expect(nobody.status == 1 && nobody.stderr == "blockmirror: error: permission denied on the control socket \(rig.runDir)/m0.ctl (run as the daemon's user)\n",
+                    "\(nobody)")
+        }
+        _ = try mirror.stop()
     }
 
     /// `wait` on a real terminal (tmux): the md-style bar is redrawn in place, then "in sync".
