@@ -54,6 +54,10 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
+        /// Kernel md through mdadm and /proc/mdstat and sysfs: parsers and the md backend.
+        .target(
+            name: "MDBackend",
+            dependencies: ["Mirror"]),
         /// The control socket of a mirror daemon: line-delimited JSON requests and responses.
         .target(
             name: "Control",
@@ -67,7 +71,7 @@ let package = Package(
         .target(
             name: "BlockMirrorCLI",
             dependencies: [
-                "BlockIO", "BlockExport", "NBD", "Mirror", "Control",
+                "BlockIO", "BlockExport", "NBD", "Mirror", "Control", "MDBackend",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -87,6 +91,10 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]),
+        .testTarget(
+            name: "MDBackendTests",
+            dependencies: ["MDBackend", "Mirror"],
+            resources: [.copy("Fixtures")]),
         .testTarget(
             name: "ControlTests",
             dependencies: ["Control", "Mirror"]),

@@ -88,3 +88,15 @@ public struct CheckReport: Sendable, Equatable, Codable {
         }
     }
 }
+
+extension MirrorStatus {
+    /// A status built by another backend (kernel md) from what it reads.
+    public init(state: MirrorState, source: String, target: String?, size: UInt64, regionSize: UInt64, regionsTotal: Int,
+                regionsDirty: Int, bytesCopied: UInt64, speedBytesPerSecond: UInt64, speedLimits: SpeedLimits,
+                foregroundInFlight: Int, failure: String?) {
+        self.init(state: state, source: source, target: target, size: size, regionSize: regionSize, regionsTotal: regionsTotal,
+                  regionsDirty: regionsDirty, bytesCopied: bytesCopied, speedBytesPerSecond: speedBytesPerSecond, etaSeconds: nil,
+                  speedLimits: speedLimits, foregroundInFlight: foregroundInFlight, check: nil, lastCheck: nil, failure: failure,
+                  bitmap: nil)
+    }
+}

@@ -1,0 +1,81 @@
+import Mirror
+
+/// A kernel md RAID1 array seen as a mirror: the same `MirrorStatus` the engine reports, so
+/// `status`, `detail` and `--json` read the same for both backends.
+///
+/// md keeps no region bitmap for a `--build` array, so regions here are nominal 1 MiB units of
+/// `sync_completed`: the dirty ones are what the running recovery has not reached yet.
+public enum MDMirrorStatus {
+    /// The unit regions are counted in.
+    public static let regionSize: UInt64 = 1 << 20
+
+    /// The status of array `stat` (from /proc/mdstat) with its sysfs values and, when available,
+    /// `mdadm --detail` (which names the devices by path).
+    public static func make(stat: MDArrayStat, sysfs: MDSysfs, detail: MDDetail?) -> MirrorStatus {
+        let size = (detail?.arraySizeKiB ?? stat.blocks ?? 0) * 1024
+        let regionsTotal = Int((size + regionSize - 1) / regionSize)
+        let (source, target, faultyTarget) = devices(stat: stat, detail: detail)
+        let action = sysfs.syncAction
+        let recovering = action == "recover" || action == "resync" || stat.pending != nil
+            || ["recovery", "resync"].contains(stat.progress?.action ?? "")
+        let state: MirrorState
+        if recovering { state = .recovering }
+        else if faultyTarget { state = .targetFailed }
+        else if sysfs.degraded > 0 || target == nil { state = .degraded }
+        else { state = .inSync }
+
+        var regionsDirty = 0
+        var bytesCopied: UInt64 = 0
+        switch state {
+        case .recovering:
+            if let completed = sysfs.syncCompleted {
+                let remaining = (completed.total - min(completed.done, completed.total)) * 512
+                regionsDirty = Int((remaining + regionSize - 1) / regionSize)
+                bytesCopied = completed.done * 512
+            } else {
+                regionsDirty = regionsTotal  // pending: nothing copied yet
+            }
+        case .degraded, .targetFailed: regionsDirty = regionsTotal
+        case .inSync, .stopping: break
+        }
+        let speed = action == "idle" ? 0 : sysfs.syncSpeed * 1024
+        var status = MirrorStatus(
+            state: state, source: source ?? "", target: target, size: size, regionSize: regionSize, regionsTotal: regionsTotal,
+            regionsDirty: regionsDirty, bytesCopied: bytesCopied, speedBytesPerSecond: speed,
+            speedLimits: SpeedLimits(minimum: sysfs.speedMin, maximum: sysfs.speedMax),
+            foregroundInFlight: 0, failure: faultyTarget ? "\(target ?? "the target") is faulty (kernel md)" : nil)
+        if state == .recovering {
+            if let minutes = stat.progress?.finishMinutes { status.etaSeconds = minutes * 60 }
+            else if speed > 0 { status.etaSeconds = Double(status.bytesDirty) / Double(speed) }
+        }
+        if action == "check" || action == "repair" {
+            var report = CheckReport(repair: action == "repair", regionsTotal: regionsTotal)
+            if let completed = sysfs.syncCompleted, completed.total > 0 {
+                report.regionsChecked = Int(completed.done * UInt64(regionsTotal) / completed.total)
+            }
+            report.mismatchedSectors = sysfs.mismatchCount
+            status.check = report
+        } else if state == .inSync {
+            // md keeps mismatch_cnt from the last check or repair (0 if none ran).
+            var last = CheckReport(repair: false, regionsTotal: regionsTotal)
+            last.regionsChecked = regionsTotal
+            last.mismatchedSectors = sysfs.mismatchCount
+            status.lastCheck = last
+        }
+        return status
+    }
+
+    /// The source (role 0), the target (the other device, if any) and whether the target is faulty.
+    static func devices(stat: MDArrayStat, detail: MDDetail?) -> (source: String?, target: String?, faulty: Bool) {
+        if let detail {
+            let present = detail.devices.filter { $0.path != nil }
+            let source = present.first { $0.raidDevice == 0 && !$0.state.contains("faulty") }?.path
+            let other = present.first { $0.path != source }
+            return (source, other?.path, other?.state.contains("faulty") ?? false)
+        }
+        let sorted = stat.members.sorted { $0.number < $1.number }
+        let source = sorted.first { !$0.faulty && !$0.spare }
+        let other = sorted.first { $0 != source }
+        return (source.map { "/dev/" + $0.device }, other.map { "/dev/" + $0.device }, other?.faulty ?? false)
+    }
+}
