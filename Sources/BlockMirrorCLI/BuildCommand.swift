@@ -4,6 +4,7 @@ import BlockIO
 import Control
 import Foundation
 import Logging
+import MDBackend
 import Mirror
 import NBD
 
@@ -52,6 +53,15 @@ struct BuildCommand: AsyncParsableCommand {
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
+        if runtime.backend == .md {
+            // Kernel md: the array itself is the block device clients use; the engine's options do not apply.
+            let engineOnly = [("--listen", !listen.isEmpty), ("--bitmap", bitmap != nil), ("--daemon", daemon),
+                              ("--metrics", metrics.metrics != nil), ("--speed-max", speedMax != nil)]
+            if let (option, _) = engineOnly.first(where: { $0.1 }) {
+                throw ValidationError("\(option) is for the engine backend; with --backend md the array is /dev/NAME")
+            }
+            return
+        }
         guard !listen.isEmpty else { throw ValidationError("--listen is required (unix:PATH or tcp:HOST:PORT)") }
         for value in listen { _ = try ListenAddress(parsing: value) }
         let size = regionSize.bytes
@@ -66,6 +76,16 @@ struct BuildCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        if runtime.backend == .md {
+            try attempt {
+                let array = try MDArray(name)
+                try array.build(source: absolutePath(self.source), target: target == "missing" ? nil : absolutePath(target))
+                print(array.device)
+                print("\(name): built (mdadm --build, RAID1 without superblock) on \(absolutePath(self.source))"
+                      + (target == "missing" ? ", degraded: add a target with blockmirror add \(name) NEW" : ", recovery onto \(absolutePath(target)) started"))
+            }
+            return
+        }
         if daemon {
             do {
                 for line in try Daemonizer.detach(name: name, directory: runtime.directory) { print(line) }

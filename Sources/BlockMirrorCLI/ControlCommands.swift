@@ -14,8 +14,7 @@ struct AddCommand: ParsableCommand {
 
     func run() throws {
         let path = absolutePath(target)
-        let response = try runtime.send(ControlRequest(verb: .add, target: path), to: name)
-        print("\(name): \(response.message ?? "added \(path)")")
+        print("\(name): " + (try attempt { try runtime.handle(for: name).add(path) }))
     }
 }
 
@@ -48,7 +47,7 @@ struct CheckCommand: ParsableCommand {
     @OptionGroup var runtime: RuntimeOptions
 
     func run() throws {
-        let report = try runtime.send(ControlRequest(verb: .check, repair: repair), to: name, timeout: nil).check!
+        let report = try attempt { try runtime.handle(for: name).check(repair: repair) }
         if json {
             print(String(decoding: ControlCodec.encode(report).dropLast(), as: UTF8.self))
         } else {
@@ -85,8 +84,7 @@ struct SpeedCommand: ParsableCommand {
 
     func run() throws {
         let maximum = max.map { $0 == "unlimited" ? 0 : UInt64($0)! }
-        let response = try runtime.send(ControlRequest(verb: .speed, speedMin: min, speedMax: maximum), to: name)
-        print("\(name): \(response.message ?? "speed limits changed")")
+        print("\(name): " + (try attempt { try runtime.handle(for: name).speed(minimum: min, maximum: maximum) }))
     }
 }
 
@@ -99,8 +97,7 @@ struct StopCommand: ParsableCommand {
     @OptionGroup var runtime: RuntimeOptions
 
     func run() throws {
-        let response = try runtime.send(ControlRequest(verb: .stop), to: name, timeout: nil)
-        print(response.message ?? "\(name): stopped")
+        print(try attempt { try runtime.handle(for: name).stop() })
     }
 }
 
@@ -114,12 +111,11 @@ struct DetailCommand: ParsableCommand {
     @OptionGroup var runtime: RuntimeOptions
 
     func run() throws {
-        let response = try runtime.send(ControlRequest(verb: .status), to: name)
+        let (status, daemon) = try attempt { try runtime.handle(for: name).status() }
         if json {
-            print(String(decoding: ControlCodec.encode(Detail(name: name, status: response.status!, daemon: response.daemon)).dropLast(),
-                         as: UTF8.self))
+            print(String(decoding: ControlCodec.encode(Detail(name: name, status: status, daemon: daemon)).dropLast(), as: UTF8.self))
         } else {
-            print(DetailText.render(name: name, response.status!, daemon: response.daemon))
+            print(DetailText.render(name: name, status, daemon: daemon))
         }
     }
 
@@ -134,22 +130,22 @@ struct DetailCommand: ParsableCommand {
 struct ListCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "list", abstract: "List the running mirrors, one line each.")
 
-    @Flag(name: .long, help: "Print a JSON array of {\"name\", \"state\", \"source\", \"target\", \"exports\", \"pid\"}.") var json = false
+    @Flag(name: .long, help: "Print a JSON array of {\"name\", \"backend\", \"state\", \"source\", \"target\", \"exports\", \"pid\"}.") var json = false
     @OptionGroup var runtime: RuntimeOptions
 
     struct Entry: Encodable {
-        let name: String, state: MirrorState, source: String, target: String?, exports: [String], pid: Int32?
+        let name: String, backend: String, state: MirrorState, source: String, target: String?, exports: [String], pid: Int32?
     }
 
     func run() throws {
         var entries: [Entry] = []
-        for name in runtime.directory.mirrorNames() {
+        for mirror in runtime.allMirrors() {
             do {
-                let response = try ControlClient.send(ControlRequest(verb: .status), to: name, in: runtime.directory)
-                guard let status = response.status else { continue }
-                entries.append(Entry(name: name, state: status.state, source: status.source, target: status.target,
-                                     exports: response.daemon?.exports ?? [], pid: response.daemon?.pid))
+                let (status, daemon) = try mirror.status()
+                entries.append(Entry(name: mirror.name, backend: daemon?.backend ?? "md", state: status.state, source: status.source,
+                                     target: status.target, exports: daemon?.exports ?? [], pid: daemon?.pid))
             } catch {
+                // A dead daemon's socket was just removed; say so and go on with the others.
                 FileHandle.standardError.write(Data("blockmirror: \(error)\n".utf8))
             }
         }
@@ -158,7 +154,7 @@ struct ListCommand: ParsableCommand {
             return
         }
         for entry in entries {
-            print("\(entry.name)\t\(entry.state.rawValue)\t\(entry.source) -> \(entry.target ?? "missing")\t\(entry.exports.first ?? "")")
+            print("\(entry.name)\t\(entry.state.rawValue)\t\(entry.source) -> \(entry.target ?? "missing")\t\(entry.exports.first ?? entry.backend)")
         }
     }
 }
@@ -172,8 +168,7 @@ struct FailCommand: ParsableCommand {
     @OptionGroup var runtime: RuntimeOptions
 
     func run() throws {
-        let response = try runtime.send(ControlRequest(verb: .fail), to: name)
-        print("\(name): \(response.message ?? "target marked faulty")")
+        print("\(name): " + (try attempt { try runtime.handle(for: name).fail() }))
     }
 }
 
@@ -186,7 +181,6 @@ struct RemoveCommand: ParsableCommand {
     @OptionGroup var runtime: RuntimeOptions
 
     func run() throws {
-        let response = try runtime.send(ControlRequest(verb: .remove), to: name)
-        print("\(name): \(response.message ?? "target removed")")
+        print("\(name): " + (try attempt { try runtime.handle(for: name).remove() }))
     }
 }

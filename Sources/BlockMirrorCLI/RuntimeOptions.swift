@@ -2,28 +2,25 @@ import ArgumentParser
 import Control
 import Foundation
 
-/// `--run-dir`: where mirror daemons keep their control sockets.
+/// `--run-dir` and `--backend`: where mirror daemons keep their control sockets, and which kind of
+/// mirror a name refers to.
 struct RuntimeOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp(
         "Directory of the daemons' control sockets (default: $BLOCKMIRROR_RUN_DIR, /run/blockmirror as root, else $XDG_RUNTIME_DIR/blockmirror).",
         valueName: "DIR"))
     var runDir: String?
 
-    var directory: RuntimeDirectory { RuntimeDirectory.resolve(runDir) }
+    @Option(name: .long, help: "Which kind of mirror NAME is: engine (a blockmirror daemon) or md (a kernel md array). Default: found by name.")
+    var backend: Backend?
 
-    /// Sends a request to mirror `name` and returns its answer; a failure (no such mirror, the
-    /// daemon refused) exits with status 1 and one line naming the mirror.
-    func send(_ request: ControlRequest, to name: String, timeout: Int? = 30) throws -> ControlResponse {
-        let response: ControlResponse
-        do {
-            try RuntimeDirectory.validate(name: name)
-            response = try ControlClient.send(request, to: name, in: directory, timeout: timeout)
-        } catch {
-            throw exitWithError(error)
-        }
-        guard response.ok else { throw exitWithError(CLIError("\(name): \(response.error ?? "request refused")")) }
-        return response
-    }
+    var directory: RuntimeDirectory { RuntimeDirectory.resolve(runDir) }
+}
+
+extension Backend: ExpressibleByArgument {}
+
+/// Runs a verb's work; any failure exits with status 1 and one line `blockmirror: error: …`.
+func attempt<T>(_ body: () throws -> T) throws -> T {
+    do { return try body() } catch let exit as ExitCode { throw exit } catch { throw exitWithError(error) }
 }
 
 /// `path` made absolute against the current directory (the daemon may run elsewhere, and bitmap

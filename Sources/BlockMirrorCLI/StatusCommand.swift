@@ -32,7 +32,7 @@ struct StatusCommand: ParsableCommand {
             let text: String
             do {
                 text = try snapshot()
-            } catch let error as ControlError where name != nil {
+            } catch where name != nil {
                 print("\(name!): no longer running (\(error))")
                 return
             }
@@ -43,18 +43,16 @@ struct StatusCommand: ParsableCommand {
         }
     }
 
-    /// The text (or JSON) of one refresh. Control errors are thrown as `ControlError`.
+    /// The text (or JSON) of one refresh.
     private func snapshot() throws -> String {
         if let name {
-            let response = try ControlClient.send(ControlRequest(verb: .status), to: name, in: runtime.directory)
-            guard response.ok, let status = response.status else { throw ControlError("\(name): \(response.error ?? "no status")") }
+            let (status, _) = try runtime.handle(for: name).status()
             return json ? NamedStatus(name: name, status: status).json : StatusText.render(name: name, status)
         }
         var statuses: [NamedStatus] = []
-        for name in runtime.directory.mirrorNames() {
+        for mirror in runtime.allMirrors() {
             do {
-                let response = try ControlClient.send(ControlRequest(verb: .status), to: name, in: runtime.directory)
-                if let status = response.status { statuses.append(NamedStatus(name: name, status: status)) }
+                statuses.append(NamedStatus(name: mirror.name, status: try mirror.status().0))
             } catch {
                 // A dead daemon's socket was just removed; say so and go on with the others.
                 FileHandle.standardError.write(Data("blockmirror: \(error)\n".utf8))
@@ -87,7 +85,7 @@ struct WaitCommand: ParsableCommand {
         var lastPrinted = Date.distantPast
         var drewLine = false
         while true {
-            let status = try runtime.send(ControlRequest(verb: .status), to: name).status!
+            let status = try attempt { try runtime.handle(for: name).status().0 }
             let busy = status.state == .recovering || status.check != nil
             if busy, let line = StatusText.progressLine(status) {
                 if terminal {

@@ -105,6 +105,12 @@ import Glibc
             #expect(result.status == 1 && result.stderr == "blockmirror: error: no mirror named nosuch (no control socket \(rig.runDir)/nosuch.ctl)\n",
                     "\(result)")
         }
+        let md = try rig.cli("status", "md9", "--backend", "md")
+        #expect(md.status == 1 && md.stderr.hasPrefix("blockmirror: error: ") && md.stderr.split(separator: "\n").count == 1
+                && (md.stderr.contains("md9") || md.stderr.contains("mdadm")), "\(md)")
+        let mdListen = try rig.cli("build", "md9", "--backend", "md", "--source", rig.old, "--target", "missing",
+                                   "--listen", "unix:\(rig.dir.file("x.sock"))")
+        #expect(mdListen.status == 64 && mdListen.stderr.contains("--listen is for the engine backend"), "\(mdListen)")
         let badSpeed = try rig.cli("speed", "m0", "--max", "fast")
         #expect(badSpeed.status == 64, "\(badSpeed)")
 

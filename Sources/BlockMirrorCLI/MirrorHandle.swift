@@ -1,0 +1,128 @@
+import Control
+import Foundation
+import MDBackend
+import Mirror
+
+/// What the verbs need from a mirror, whichever backend runs it: the engine's daemon (over its
+/// control socket) or a kernel md array (through mdadm, /proc/mdstat and sysfs). Both answer with
+/// the same types, so `status`, `detail` and `--json` read the same.
+protocol MirrorHandle {
+    var name: String { get }
+    /// The status, and the daemon behind it (nil for md).
+    func status() throws -> (MirrorStatus, DaemonInfo?)
+    func add(_ target: String) throws -> String
+    func fail() throws -> String
+    func remove() throws -> String
+    func speed(minimum: UInt64?, maximum: UInt64?) throws -> String
+    func check(repair: Bool) throws -> CheckReport
+    func stop() throws -> String
+}
+
+/// `--backend`: which kind of mirror a name refers to.
+enum Backend: String, CaseIterable, Codable {
+    case engine, md
+}
+
+/// A mirror of the engine: requests on its daemon's control socket.
+struct EngineMirror: MirrorHandle {
+    let name: String
+    let directory: RuntimeDirectory
+
+    private func send(_ request: ControlRequest, timeout: Int? = 30) throws -> ControlResponse {
+        try RuntimeDirectory.validate(name: name)
+        let response = try ControlClient.send(request, to: name, in: directory, timeout: timeout)
+        guard response.ok else { throw CLIError("\(name): \(response.error ?? "request refused")") }
+        return response
+    }
+
+    func status() throws -> (MirrorStatus, DaemonInfo?) {
+        let response = try send(ControlRequest(verb: .status))
+        guard let status = response.status else { throw CLIError("\(name): the daemon sent no status") }
+        return (status, response.daemon)
+    }
+
+    func add(_ target: String) throws -> String {
+        try send(ControlRequest(verb: .add, target: target)).message ?? "added \(target)"
+    }
+
+    func fail() throws -> String { try send(ControlRequest(verb: .fail)).message ?? "target marked faulty" }
+
+    func remove() throws -> String { try send(ControlRequest(verb: .remove)).message ?? "target removed" }
+
+    func speed(minimum: UInt64?, maximum: UInt64?) throws -> String {
+        try send(ControlRequest(verb: .speed, speedMin: minimum, speedMax: maximum)).message ?? "speed limits changed"
+    }
+
+    func check(repair: Bool) throws -> CheckReport {
+        guard let report = try send(ControlRequest(verb: .check, repair: repair), timeout: nil).check else {
+            throw CLIError("\(name): the daemon sent no check report")
+        }
+        return report
+    }
+
+    func stop() throws -> String { try send(ControlRequest(verb: .stop), timeout: nil).message ?? "\(name): stopped" }
+}
+
+/// A kernel md RAID1 array.
+struct MDMirror: MirrorHandle {
+    let array: MDArray
+    var name: String { array.name }
+
+    func status() throws -> (MirrorStatus, DaemonInfo?) { (try array.status(), nil) }
+
+    func add(_ target: String) throws -> String {
+        try array.add(target)
+        return "added \(target): recovery started (mdadm --add)"
+    }
+
+    func fail() throws -> String {
+        let target = try array.status().target ?? "the target"
+        try array.failTarget()
+        return "marked \(target) faulty (mdadm --fail)"
+    }
+
+    func remove() throws -> String { "removed \(try array.removeTarget()) (mdadm --remove)" }
+
+    func speed(minimum: UInt64?, maximum: UInt64?) throws -> String {
+        try array.setSpeed(minimum: minimum, maximum: maximum)
+        let limits = try array.status().speedLimits
+        return "speed limits: min \(limits.minimum)K/sec, max \(limits.maximum.map { "\($0)K/sec" } ?? "unlimited")"
+    }
+
+    func check(repair: Bool) throws -> CheckReport { try array.check(repair: repair) }
+
+    func stop() throws -> String { try array.stop() }
+}
+
+extension RuntimeOptions {
+    /// The mirror called `name`: `--backend` if given; otherwise the engine if a daemon of that
+    /// name has a control socket, kernel md if an md array of that name exists, else the engine
+    /// (whose error says there is no such mirror).
+    func handle(for name: String) throws -> any MirrorHandle {
+        switch backend ?? detectBackend(of: name) {
+        case .engine: return EngineMirror(name: name, directory: directory)
+        case .md: return MDMirror(array: try MDArray(name))
+        }
+    }
+
+    private func detectBackend(of name: String) -> Backend {
+        if FileManager.default.fileExists(atPath: directory.controlSocket(for: name)) { return .engine }
+        let kernelName = name.hasPrefix("/dev/") ? String(name.dropFirst(5)) : name
+        return FileManager.default.fileExists(atPath: "/sys/block/\(kernelName)/md") ? .md : .engine
+    }
+
+    /// Every mirror: the engine daemons of the runtime directory, then the kernel's RAID1 arrays.
+    func allMirrors() -> [any MirrorHandle] {
+        var handles: [any MirrorHandle] = []
+        if backend != .md {
+            handles += directory.mirrorNames().map { EngineMirror(name: $0, directory: directory) }
+        }
+        if backend != .engine, let text = try? String(contentsOfFile: "/proc/mdstat", encoding: .utf8),
+           let stat = try? MDStat(parsing: text) {
+            for array in stat.arrays where array.level == "raid1" {
+                if let md = try? MDArray(array.name) { handles.append(MDMirror(array: md)) }
+            }
+        }
+        return handles
+    }
+}
