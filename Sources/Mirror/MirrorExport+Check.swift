@@ -105,29 +105,14 @@ extension MirrorExport {
                          sourceBuffer: AlignedBuffer, targetBuffer: AlignedBuffer, skip: Bool) async -> RegionComparison {
         // A region still to be copied is known to differ; the copier will handle it.
         guard !skip else { return .skipped }
-        let (sourceRead, targetRead) = await withCheckedContinuation { continuation in
-            let results = Mutex<(Result<Void, BlockIOError>?, Result<Void, BlockIOError>?)>((nil, nil))
-            let done: @Sendable () -> Void = {
-                if let both = results.withLock({ r -> (Result<Void, BlockIOError>, Result<Void, BlockIOError>)? in
-                    guard let a = r.0, let b = r.1 else { return nil }
-                    return (a, b)
-                }) { continuation.resume(returning: both) }
-            }
-            source.read(into: sourceBuffer.baseAddress, count: length, offset: offset) { result in
-                results.withLock { $0.0 = result }
-                done()
-            }
-            target.read(into: targetBuffer.baseAddress, count: length, offset: offset) { result in
-                results.withLock { $0.1 = result }
-                done()
-            }
-        }
-        if case .failure(let error) = sourceRead { return .sourceFailed(error) }
-        if case .failure(let error) = targetRead {
+        let mismatches: [CheckReport.Mismatch]
+        switch await LegComparison.compare(source, target, offset: offset, length: length, into: (sourceBuffer, targetBuffer)) {
+        case .compared(let found): mismatches = found
+        case .firstFailed(let error): return .sourceFailed(error)
+        case .secondFailed(let error):
             targetFailed(error)
             return .targetFailed
         }
-        let mismatches = SectorComparison.mismatches(sourceBuffer.baseAddress, targetBuffer.baseAddress, count: length, base: offset)
         guard repair, !mismatches.isEmpty else { return .compared(mismatches, repaired: false) }
         let written: Result<Void, BlockIOError> = await withCheckedContinuation { continuation in
             target.write(from: sourceBuffer.baseAddress, count: length, offset: offset, durable: false) { continuation.resume(returning: $0) }

@@ -54,6 +54,11 @@ public struct CheckReport: Sendable, Equatable, Codable {
     public struct Mismatch: Sendable, Equatable, Codable {
         public var offset: UInt64
         public var length: UInt64
+
+        public init(offset: UInt64, length: UInt64) {
+            self.offset = offset
+            self.length = length
+        }
     }
 
     /// Whether mismatches are rewritten on the target from the source.
