@@ -28,12 +28,15 @@ public enum MDMirrorStatus {
         var bytesCopied: UInt64 = 0
         switch state {
         case .recovering:
-            if let completed = sysfs.syncCompleted {
-                let remaining = (completed.total - min(completed.done, completed.total)) * 512
+            // mdstat's (done/total) in KiB is finer than sync_completed, which moves in big steps.
+            let progress: (done: UInt64, total: UInt64)? = stat.progress.map { ($0.done * 1024, $0.total * 1024) }
+                ?? sysfs.syncCompleted.map { ($0.done * 512, $0.total * 512) }
+            if let progress, progress.total > 0 {
+                let remaining = progress.total - min(progress.done, progress.total)
                 regionsDirty = Int((remaining + regionSize - 1) / regionSize)
-                bytesCopied = completed.done * 512
+                bytesCopied = progress.done
             } else {
-                regionsDirty = regionsTotal  // pending: nothing copied yet
+                regionsDirty = regionsTotal  // pending or delayed: nothing copied yet
             }
         case .degraded, .targetFailed: regionsDirty = regionsTotal
         case .inSync, .stopping: break
@@ -50,7 +53,9 @@ public enum MDMirrorStatus {
         }
         if action == "check" || action == "repair" {
             var report = CheckReport(repair: action == "repair", regionsTotal: regionsTotal)
-            if let completed = sysfs.syncCompleted, completed.total > 0 {
+            if let progress = stat.progress, progress.total > 0 {
+                report.regionsChecked = Int(progress.done * UInt64(regionsTotal) / progress.total)
+            } else if let completed = sysfs.syncCompleted, completed.total > 0 {
                 report.regionsChecked = Int(completed.done * UInt64(regionsTotal) / completed.total)
             }
             report.mismatchedSectors = sysfs.mismatchCount

@@ -4,14 +4,16 @@ import Foundation
 public struct MDSysfs: Sendable, Equatable {
     /// `idle`, `resync`, `recover`, `check`, `repair`, `frozen`, `reshape`.
     public var syncAction: String
-    /// `sync_completed`: sectors done and in all while an action runs; nil when `none`.
+    /// `sync_completed`: sectors done and in all while an action runs; nil when `none` or
+    /// `delayed`. It moves in coarse steps: mdstat's `(done/total)` is finer.
     public var syncCompleted: (done: UInt64, total: UInt64)?
     /// `sync_speed`: KiB/s of the current action (`none` when idle: 0).
     public var syncSpeed: UInt64
     /// `sync_speed_min`/`max` in KiB/s (`1000 (system)` reads as 1000).
     public var speedMin: UInt64
     public var speedMax: UInt64
-    /// `mismatch_cnt`: sectors found different by the last check or repair.
+    /// `mismatch_cnt`: sectors found different by the last check (or repaired by the last repair),
+    /// counted in whole resync blocks (64 KiB = 128 sectors for RAID1), not sector by sector.
     public var mismatchCount: UInt64
     /// `degraded`: devices missing from the array.
     public var degraded: Int
@@ -40,7 +42,7 @@ public struct MDSysfs: Sendable, Equatable {
         }
         syncAction = try value("sync_action")
         let completed = try value("sync_completed")
-        if completed == "none" {
+        if completed == "none" || completed == "delayed" {
             syncCompleted = nil
         } else {
             let parts = completed.split(separator: "/").map { $0.trimmingCharacters(in: .whitespaces) }
