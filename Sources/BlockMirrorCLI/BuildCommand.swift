@@ -31,7 +31,7 @@ struct BuildCommand: AsyncParsableCommand {
     var target: String
 
     @Option(name: .long, help: "Where to listen: unix:PATH or tcp:HOST:PORT (repeatable).")
-    var listen: [String]
+    var listen: [String] = []
 
     @Option(name: .long, help: "Write-intent bitmap file: created if absent, resumed from if present.")
     var bitmap: String?

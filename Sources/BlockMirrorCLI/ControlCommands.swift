@@ -111,16 +111,22 @@ struct DetailCommand: ParsableCommand {
     @OptionGroup var runtime: RuntimeOptions
 
     func run() throws {
-        let (status, daemon) = try attempt { try runtime.handle(for: name).status() }
+        let (handle, status, daemon) = try attempt {
+            let handle = try runtime.handle(for: name)
+            let (status, daemon) = try handle.status()
+            return (handle, status, daemon)
+        }
         if json {
-            print(String(decoding: ControlCodec.encode(Detail(name: name, status: status, daemon: daemon)).dropLast(), as: UTF8.self))
+            print(String(decoding: ControlCodec.encode(Detail(name: name, backend: handle.backend, status: status, daemon: daemon)).dropLast(),
+                         as: UTF8.self))
         } else {
-            print(DetailText.render(name: name, status, daemon: daemon))
+            print(DetailText.render(name: name, status, daemon: daemon, backend: handle.backend))
         }
     }
 
     struct Detail: Encodable {
         let name: String
+        let backend: Backend
         let status: MirrorStatus
         let daemon: DaemonInfo?
     }
@@ -142,7 +148,7 @@ struct ListCommand: ParsableCommand {
         for mirror in runtime.allMirrors() {
             do {
                 let (status, daemon) = try mirror.status()
-                entries.append(Entry(name: mirror.name, backend: daemon?.backend ?? "md", state: status.state, source: status.source,
+                entries.append(Entry(name: mirror.name, backend: mirror.backend.rawValue, state: status.state, source: status.source,
                                      target: status.target, exports: daemon?.exports ?? [], pid: daemon?.pid))
             } catch {
                 // A dead daemon's socket was just removed; say so and go on with the others.

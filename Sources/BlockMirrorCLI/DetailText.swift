@@ -5,10 +5,10 @@ import Mirror
 /// Renders a mirror for people in the shape of `mdadm --detail`: sizes, state, device counts,
 /// rebuild status, and each device with its role.
 enum DetailText {
-    static func render(name: String, _ status: MirrorStatus, daemon: DaemonInfo?) -> String {
+    static func render(name: String, _ status: MirrorStatus, daemon: DaemonInfo?, backend: Backend) -> String {
         let kib = status.size / 1024
         var rows: [(String, String)] = [
-            ("Backend", daemon?.backend ?? "engine"),
+            ("Backend", backend == .md ? "md (kernel)" : "engine"),
             ("Started", daemon?.started ?? "-"),
             ("Mirror Size", "\(kib) (\(humanBinary(status.size)) \(humanDecimal(status.size)))"),
             ("Region Size", "\(status.regionSize / 1024)K"),

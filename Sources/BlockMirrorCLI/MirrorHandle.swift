@@ -8,6 +8,7 @@ import Mirror
 /// the same types, so `status`, `detail` and `--json` read the same.
 protocol MirrorHandle {
     var name: String { get }
+    var backend: Backend { get }
     /// The status, and the daemon behind it (nil for md).
     func status() throws -> (MirrorStatus, DaemonInfo?)
     func add(_ target: String) throws -> String
@@ -27,6 +28,7 @@ enum Backend: String, CaseIterable, Codable {
 struct EngineMirror: MirrorHandle {
     let name: String
     let directory: RuntimeDirectory
+    var backend: Backend { .engine }
 
     private func send(_ request: ControlRequest, timeout: Int? = 30) throws -> ControlResponse {
         try RuntimeDirectory.validate(name: name)
@@ -67,6 +69,7 @@ struct EngineMirror: MirrorHandle {
 struct MDMirror: MirrorHandle {
     let array: MDArray
     var name: String { array.name }
+    var backend: Backend { .md }
 
     func status() throws -> (MirrorStatus, DaemonInfo?) { (try array.status(), nil) }
 

@@ -62,7 +62,7 @@ public enum MDMirrorStatus {
             status.check = report
         } else if state == .inSync {
             // md keeps mismatch_cnt from the last check or repair (0 if none ran).
-            var last = CheckReport(repair: false, regionsTotal: regionsTotal)
+            var last = CheckReport(repair: sysfs.lastSyncAction == "repair", regionsTotal: regionsTotal)
             last.regionsChecked = regionsTotal
             last.mismatchedSectors = sysfs.mismatchCount
             status.lastCheck = last

@@ -19,11 +19,14 @@ public struct MDSysfs: Sendable, Equatable {
     public var degraded: Int
     /// `array_state`: `clean`, `active`, `readonly` …
     public var arrayState: String
+    /// `last_sync_action`: what ran last (`check`, `repair`, `recovery`, `resync`); nil if unknown.
+    public var lastSyncAction: String?
 
     public static func == (a: MDSysfs, b: MDSysfs) -> Bool {
         a.syncAction == b.syncAction && a.syncCompleted?.done == b.syncCompleted?.done && a.syncCompleted?.total == b.syncCompleted?.total
             && a.syncSpeed == b.syncSpeed && a.speedMin == b.speedMin && a.speedMax == b.speedMax
             && a.mismatchCount == b.mismatchCount && a.degraded == b.degraded && a.arrayState == b.arrayState
+            && a.lastSyncAction == b.lastSyncAction
     }
 
     /// Reads the values from `key=value` lines (a fixture) or, with `read`, from files.
@@ -57,11 +60,12 @@ public struct MDSysfs: Sendable, Equatable {
         mismatchCount = try number("mismatch_cnt")
         degraded = Int(try number("degraded"))
         arrayState = try value("array_state")
+        lastSyncAction = values["last_sync_action"].map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
     }
 
     /// The files `/sys/block/NAME/md/*` of a running array.
     public static let files = ["sync_action", "sync_completed", "sync_speed", "sync_speed_min", "sync_speed_max",
-                               "mismatch_cnt", "degraded", "array_state"]
+                               "mismatch_cnt", "degraded", "array_state", "last_sync_action"]
 
     /// Reads the files of array `name` (`md0`) from `root` (`/sys/block` normally).
     public static func read(array name: String, root: String = "/sys/block") throws(MDParseError) -> MDSysfs {

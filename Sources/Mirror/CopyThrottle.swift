@@ -34,10 +34,15 @@ public final class CopyThrottle: Sendable {
             let rate = Double(max(maximum, 1)) * 1024
             let capacity = rate * Self.burstSeconds
             // The bucket starts empty, so the first second copies at the limit, not limit + burst.
+            // Callers read the clock before taking the lock: a `now` older than the last refill adds nothing.
             if let refilledAt = state.refilledAt {
-                state.tokens = min(capacity, state.tokens + rate * Double(now - refilledAt) / 1e9)
+                if now > refilledAt {
+                    state.tokens = min(capacity, state.tokens + rate * Double(now - refilledAt) / 1e9)
+                    state.refilledAt = now
+                }
+            } else {
+                state.refilledAt = now
             }
-            state.refilledAt = now
             guard state.tokens >= 0 else { return UInt64(-state.tokens / rate * 1e9) + 1_000_000 }
             state.tokens -= Double(bytes)
             return nil

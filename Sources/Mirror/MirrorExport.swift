@@ -269,7 +269,8 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         enum Step { case copy(Int, BlockDevice), wait(UInt64), idle }
         while true {
             let now = Self.now()
-            let busy = tracker.count > 0 || now &- lastForeground.load(ordering: .relaxed) < Self.busyWindowNanos
+            let last = lastForeground.load(ordering: .relaxed)
+            let busy = tracker.count > 0 || last > now || now - last < Self.busyWindowNanos
             let step: Step = shared.withLock { shared in
                 guard !shared.stopping, shared.failure == nil, !shared.pumpScheduled, let target = shared.target,
                       shared.bitmap.dirtyCount > shared.copying,
@@ -435,7 +436,8 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         let (snapshot, previous, target): (RegionBitmap, RegionBitmap, BlockDevice?) = shared.withLock { shared in
             var persisted = shared.bitmap
             for region in shared.active.keys { persisted.setDirty(region) }
-            shared.lastWrite = shared.lastWrite.filter { now &- $0.value < Self.holdNanos }
+            // A write stamped after `now` was read is recent too.
+            shared.lastWrite = shared.lastWrite.filter { $0.value > now || now - $0.value < Self.holdNanos }
             if !final { for region in shared.lastWrite.keys { persisted.setDirty(region) } }
             let previous = shared.persisted
             shared.persisted = persisted

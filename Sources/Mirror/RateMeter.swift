@@ -36,7 +36,8 @@ public struct RateMeter: Sendable {
             total += slots[index]
         }
         // The window covers at most `slotCount` slots, and no more time than since the first sample.
-        let covered = min(window * slotNanos, max(now - firstSample, slotNanos))
+        // `now` may be a little older than the first sample (clocks read before the owner's lock).
+        let covered = min(window * slotNanos, max(now > firstSample ? now - firstSample : 0, slotNanos))
         return Double(total) * 1e9 / Double(covered)
     }
 }

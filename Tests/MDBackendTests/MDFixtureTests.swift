@@ -47,6 +47,8 @@ import Testing
         #expect(status.source.hasPrefix("/dev/vd") && status.source != status.target)
         #expect((status.check != nil) == c.checking)
         if let mismatches = c.mismatches { #expect(status.lastCheck?.mismatchedSectors == mismatches) }
+        if c.state == "repaired" { #expect(status.lastCheck?.repair == true) }
+        if c.state == "checked" { #expect(status.lastCheck?.repair == false) }
         if c.expected == .recovering { #expect(status.regionsDirty > 0 && status.regionsDirty <= status.regionsTotal) }
         if c.expected == .inSync { #expect(status.regionsDirty == 0) }
         if c.expected == .targetFailed { #expect(status.failure?.contains("/dev/vdb") == true) }

@@ -61,6 +61,22 @@ import Testing
         #expect(throttle.depth(full: 8, foregroundBusy: true, now: now) == 8)
     }
 
+    /// Threads read the clock before taking the throttle's lock, so calls can arrive with times
+    /// older than the last one: that must neither trap (unsigned underflow) nor add tokens.
+    @Test func clockReadingsOutOfOrderAreHarmless() {
+        let throttle = CopyThrottle(limits: SpeedLimits(minimum: 1000, maximum: 100_000))
+        let late = 50 * Self.second
+        #expect(throttle.admit(1 << 20, now: late) == nil)
+        let wait = throttle.admit(1 << 20, now: late - Self.second)
+        #expect(wait != nil, "an older clock reading refilled the bucket")
+        throttle.completed(1 << 20, now: late)
+        #expect(throttle.bytesPerSecond(now: late - Self.second) >= 0)
+        _ = throttle.depth(full: 8, foregroundBusy: true, now: late - 2 * Self.second)
+        var meter = RateMeter()
+        meter.add(1 << 20, now: late)
+        #expect(meter.bytesPerSecond(now: late - Self.second / 2) >= 0)
+    }
+
     @Test func rateMeterAveragesOverItsWindow() {
         var meter = RateMeter(slotNanos: Self.second / 4, slotCount: 20)
         #expect(meter.bytesPerSecond(now: Self.second) == 0)
