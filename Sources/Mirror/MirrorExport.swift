@@ -486,6 +486,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
                     for region in shared.bitmap.regions(offset: offset, length: length) { shared.bitmap.setDirty(region) }
                 }
                 promise.fail(BlockExportError(error))
+                pump()
             }
         }
         operation(source) { result in

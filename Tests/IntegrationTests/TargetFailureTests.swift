@@ -45,3 +45,39 @@ import Testing
         #expect(verify.succeeded, "acknowledged writes missing from OLD\n\(verify)")
     }
 }
+
+/// The other half of invariant 5: an I/O error on the source goes back to the client as an NBD
+/// error (the source is a 64 MiB sparse file on a 16 MiB tmpfs), the mirror keeps its target and
+/// keeps serving, and the regions of the failed writes are copied again.
+@Suite(.serialized) struct SourceFailureTests {
+    @Test func sourceErrorsReachTheClientAndTheMirrorStaysUp() throws {
+        try Tools.require("qemu-io", "mount", "umount")
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let small = dir.file("small")
+        try FileManager.default.createDirectory(atPath: small, withIntermediateDirectories: true)
+        try #require(try run("mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", small, in: dir).succeeded)
+        defer { _ = try? run("umount", small, in: dir) }
+        let old = small + "/old.img", new = dir.file("new.img")
+        try makeSparseFile(old, size: 64 << 20)
+        try makeSparseFile(new, size: 64 << 20)
+        let mirror = try MirrorDaemon(source: old, target: new, in: dir, ["--region-size", "256K"])
+        try mirror.waitForStatus { $0.state == .inSync }
+
+        let first = try run("qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 1M", mirror.uri, in: dir)
+        #expect(first.succeeded && !first.output.contains("failed"), "\(first)")
+        // 24 MiB more cannot fit in 16 MiB: qemu-io sees the error, nothing crashes.
+        let io = try run("qemu-io", "-f", "raw", "-c", "write -P 0x66 8M 24M", mirror.uri, in: dir)
+        #expect(io.output.contains("No space left on device"), "\(io)\n\(mirror.log)")
+        let after = try mirror.status()
+        #expect(after.state != .targetFailed && after.target == new, "\(after)")
+        // Still serving, and the regions of the failed write are copied again until in sync.
+        let again = try run("qemu-io", "-f", "raw", "-c", "read -P 0x5a 0 1M", mirror.uri, in: dir)
+        #expect(again.succeeded && !again.output.contains("failed"), "\(again)\n\(mirror.log)")
+        try mirror.waitForStatus { $0.state == .inSync }
+        let stop = try mirror.stop()
+        #expect(stop.stdout.contains("in sync"), "\(stop)")
+        let compare = try run("cmp", old, new, in: dir)
+        #expect(compare.succeeded, "OLD and NEW differ after a failed source write\n\(compare)")
+    }
+}
