@@ -24,7 +24,7 @@ enum DetailText {
         ]
         if status.state == .recovering {
             rows.append(("", ""))
-            rows.append(("Rebuild Status", "\(percent(done: status.regionsTotal - status.regionsDirty, of: status.regionsTotal)) complete"))
+            rows.append((status.syncAction == nil ? "Rebuild Status" : "Resync Status", "\(percent(done: status.regionsTotal - status.regionsDirty, of: status.regionsTotal)) complete"))
             if let eta = status.etaSeconds { rows.append(("Rebuild Finish", String(format: "%.1fmin at %lluK/sec", eta / 60, status.speedBytesPerSecond / 1024))) }
         }
         if let check = status.check {
@@ -51,7 +51,7 @@ enum DetailText {
             let role: String
             switch status.state {
             case .inSync: role = "active sync  "
-            case .recovering: role = "spare rebuilding"
+            case .recovering: role = status.syncAction == nil ? "spare rebuilding" : "active sync  "
             case .targetFailed: role = "faulty       "
             case .degraded, .stopping: role = status.failure != nil ? "faulty       " : status.regionsDirty == 0 ? "active sync  " : "spare        "
             }
@@ -67,7 +67,14 @@ enum DetailText {
         var words = ["clean"]
         switch status.state {
         case .inSync: break
-        case .recovering: words += ["degraded", "recovering"]
+        case .recovering:
+            switch status.syncAction {
+            case .none: words += ["degraded", "recovering"]
+            case .some(let action):
+                // md: "resync" → resyncing; "resync=PENDING" → resyncing (PENDING).
+                let parts = action.split(separator: "=")
+                words.append("\(parts[0])ing" + (parts.count > 1 ? " (\(parts[1]))" : ""))
+            }
         case .degraded, .targetFailed: words.append("degraded")
         case .stopping: words.append("stopping")
         }

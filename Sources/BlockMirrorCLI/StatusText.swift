@@ -10,7 +10,7 @@ enum StatusText {
     static func render(name: String, _ status: MirrorStatus) -> String {
         var devices = "\(status.source)[0]"
         if let target = status.target { devices += " \(target)[1]" + (status.failure != nil ? "(F)" : "") }
-        let healthy = status.state == .inSync ? "[2/2] [UU]" : "[2/1] [U_]"
+        let healthy = status.state == .inSync || status.syncAction != nil ? "[2/2] [UU]" : "[2/1] [U_]"
         let limits = "\(status.speedLimits.minimum)K-" + (status.speedLimits.maximum.map { "\($0)K" } ?? "unlimited")
         var lines = ["\(name) : \(status.state.rawValue) \(devices)",
                      "      \(status.size / 1024)K, \(status.regionSize / 1024)K regions, speed limits \(limits) \(healthy)"]
@@ -28,7 +28,9 @@ enum StatusText {
         if status.state == .recovering {
             let total = status.size / 1024
             let done = total - min(total, status.bytesDirty / 1024)
-            return progress(action: "recovery", done: done, total: total, speed: status.speedBytesPerSecond, eta: status.etaSeconds)
+            if let pending = status.syncAction, pending.contains("=") { return pending }  // md: resync=PENDING
+            return progress(action: status.syncAction ?? "recovery", done: done, total: total, speed: status.speedBytesPerSecond,
+                            eta: status.etaSeconds)
         }
         if let check = status.check {
             let total = status.size / 1024

@@ -48,6 +48,8 @@ public enum MDMirrorStatus {
             speedLimits: SpeedLimits(minimum: sysfs.speedMin, maximum: sysfs.speedMax),
             foregroundInFlight: 0, failure: faultyTarget ? "\(target ?? "the target") is faulty (kernel md)" : nil)
         if state == .recovering {
+            if let pending = stat.pending { status.syncAction = pending }
+            else if action == "resync" || stat.progress?.action == "resync" { status.syncAction = "resync" }
             if let minutes = stat.progress?.finishMinutes { status.etaSeconds = minutes * 60 }
             else if speed > 0 { status.etaSeconds = Double(status.bytesDirty) / Double(speed) }
         }

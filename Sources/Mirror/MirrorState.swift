@@ -42,6 +42,10 @@ public struct MirrorStatus: Sendable, Equatable, Codable {
     public var failure: String?
     /// The write-intent bitmap file, if any.
     public var bitmap: String?
+    /// How kernel md names a `recovering` state's work when it is not a recovery onto a new
+    /// target: `resync` (both legs present, made consistent), or `resync=PENDING`/`resync=DELAYED`
+    /// while it waits its turn. Nil for the engine, whose only such work is a recovery.
+    public var syncAction: String?
 
     /// Bytes the target still lacks (whole regions; the last may be partial).
     public var bytesDirty: UInt64 { min(UInt64(regionsDirty) * regionSize, size) }

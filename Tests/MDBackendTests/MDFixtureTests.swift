@@ -48,6 +48,9 @@ import Testing
         #expect((status.check != nil) == c.checking)
         if let mismatches = c.mismatches { #expect(status.lastCheck?.mismatchedSectors == mismatches) }
         if c.state == "repaired" { #expect(status.lastCheck?.repair == true) }
+        let syncActions = ["resync": "resync", "resync-resumed": "resync", "resync-pending": "resync=PENDING",
+                           "resync-delayed": "resync=DELAYED", "resync-delayed-md1": "resync", "recovering": nil]
+        if let expected = syncActions[c.state] { #expect(status.syncAction == expected) }
         if c.state == "checked" { #expect(status.lastCheck?.repair == false) }
         if c.expected == .recovering { #expect(status.regionsDirty > 0 && status.regionsDirty <= status.regionsTotal) }
         if c.expected == .inSync { #expect(status.regionsDirty == 0) }
