@@ -71,7 +71,10 @@ extension MirrorExport {
                 return (region, range.offset, range.length)
             }
             guard let next else { return }
-            while let wait = throttle.admit(next.length, now: Self.now()) { try? await Task.sleep(nanoseconds: wait) }
+            while let wait = throttle.admit(next.length, now: Self.now()) {
+                if shared.withLock({ $0.stopping || $0.failure != nil }) { return }
+                try? await Task.sleep(nanoseconds: min(wait, 100_000_000))
+            }
             let regions = next.region..<(next.region + 1)
             await withCheckedContinuation { continuation in locks.lock(regions, .exclusive) { continuation.resume() } }
             let outcome = await compare(next.offset, Int(next.length), target: target, repair: repair,
@@ -110,7 +113,7 @@ extension MirrorExport {
         case .compared(let found): mismatches = found
         case .firstFailed(let error): return .sourceFailed(error)
         case .secondFailed(let error):
-            targetFailed(error)
+            targetFailed(error, on: target)
             return .targetFailed
         }
         guard repair, !mismatches.isEmpty else { return .compared(mismatches, repaired: false) }
@@ -118,7 +121,7 @@ extension MirrorExport {
             target.write(from: sourceBuffer.baseAddress, count: length, offset: offset, durable: false) { continuation.resume(returning: $0) }
         }
         if case .failure(let error) = written {
-            targetFailed(error)
+            targetFailed(error, on: target)
             return .targetFailed
         }
         return .compared(mismatches, repaired: true)

@@ -203,16 +203,16 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     // MARK: Target failure
 
     /// Marks the target failed after an I/O error on it: writes continue on the source alone.
-    func targetFailed(_ error: BlockIOError) {
-        if markFailed(error.description) {
+    func targetFailed(_ error: BlockIOError, on device: BlockDevice) {
+        if markFailed(error.description, on: device) {
             logger.error("target failed, mirror degraded: serving from the source alone", metadata: ["error": "\(error)"])
         }
     }
 
     /// Records the target's failure (the first reason wins); true if it was healthy until now.
-    private func markFailed(_ reason: String) -> Bool {
+    private func markFailed(_ reason: String, on device: BlockDevice) -> Bool {
         let first: Bool = shared.withLock { shared in
-            guard shared.failure == nil, shared.target != nil else { return false }
+            guard shared.failure == nil, shared.target === device else { return false }
             shared.failure = reason
             return true
         }
@@ -226,7 +226,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         guard let target = shared.withLock({ $0.failure == nil ? $0.target : nil }) else {
             throw TargetError(description: "no healthy target to fail (state \(status.state.rawValue))")
         }
-        if markFailed("\(target.path) marked faulty by the administrator") {
+        if markFailed("\(target.path) marked faulty by the administrator", on: target) {
             logger.notice("target marked faulty, mirror degraded: serving from the source alone", metadata: ["target": "\(target.path)"])
         }
     }
@@ -303,12 +303,12 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
             let (stillDirty, range): (Bool, (offset: UInt64, length: UInt64)) = shared.withLock {
                 ($0.bitmap.isDirty(region), $0.bitmap.byteRange(of: region))
             }
-            guard stillDirty else { return copied(region, bytes: 0, clean: false) }
+            guard stillDirty else { return copied(region, target: target, bytes: 0, clean: false) }
             if let map = try? source.allocationMap(offset: range.offset, length: range.length, maxExtents: 1),
                map.count == 1, map[0].isHole, map[0].length == range.length {
                 // A hole of a sparse source: zero the target's region without reading anything.
                 return target.writeZeroes(offset: range.offset, length: range.length, mayDeallocate: true, fastOnly: false) { [self] in
-                    targetWritten(region, bytes: range.length, $0)
+                    targetWritten(region, target: target, bytes: range.length, $0)
                 }
             }
             let length = Int(range.length)
@@ -317,7 +317,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
                 if case .failure(let error) = result {
                     pool.recycle(buffer)
                     logger.error("copier cannot read the source; region stays dirty", metadata: ["error": "\(error)"])
-                    return copied(region, bytes: 0, clean: false, stall: true)
+                    return copied(region, target: target, bytes: 0, clean: false, stall: true)
                 }
                 let write: (@escaping @Sendable (Result<Void, BlockIOError>) -> Void) -> Void
                 if UnsafeRawBufferPointer(start: buffer.baseAddress, count: length).allSatisfy({ $0 == 0 }) {
@@ -328,25 +328,27 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
                 }
                 write { [self] result in
                     pool.recycle(buffer)
-                    targetWritten(region, bytes: range.length, result)
+                    targetWritten(region, target: target, bytes: range.length, result)
                 }
             }
         }
     }
 
     /// Ends a copy whose target write finished: clean on success, target failed otherwise.
-    private func targetWritten(_ region: Int, bytes: UInt64, _ result: Result<Void, BlockIOError>) {
+    private func targetWritten(_ region: Int, target: BlockDevice, bytes: UInt64, _ result: Result<Void, BlockIOError>) {
         switch result {
-        case .success: copied(region, bytes: bytes, clean: true)
+        case .success: copied(region, target: target, bytes: bytes, clean: true)
         case .failure(let error):
-            targetFailed(error)
-            copied(region, bytes: 0, clean: false)
+            targetFailed(error, on: target)
+            copied(region, target: target, bytes: 0, clean: false)
         }
     }
 
     /// Ends one copy: clears the bit if asked, releases the region, starts the next copies.
-    private func copied(_ region: Int, bytes: UInt64, clean: Bool, stall: Bool = false) {
+    private func copied(_ region: Int, target: BlockDevice, bytes: UInt64, clean: Bool, stall: Bool = false) {
         let (idle, save): (Bool, Bool) = shared.withLock { shared in
+            // Only a copy onto the current, healthy target cleans its region.
+            let clean = clean && shared.target === target && shared.failure == nil
             if clean { shared.bitmap.setClean(region) }
             shared.bytesCopied += bytes
             shared.copying -= 1
@@ -471,7 +473,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
             switch sourceResult {
             case .success:
                 shared.withLock { shared in
-                    if targetOK {
+                    if targetOK, shared.target === target, shared.failure == nil {
                         for region in shared.bitmap.regionsFullyCovered(offset: offset, length: length) { shared.bitmap.setClean(region) }
                     } else {
                         // Degraded, or the target failed: the target lacks this write.
@@ -494,7 +496,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         }
         if let target {
             operation(target) { [self] result in
-                if case .failure(let error) = result { targetFailed(error) }
+                if case .failure(let error) = result { targetFailed(error, on: target) }
                 let last = outcome.withLock { state -> Bool in
                     if case .failure = result { state.targetOK = false }
                     state.pending -= 1

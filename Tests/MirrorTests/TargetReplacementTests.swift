@@ -1,0 +1,95 @@
+import BlockExport
+import BlockIO
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import Testing
+@testable import Mirror
+
+/// Invariant 3 across a change of target: completions that belong to a failed or removed target
+/// (copies and writes still in flight when it was failed) must neither clean regions for the new
+/// target nor fail it; and a stop does not wait for a throttled check.
+@Suite(.serialized) struct TargetReplacementTests {
+    static func makeFile(_ path: String, size: Int) {
+        _ = FileManager.default.createFile(atPath: path, contents: nil)
+        truncate(path, off_t(size))
+    }
+
+    /// Waits (no timing assumption) until the copier has copies in flight.
+    static func waitForCopies(_ mirror: MirrorExport) async {
+        while mirror.shared.withLock({ $0.copying }) == 0 { try? await Task.sleep(nanoseconds: 50_000) }
+    }
+
+    /// fail + remove + add of a new target while copies to the old one are in flight: every region
+    /// of the new target ends equal to the source.
+    @Test func noStaleCleanWhenATargetIsReplacedMidCopy() async throws {
+        let rig = try MirrorExportTests.Rig()
+        defer { rig.tearDown() }
+        let second = rig.dir + "/new2.img"
+        Self.makeFile(second, size: MirrorExportTests.size)
+        let mirror = MirrorExport(source: try rig.open(rig.sourcePath), regionSize: 1 << 20, copiesInFlight: 8,
+                                  pool: BufferPool(), logger: Logger(label: "mirror"))
+        try mirror.attach(target: try rig.open(rig.targetPath))
+        await Self.waitForCopies(mirror)
+        try mirror.failTarget()
+        try mirror.removeTarget()
+        try mirror.attach(target: try rig.open(second))
+        let settled = await mirror.waitUntilSettled()
+        try await mirror.close()
+        #expect(settled.state == .inSync)
+        let source = try Data(contentsOf: URL(fileURLWithPath: rig.sourcePath))
+        let target = try Data(contentsOf: URL(fileURLWithPath: second))
+        #expect(MirrorExportTests().firstDifference(source, target) == nil, "the new target lacks regions the old one was copying")
+    }
+
+    /// The old target fails late (it is a sparse file on a 2 MiB tmpfs: ENOSPC) after it was
+    /// replaced: the new, healthy target is not marked failed.
+    @Test func aReplacedTargetsLateErrorDoesNotFailTheNewOne() async throws {
+        let rig = try MirrorExportTests.Rig()
+        defer { rig.tearDown() }
+        let tiny = rig.dir + "/tiny"
+        try FileManager.default.createDirectory(atPath: tiny, withIntermediateDirectories: true)
+        try Self.command("/bin/mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", tiny)
+        defer { try? Self.command("/bin/umount", "-l", tiny) }
+        let failing = tiny + "/t1.img", second = rig.dir + "/new2.img"
+        Self.makeFile(failing, size: MirrorExportTests.size)
+        Self.makeFile(second, size: MirrorExportTests.size)
+        let mirror = MirrorExport(source: try rig.open(rig.sourcePath), regionSize: 1 << 20, copiesInFlight: 8,
+                                  pool: BufferPool(), logger: Logger(label: "mirror"))
+        try mirror.attach(target: try rig.open(failing))
+        await Self.waitForCopies(mirror)
+        try mirror.failTarget()
+        try mirror.removeTarget()
+        try mirror.attach(target: try rig.open(second))
+        let settled = await mirror.waitUntilSettled()
+        try await mirror.close()
+        #expect(settled.state == .inSync, "\(settled.failure ?? "")")
+    }
+
+    /// A stop during a check held to 64 KiB/s ends the check (interrupted) instead of waiting
+    /// for the throttle (8 workers x 1 MiB at 64 KiB/s would take two minutes).
+    @Test func stopInterruptsAThrottledCheck() async throws {
+        let rig = try MirrorExportTests.Rig()
+        defer { rig.tearDown() }
+        let mirror = MirrorExport(source: try rig.open(rig.sourcePath), regionSize: 1 << 20, copiesInFlight: 8,
+                                  pool: BufferPool(), logger: Logger(label: "mirror"))
+        try mirror.attach(target: try rig.open(rig.targetPath))
+        #expect(await mirror.waitUntilSettled().state == .inSync)
+        mirror.setSpeedLimits(SpeedLimits(minimum: 1, maximum: 64))
+        let check = Task { try await mirror.check(repair: false) }
+        while mirror.status.check == nil { try await Task.sleep(nanoseconds: 1_000_000) }
+        try await mirror.close()
+        let report = try await check.value
+        #expect(report.interrupted != nil && report.regionsChecked < report.regionsTotal, "\(report)")
+    }
+
+    static func command(_ arguments: String...) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: arguments[0])
+        process.arguments = Array(arguments.dropFirst())
+        try process.run()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { throw CocoaError(.executableLoad) }
+    }
+}
