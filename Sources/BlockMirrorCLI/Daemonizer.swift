@@ -6,8 +6,9 @@ import Glibc
 
 /// `--daemon`: the command runs again as a detached child (new session, stdin from /dev/null,
 /// stderr to `RUNDIR/NAME.log`), whose stdout is a pipe to this parent. The child prints its NBD
-/// URIs and then closes stdout (`Daemonizer.detachStandardOutput`); the parent relays the URIs
-/// and exits 0 — or, when the child exited instead, prints the child's error and exits 1.
+/// URIs, then a readiness line, then closes stdout (`Daemonizer.detachStandardOutput`); the
+/// parent relays the URIs and exits 0 — or, without the readiness line (the child exited), waits
+/// for the child and prints its error.
 /// A re-executed child rather than fork(): a Swift process has threads by then.
 enum Daemonizer {
     /// Set in the child's environment.
@@ -15,6 +16,9 @@ enum Daemonizer {
 
     /// True in the detached child.
     static var isDetachedChild: Bool { ProcessInfo.processInfo.environment[environmentKey] == "1" }
+
+    /// The last line the child writes once serving (never shown).
+    static let readyLine = "\u{1}blockmirror-daemon-ready"
 
     /// glibc's POSIX_SPAWN_SETSID (spawn.h, under _GNU_SOURCE, which Swift does not import).
     private static let spawnSetSID: Int32 = 0x80
@@ -68,20 +72,24 @@ enum Daemonizer {
             guard count > 0 else { break }
             output.append(contentsOf: buffer[0..<count])
         }
-        var status: Int32 = 0
-        if waitpid(child, &status, WNOHANG) == child {
+        var lines = String(decoding: output, as: UTF8.self).split(separator: "\n").map(String.init)
+        guard lines.last == readyLine else {
+            // No readiness line: the child ended before serving. Reap it and show its error.
+            var status: Int32 = 0
+            while waitpid(child, &status, 0) < 0 && errno == EINTR {}
             let log = String(decoding: FileManager.default.contents(atPath: logPath) ?? Data(), as: UTF8.self)
             let error = log.split(separator: "\n").last { $0.hasPrefix("blockmirror: error: ") }
             throw CLIError(error.map { String($0.dropFirst("blockmirror: error: ".count)) }
                            ?? "the daemon exited with status \(status >> 8) before serving (log: \(logPath))")
         }
-        let uris = String(decoding: output, as: UTF8.self).split(separator: "\n").map(String.init)
-        return uris + ["\(name): daemon started (pid \(child), log \(logPath))"]
+        lines.removeLast()
+        return lines + ["\(name): daemon started (pid \(child), log \(logPath))"]
     }
 
     /// In the detached child, once serving: stdout goes to /dev/null, which ends the parent's wait.
     static func detachStandardOutput() {
         guard isDetachedChild else { return }
+        print(readyLine)
         fflush(nil)
         let null = open("/dev/null", O_WRONLY)
         if null >= 0 {

@@ -19,7 +19,7 @@ struct StatusCommand: ParsableCommand {
     @OptionGroup var runtime: RuntimeOptions
 
     func validate() throws {
-        guard interval >= 0.1 else { throw ValidationError("--interval must be at least 0.1 seconds") }
+        guard interval >= 0.1, interval <= 3600 else { throw ValidationError("--interval must be from 0.1 to 3600 seconds") }
     }
 
     func run() throws {
@@ -39,7 +39,7 @@ struct StatusCommand: ParsableCommand {
             // On a terminal, redraw in place like watch(1); otherwise one block per refresh.
             print(terminal ? "\u{1B}[H\u{1B}[2J" + text : text + "\n")
             fflush(nil)
-            usleep(useconds_t(interval * 1_000_000))
+            Thread.sleep(forTimeInterval: interval)
         }
     }
 
@@ -77,7 +77,7 @@ struct WaitCommand: ParsableCommand {
     @OptionGroup var runtime: RuntimeOptions
 
     func validate() throws {
-        guard interval >= 0.05 else { throw ValidationError("--interval must be at least 0.05 seconds") }
+        guard interval >= 0.05, interval <= 3600 else { throw ValidationError("--interval must be from 0.05 to 3600 seconds") }
     }
 
     func run() throws {
@@ -108,7 +108,7 @@ struct WaitCommand: ParsableCommand {
                 case .stopping, .recovering: throw exitWithError(CLIError("\(name): stopping"))
                 }
             }
-            usleep(useconds_t(interval * 1_000_000))
+            Thread.sleep(forTimeInterval: interval)
         }
     }
 }

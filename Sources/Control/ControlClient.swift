@@ -18,7 +18,11 @@ public enum ControlClient {
         case .failure(let errno) where errno.rawValue == ENOENT:
             throw ControlError("no mirror named \(name) (no control socket \(path))")
         case .failure(let errno) where errno.rawValue == ECONNREFUSED:
-            unlink(path)
+            // Refused twice, 100 ms apart: not a daemon caught between bind() and listen().
+            usleep(100_000)
+            if UnixSocket.state(of: path) == .stale { unlink(path) } else {
+                return try send(request, to: name, in: directory, timeout: timeout)
+            }
             throw ControlError("mirror \(name) is not running: removed the stale control socket \(path) of a dead daemon")
         case .failure(let errno) where errno.rawValue == EACCES || errno.rawValue == EPERM:
             throw ControlError("permission denied on the control socket \(path) (run as the daemon's user)")

@@ -103,8 +103,13 @@ public struct MDArray: Sendable {
         }
         let mismatches = (try? MDSysfs.read(array: name, root: sysRoot).mismatchCount) ?? 0
         var report = CheckReport(repair: repair, regionsTotal: status.regionsTotal)
-        report.regionsChecked = status.regionsTotal
         report.mismatchedSectors = mismatches
+        if status.state == .inSync {
+            report.regionsChecked = status.regionsTotal
+        } else {
+            // md ends a check early when the array degrades or starts recovering.
+            report.interrupted = "\(device) became \(status.state.rawValue) during the \(repair ? "repair" : "check")"
+        }
         if repair { report.repairedSectors = mismatches }
         return report
     }

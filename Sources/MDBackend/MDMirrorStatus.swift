@@ -55,10 +55,11 @@ public enum MDMirrorStatus {
         }
         if action == "check" || action == "repair" {
             var report = CheckReport(repair: action == "repair", regionsTotal: regionsTotal)
+            // In Double: done × regions overflows UInt64 for arrays of a few hundred TiB.
             if let progress = stat.progress, progress.total > 0 {
-                report.regionsChecked = Int(progress.done * UInt64(regionsTotal) / progress.total)
+                report.regionsChecked = Int(Double(progress.done) / Double(progress.total) * Double(regionsTotal))
             } else if let completed = sysfs.syncCompleted, completed.total > 0 {
-                report.regionsChecked = Int(completed.done * UInt64(regionsTotal) / completed.total)
+                report.regionsChecked = Int(Double(completed.done) / Double(completed.total) * Double(regionsTotal))
             }
             report.mismatchedSectors = sysfs.mismatchCount
             status.check = report

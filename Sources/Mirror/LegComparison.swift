@@ -16,22 +16,19 @@ public enum LegComparison {
     public static func compare(_ first: BlockDevice, _ second: BlockDevice, offset: UInt64, length: Int,
                                into buffers: (AlignedBuffer, AlignedBuffer), reportBase: Int64 = 0) async -> Outcome {
         let (firstRead, secondRead) = await withCheckedContinuation { continuation in
+            // The second completion resumes, decided under the lock: completions may run on two
+            // threads at once (a refused submission completes on the submitting thread).
             let results = Mutex<(Result<Void, BlockIOError>?, Result<Void, BlockIOError>?)>((nil, nil))
-            let done: @Sendable () -> Void = {
+            let store: @Sendable (_ first: Bool, Result<Void, BlockIOError>) -> Void = { isFirst, result in
                 let both = results.withLock { r -> (Result<Void, BlockIOError>, Result<Void, BlockIOError>)? in
+                    if isFirst { r.0 = result } else { r.1 = result }
                     guard let a = r.0, let b = r.1 else { return nil }
                     return (a, b)
                 }
                 if let both { continuation.resume(returning: both) }
             }
-            first.read(into: buffers.0.baseAddress, count: length, offset: offset) { result in
-                results.withLock { $0.0 = result }
-                done()
-            }
-            second.read(into: buffers.1.baseAddress, count: length, offset: offset) { result in
-                results.withLock { $0.1 = result }
-                done()
-            }
+            first.read(into: buffers.0.baseAddress, count: length, offset: offset) { store(true, $0) }
+            second.read(into: buffers.1.baseAddress, count: length, offset: offset) { store(false, $0) }
         }
         if case .failure(let error) = firstRead { return .firstFailed(error) }
         if case .failure(let error) = secondRead { return .secondFailed(error) }

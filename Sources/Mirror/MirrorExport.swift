@@ -69,8 +69,13 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         /// When each recently written region last had no write in flight (monotonic nanoseconds).
         var lastWrite: [Int: UInt64] = [:]
         var copiedSinceSave = 0
-        /// A delayed `pump` is scheduled (the speed limit holds the copy back).
+        /// A delayed `pump` is scheduled (the speed limit holds the copy back, or a read failed).
         var pumpScheduled = false
+        /// A target is being attached: no copy starts until its bitmap file names it.
+        var attaching = false
+        /// An fdatasync error of the source met by a bitmap save, not yet reported to a client:
+        /// the next FLUSH fails with it (the kernel reports a writeback error once per file).
+        var unreportedSourceError: BlockIOError?
         /// The check running now, its next region and its workers.
         var check: CheckReport?
         var checkCursor = 0
@@ -168,7 +173,12 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
             shared.failure = nil
             if !resume { shared.bitmap.setAll() }
             shared.cursor = 0
+            shared.attaching = true
             return resume ? nil : shared.bitmap
+        }
+        defer {
+            shared.withLock { $0.attaching = false }
+            pump()
         }
         if let intentLog, let fresh, intentLog.identity.target != target.path || fresh.dirtyCount > 0 {
             // The bitmap file names the new target and marks everything to copy before any copy.
@@ -183,7 +193,6 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         }
         let dirty = shared.withLock { $0.bitmap.dirtyCount }
         logger.info("target attached, recovery starts", metadata: ["target": "\(target.path)", "regions": "\(dirty)"])
-        pump()
         return dirty
     }
 
@@ -272,7 +281,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
             let last = lastForeground.load(ordering: .relaxed)
             let busy = tracker.count > 0 || last > now || now - last < Self.busyWindowNanos
             let step: Step = shared.withLock { shared in
-                guard !shared.stopping, shared.failure == nil, !shared.pumpScheduled, let target = shared.target,
+                guard !shared.stopping, shared.failure == nil, !shared.pumpScheduled, !shared.attaching, let target = shared.target,
                       shared.bitmap.dirtyCount > shared.copying,
                       shared.copying < throttle.depth(full: copiesInFlight, foregroundBusy: busy, now: now) else { return .idle }
                 if let wait = throttle.admit(shared.bitmap.regionSize, now: now) {
@@ -288,14 +297,22 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
             case .idle: return
             case .copy(let region, let target): copy(region: region, to: target)
             case .wait(let nanos):
-                DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(min(nanos, 1_000_000_000)))) { [self] in
-                    shared.withLock { $0.pumpScheduled = false }
-                    pump()
-                }
+                pumpLater(afterNanoseconds: min(nanos, 1_000_000_000))
                 return
             }
         }
     }
+
+    /// Runs `pump` again after a delay; the flag `pumpScheduled` was set by the caller.
+    private func pumpLater(afterNanoseconds nanos: UInt64) {
+        DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(nanos))) { [self] in
+            shared.withLock { $0.pumpScheduled = false }
+            pump()
+        }
+    }
+
+    /// How long the copier waits before trying again after it could not read the source.
+    private static let readRetryNanos: UInt64 = 5_000_000_000
 
     /// Copies one region under its exclusive lock; clears its bit only if the copy completed.
     private func copy(region: Int, to target: BlockDevice) {
@@ -358,11 +375,24 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
             return (shared.copying == 0, save)
         }
         if bytes > 0 { throttle.completed(bytes, now: Self.now()) }
-        if save { intentQueue.async { [self] in try? saveBitmap() } }
+        if save {
+            intentQueue.async { [self] in
+                do { try saveBitmap() } catch { logger.error("cannot save the bitmap", metadata: ["error": "\(error)"]) }
+            }
+        }
         locks.unlock(region..<(region + 1), .exclusive)
         if idle { wakeBackgroundWaiters() }
         settle()
-        if !stall { pump() }
+        if !stall {
+            pump()
+        } else if shared.withLock({ shared in
+            // A source read failed: try the region again later (the error may be transient), not in a loop.
+            guard !shared.pumpScheduled else { return false }
+            shared.pumpScheduled = true
+            return true
+        }) {
+            pumpLater(afterNanoseconds: Self.readRetryNanos)
+        }
     }
 
     /// Wakes `close` when neither copies nor check workers run.
@@ -430,12 +460,14 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
 
     /// Writes the bitmap file lazily: bits of regions now clean, with no write in flight and (unless
     /// `final`) none lately, are cleared on disk. Before a bit is cleared, both legs are made
-    /// durable, so a power loss cannot leave a clear bit over a region whose copies differ.
-    /// Runs on `intentQueue` only.
+    /// durable, so a power loss cannot leave a clear bit over a region whose copies differ; with no
+    /// target, or one that cannot flush (failed), nothing is cleared. If the save fails, the bits
+    /// the file may still hold are remembered, so later page writes keep them. Runs on
+    /// `intentQueue` only.
     private func saveBitmap(final: Bool = false) throws {
         guard let intentLog else { return }
         let now = Self.now()
-        let (snapshot, previous, target): (RegionBitmap, RegionBitmap, BlockDevice?) = shared.withLock { shared in
+        var (snapshot, previous, target, healthy): (RegionBitmap, RegionBitmap, BlockDevice?, Bool) = shared.withLock { shared in
             var persisted = shared.bitmap
             for region in shared.active.keys { persisted.setDirty(region) }
             // A write stamped after `now` was read is recent too.
@@ -443,14 +475,34 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
             if !final { for region in shared.lastWrite.keys { persisted.setDirty(region) } }
             let previous = shared.persisted
             shared.persisted = persisted
-            return (persisted, previous, shared.failure == nil ? shared.target : nil)
+            return (persisted, previous, shared.target, shared.failure == nil)
         }
         guard snapshot != previous || final else { return }
-        if zip(previous.words, snapshot.words).contains(where: { $0 & ~$1 != 0 }) {
-            try source.flushNow()
-            try target?.flushNow()
+        do {
+            if previous.hasBits(clearIn: snapshot) {
+                do { try source.flushNow() } catch {
+                    shared.withLock { $0.unreportedSourceError = error }
+                    throw error
+                }
+                var targetDurable = false
+                if let target {
+                    do {
+                        try target.flushNow()
+                        targetDurable = true
+                    } catch {
+                        if healthy { targetFailed(error, on: target) }
+                    }
+                }
+                if !targetDurable {
+                    snapshot.formUnion(previous)
+                    shared.withLock { $0.persisted.formUnion(previous) }
+                }
+            }
+            try intentLog.save(snapshot)
+        } catch {
+            shared.withLock { $0.persisted.formUnion(previous) }
+            throw error
         }
-        try intentLog.save(snapshot)
     }
 
     /// Saves the bitmap file now, clearing every clean bit (stop does this).
@@ -533,7 +585,15 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
             let legs = eventLoop.makePromise(of: Void.self)
             fanOut(offset: 0, length: 0, target: target, promise: legs) { device, done in device.flush(completion: done) }
             legs.futureResult.whenComplete { [self] result in
-                guard case .success = result, intentLog != nil else { return promise.completeWith(result) }
+                guard case .success = result else { return promise.completeWith(result) }
+                // A writeback error a bitmap save's fdatasync took from the source is this FLUSH's.
+                if let error = shared.withLock({ shared -> BlockIOError? in
+                    defer { shared.unreportedSourceError = nil }
+                    return shared.unreportedSourceError
+                }) {
+                    return promise.fail(BlockExportError(error))
+                }
+                guard intentLog != nil else { return promise.succeed(()) }
                 intentQueue.async { [self] in
                     promise.completeWith(Result { try saveBitmap() }.mapError { BlockExportError(.io, "\($0)") })
                 }

@@ -9,6 +9,7 @@ public struct RateMeter: Sendable {
     /// The slot index (time / slotNanos) each entry of `slots` belongs to.
     private var slotIDs: [UInt64]
     private var firstSample: UInt64?
+    private var lastSample: UInt64 = 0
 
     /// A meter averaging over `slotCount` slots of `slotNanos` each (default: 5 s in 250 ms slots).
     public init(slotNanos: UInt64 = 250_000_000, slotCount: Int = 20) {
@@ -19,7 +20,9 @@ public struct RateMeter: Sendable {
 
     /// Counts `bytes` done at monotonic time `now` (nanoseconds).
     public mutating func add(_ bytes: UInt64, now: UInt64) {
-        if firstSample == nil { firstSample = now }
+        // After an idle spell longer than the window, a new run starts its own average.
+        if firstSample == nil || (now > lastSample && now - lastSample > slotNanos * UInt64(slots.count)) { firstSample = now }
+        lastSample = max(lastSample, now)
         let id = now / slotNanos
         let index = Int(id % UInt64(slots.count))
         if slotIDs[index] != id { slotIDs[index] = id; slots[index] = 0 }

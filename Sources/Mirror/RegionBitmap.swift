@@ -46,6 +46,18 @@ public struct RegionBitmap: Sendable, Equatable {
         dirtyCount = regionCount
     }
 
+    /// Sets every bit that is set in `other` (same geometry).
+    public mutating func formUnion(_ other: RegionBitmap) {
+        precondition(other.words.count == words.count, "bitmaps of different geometry")
+        for index in words.indices { words[index] |= other.words[index] }
+        dirtyCount = words.reduce(0) { $0 + $1.nonzeroBitCount }
+    }
+
+    /// Whether some bit set here is clear in `other` (saving `other` would clear it).
+    public func hasBits(clearIn other: RegionBitmap) -> Bool {
+        zip(words, other.words).contains { $0 & ~$1 != 0 }
+    }
+
     public func isDirty(_ region: Int) -> Bool {
         words[region >> 6] & (1 << UInt64(region & 63)) != 0
     }

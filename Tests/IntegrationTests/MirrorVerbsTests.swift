@@ -111,6 +111,8 @@ import Glibc
         let mdListen = try rig.cli("build", "md9", "--backend", "md", "--source", rig.old, "--target", "missing",
                                    "--listen", "unix:\(rig.dir.file("x.sock"))")
         #expect(mdListen.status == 64 && mdListen.stderr.contains("--listen is for the engine backend"), "\(mdListen)")
+        let longWatch = try rig.cli("status", "m0", "--watch", "--interval", "5000")
+        #expect(longWatch.status == 64 && longWatch.stderr.contains("--interval"), "\(longWatch)")
         let badSpeed = try rig.cli("speed", "m0", "--max", "fast")
         #expect(badSpeed.status == 64, "\(badSpeed)")
 
