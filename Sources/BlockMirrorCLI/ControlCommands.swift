@@ -44,10 +44,11 @@ struct CheckCommand: ParsableCommand {
     @Argument(help: "The mirror's name.") var name: String
     @Flag(name: .long, help: "Rewrite mismatching sectors on the target from the source (md's repair).") var repair = false
     @Flag(name: .long, help: "Print the report as JSON.") var json = false
+    @Option(name: .long, help: "Seconds to wait for the check to end (default: as long as it takes).") var timeout: Int?
     @OptionGroup var runtime: RuntimeOptions
 
     func run() throws {
-        let report = try attempt { try runtime.handle(for: name).check(repair: repair) }
+        let report = try attempt { try runtime.handle(for: name).check(repair: repair, timeout: timeout) }
         if json {
             print(String(decoding: ControlCodec.encode(report).dropLast(), as: UTF8.self))
         } else {
@@ -60,7 +61,7 @@ struct CheckCommand: ParsableCommand {
                 print("  mismatch at offset \(mismatch.offset), \(mismatch.length) bytes")
             }
         }
-        if report.interrupted != nil { throw ExitCode(1) }
+        if let why = report.interrupted { throw exitWithError(CLIError("\(name): \(repair ? "repair" : "check") interrupted: \(why)")) }
         if report.mismatchedSectors > 0 && !repair { throw ExitCode(3) }
     }
 }
@@ -94,10 +95,15 @@ struct StopCommand: ParsableCommand {
         commandName: "stop", abstract: "Stop a mirror: drain, flush both devices, save the bitmap (like mdadm --stop).")
 
     @Argument(help: "The mirror's name.") var name: String
+    @Option(name: .long, help: "Seconds to wait for the daemon to finish stopping.") var timeout: Int = 300
     @OptionGroup var runtime: RuntimeOptions
 
+    func validate() throws {
+        guard timeout > 0 else { throw ValidationError("--timeout must be at least 1 second") }
+    }
+
     func run() throws {
-        print(try attempt { try runtime.handle(for: name).stop() })
+        print(try attempt { try runtime.handle(for: name).stop(timeout: timeout) })
     }
 }
 
@@ -152,7 +158,7 @@ struct ListCommand: ParsableCommand {
                                      target: status.target, exports: daemon?.exports ?? [], pid: daemon?.pid))
             } catch {
                 // A dead daemon's socket was just removed; say so and go on with the others.
-                FileHandle.standardError.write(Data("blockmirror: \(error)\n".utf8))
+                FileHandle.standardError.write(Data("blockmirror: error: \(error)\n".utf8))
             }
         }
         if json {

@@ -28,6 +28,8 @@ enum Daemonizer {
     static func detach(name: String, directory: RuntimeDirectory) throws -> [String] {
         try directory.create()
         let logPath = directory.path + "/\(name).log"
+        // Only what this child appends to the log is its story (earlier runs wrote above it).
+        let logStart = ((try? FileManager.default.attributesOfItem(atPath: logPath))?[.size] as? NSNumber)?.intValue ?? 0
         var pipeEnds: [Int32] = [0, 0]
         guard pipe(&pipeEnds) == 0 else { throw CLIError("cannot create a pipe: \(String(cString: strerror(errno)))") }
         let (readEnd, writeEnd) = (pipeEnds[0], pipeEnds[1])
@@ -77,10 +79,11 @@ enum Daemonizer {
             // No readiness line: the child ended before serving. Reap it and show its error.
             var status: Int32 = 0
             while waitpid(child, &status, 0) < 0 && errno == EINTR {}
-            let log = String(decoding: FileManager.default.contents(atPath: logPath) ?? Data(), as: UTF8.self)
+            let whole = FileManager.default.contents(atPath: logPath) ?? Data()
+            let log = String(decoding: whole.dropFirst(min(logStart, whole.count)), as: UTF8.self)
             let error = log.split(separator: "\n").last { $0.hasPrefix("blockmirror: error: ") }
             throw CLIError(error.map { String($0.dropFirst("blockmirror: error: ".count)) }
-                           ?? "the daemon exited with status \(status >> 8) before serving (log: \(logPath))")
+                           ?? "the daemon \(status & 0x7f == 0 ? "exited with status \((status >> 8) & 0xff)" : "was killed by signal \(status & 0x7f)") before serving (log: \(logPath))")
         }
         lines.removeLast()
         return lines + ["\(name): daemon started (pid \(child), log \(logPath))"]

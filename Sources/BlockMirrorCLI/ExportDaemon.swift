@@ -48,6 +48,10 @@ enum ExportDaemon {
             try? await group.shutdownGracefully()
         }
         let stop = StopTrigger()
+        // Signals are taken over before anything is announced: a SIGTERM right after the URI line
+        // must stop the daemon cleanly, not kill it.
+        let signals = SignalWaiter()
+        signals.install()
         let info = Mutex(DaemonInfo(pid: getpid(), exports: [], started: ISO8601DateFormatter().string(from: Date()), backend: "engine"))
         let export: Export
         var controlServer: ControlServer?
@@ -104,7 +108,7 @@ enum ExportDaemon {
             throw exitWithError(error)
         }
 
-        Task { stop.fire(.signal(await SignalWaiter().wait())) }
+        Task { stop.fire(.signal(await signals.wait())) }
         let reason = await stop.wait()
         logger.info("stopping", metadata: ["reason": "\(reason)"])
         await server.shutdown()

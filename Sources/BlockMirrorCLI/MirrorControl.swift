@@ -27,6 +27,9 @@ enum MirrorControl {
             var limits = mirror.status.speedLimits
             if let minimum = request.speedMin { limits.minimum = minimum }
             if let maximum = request.speedMax { limits.maximum = maximum == 0 ? nil : maximum }
+            if let maximum = limits.maximum, maximum < limits.minimum {
+                return .failure(name, "speed max \(maximum)K/sec would be below speed min \(limits.minimum)K/sec")
+            }
             mirror.setSpeedLimits(limits)
             return ControlResponse(ok: true, name: name, message: "speed limits: min \(limits.minimum)K/sec, max "
                                    + (limits.maximum.map { "\($0)K/sec" } ?? "unlimited"), status: mirror.status)

@@ -15,8 +15,9 @@ protocol MirrorHandle {
     func fail() throws -> String
     func remove() throws -> String
     func speed(minimum: UInt64?, maximum: UInt64?) throws -> String
-    func check(repair: Bool) throws -> CheckReport
-    func stop() throws -> String
+    /// `timeout`: seconds to wait for the answer (nil: as long as it takes).
+    func check(repair: Bool, timeout: Int?) throws -> CheckReport
+    func stop(timeout: Int?) throws -> String
 }
 
 /// `--backend`: which kind of mirror a name refers to.
@@ -55,14 +56,21 @@ struct EngineMirror: MirrorHandle {
         try send(ControlRequest(verb: .speed, speedMin: minimum, speedMax: maximum)).message ?? "speed limits changed"
     }
 
-    func check(repair: Bool) throws -> CheckReport {
-        guard let report = try send(ControlRequest(verb: .check, repair: repair), timeout: nil).check else {
+    func check(repair: Bool, timeout: Int?) throws -> CheckReport {
+        guard let report = try send(ControlRequest(verb: .check, repair: repair), timeout: timeout).check else {
             throw CLIError("\(name): the daemon sent no check report")
         }
         return report
     }
 
-    func stop() throws -> String { try send(ControlRequest(verb: .stop), timeout: nil).message ?? "\(name): stopped" }
+    func stop(timeout: Int?) throws -> String {
+        do {
+            return try send(ControlRequest(verb: .stop), timeout: timeout).message ?? "\(name): stopped"
+        } catch let error as ControlError where error.timedOut {
+            throw CLIError("\(name): the daemon did not finish stopping within \(timeout ?? 0) s; the stop is still queued "
+                           + "(see \(directory.path)/\(name).log; kill it with SIGKILL only if it is wedged: the bitmap resumes the copy)")
+        }
+    }
 }
 
 /// A kernel md RAID1 array.
@@ -92,9 +100,9 @@ struct MDMirror: MirrorHandle {
         return "speed limits: min \(limits.minimum)K/sec, max \(limits.maximum.map { "\($0)K/sec" } ?? "unlimited")"
     }
 
-    func check(repair: Bool) throws -> CheckReport { try array.check(repair: repair) }
+    func check(repair: Bool, timeout: Int?) throws -> CheckReport { try array.check(repair: repair) }
 
-    func stop() throws -> String { try array.stop() }
+    func stop(timeout: Int?) throws -> String { try array.stop() }
 }
 
 extension RuntimeOptions {

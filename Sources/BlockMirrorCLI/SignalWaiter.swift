@@ -1,28 +1,51 @@
 import Dispatch
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Waits for SIGINT or SIGTERM, delivered through Dispatch so no handler runs in signal context.
+/// SIGINT and SIGTERM, delivered through Dispatch so no handler runs in signal context.
+///
+/// `install()` takes the signals over at once (before the daemon says it is ready, so a signal
+/// sent right after the URI line is not fatal); `wait()` returns the first one that arrived.
 final class SignalWaiter: @unchecked Sendable {
+    /// Kept alive here; only `install` (called once, before any `wait`) touches it.
     private var sources: [any DispatchSourceSignal] = []
+    private struct State {
+        var received: Int32?
+        var waiter: CheckedContinuation<Int32, Never>?
+    }
+    private let state = Mutex(State())
+    private let queue = DispatchQueue(label: "blockmirror.signals")
 
-    /// Returns the signal's number when one of `signals` arrives.
-    func wait(for signals: [Int32] = [SIGINT, SIGTERM]) async -> Int32 {
-        await withCheckedContinuation { continuation in
-            let once = DispatchQueue(label: "blockmirror.signals")
-            var resumed = false
-            for number in signals {
-                signal(number, SIG_IGN)
-                let source = DispatchSource.makeSignalSource(signal: number, queue: once)
-                source.setEventHandler {
-                    guard !resumed else { return }
-                    resumed = true
-                    continuation.resume(returning: number)
+    /// Ignores the default action of `signals` and starts recording them.
+    func install(_ signals: [Int32] = [SIGINT, SIGTERM]) {
+        for number in signals {
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
+            source.setEventHandler { [self] in
+                let waiter: CheckedContinuation<Int32, Never>? = state.withLock { state in
+                    guard state.received == nil else { return nil }
+                    state.received = number
+                    defer { state.waiter = nil }
+                    return state.waiter
                 }
-                source.resume()
-                sources.append(source)
+                waiter?.resume(returning: number)
             }
+            source.resume()
+            sources.append(source)
+        }
+    }
+
+    /// Returns the first signal received (at once if one already was).
+    func wait() async -> Int32 {
+        await withCheckedContinuation { continuation in
+            let received: Int32? = state.withLock { state in
+                if let received = state.received { return received }
+                state.waiter = continuation
+                return nil
+            }
+            if let received { continuation.resume(returning: received) }
         }
     }
 }

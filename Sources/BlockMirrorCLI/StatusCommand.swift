@@ -32,9 +32,11 @@ struct StatusCommand: ParsableCommand {
             let text: String
             do {
                 text = try snapshot()
-            } catch where name != nil {
+            } catch let error as ControlError where name != nil && error.notRunning {
                 print("\(name!): no longer running (\(error))")
                 return
+            } catch {
+                throw exitWithError(error)
             }
             // On a terminal, redraw in place like watch(1); otherwise one block per refresh.
             print(terminal ? "\u{1B}[H\u{1B}[2J" + text : text + "\n")
@@ -55,7 +57,7 @@ struct StatusCommand: ParsableCommand {
                 statuses.append(NamedStatus(name: mirror.name, status: try mirror.status().0))
             } catch {
                 // A dead daemon's socket was just removed; say so and go on with the others.
-                FileHandle.standardError.write(Data("blockmirror: \(error)\n".utf8))
+                FileHandle.standardError.write(Data("blockmirror: error: \(error)\n".utf8))
             }
         }
         if json { return String(decoding: ControlCodec.encode(statuses).dropLast(), as: UTF8.self) }

@@ -67,7 +67,7 @@ struct VerifyCommand: AsyncParsableCommand {
                   + "\(regionSize.bytes / 1024)K compared, \(length) bytes from offset \(offset.bytes))")
             for mismatch in report.mismatches { print("  mismatch at offset \(mismatch.offset), \(mismatch.length) bytes") }
         }
-        if report.interrupted != nil { throw ExitCode(1) }
+        if let why = report.interrupted { throw exitWithError(CLIError("verify interrupted: \(why)")) }
         if report.mismatchedSectors > 0 { throw ExitCode(3) }
     }
 }

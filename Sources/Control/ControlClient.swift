@@ -16,14 +16,14 @@ public enum ControlClient {
         switch UnixSocket.connect(to: path) {
         case .success(let connected): fd = connected
         case .failure(let errno) where errno.rawValue == ENOENT:
-            throw ControlError("no mirror named \(name) (no control socket \(path))")
+            throw ControlError("no mirror named \(name) (no control socket \(path))", notRunning: true)
         case .failure(let errno) where errno.rawValue == ECONNREFUSED:
             // Refused twice, 100 ms apart: not a daemon caught between bind() and listen().
             usleep(100_000)
             if UnixSocket.state(of: path) == .stale { unlink(path) } else {
                 return try send(request, to: name, in: directory, timeout: timeout)
             }
-            throw ControlError("mirror \(name) is not running: removed the stale control socket \(path) of a dead daemon")
+            throw ControlError("mirror \(name) is not running: removed the stale control socket \(path) of a dead daemon", notRunning: true)
         case .failure(let errno) where errno.rawValue == EACCES || errno.rawValue == EPERM:
             throw ControlError("permission denied on the control socket \(path) (run as the daemon's user)")
         case .failure(let errno):
@@ -48,10 +48,10 @@ public enum ControlClient {
             let count = chunk.withUnsafeMutableBytes { Glibc.read(fd.rawValue, $0.baseAddress, $0.count) }
             if count < 0 && errno == EINTR { continue }
             if count < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
-                throw ControlError("mirror \(name) did not answer within \(timeout ?? 0) s (control socket \(path))")
+                throw ControlError("mirror \(name) did not answer within \(timeout ?? 0) s (control socket \(path))", timedOut: true)
             }
             guard count > 0 else {
-                throw ControlError("mirror \(name) closed the control connection without an answer (\(path))")
+                throw ControlError("mirror \(name) closed the control connection without an answer (\(path))", notRunning: true)
             }
             line.append(contentsOf: chunk[0..<count])
         }

@@ -43,7 +43,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     private var clearTimer: (any DispatchSourceTimer)?
     /// A region written this recently keeps its bit on disk (md's bitmap daemon waits a few idle
     /// seconds too): random writes then do not set and clear the same bits over and over.
-    private static let holdNanos: UInt64 = 2_000_000_000
+    public let writeHoldNanos: UInt64
     /// The persisted write-intent bitmap, if any (invariant 4).
     public let intentLog: WriteIntentLog?
     /// Serialises every write of the bitmap file, each from a snapshot taken when it runs, so a
@@ -88,8 +88,10 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     /// bitmap is persisted there; `resuming` is the bitmap read back from it after a crash or stop
     /// (otherwise every region starts dirty).
     public init(source: BlockDevice, regionSize: UInt64 = 1 << 20, copiesInFlight: Int = 8, limits: SpeedLimits = SpeedLimits(),
-                pool: BufferPool, logger: Logger, intentLog: WriteIntentLog? = nil, resuming: RegionBitmap? = nil) {
+                pool: BufferPool, logger: Logger, intentLog: WriteIntentLog? = nil, resuming: RegionBitmap? = nil,
+                writeHoldNanos: UInt64 = 2_000_000_000) {
         self.source = source
+        self.writeHoldNanos = writeHoldNanos
         self.throttle = CopyThrottle(limits: limits)
         self.intentLog = intentLog
         self.pool = pool
@@ -471,7 +473,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
             var persisted = shared.bitmap
             for region in shared.active.keys { persisted.setDirty(region) }
             // A write stamped after `now` was read is recent too.
-            shared.lastWrite = shared.lastWrite.filter { $0.value > now || now - $0.value < Self.holdNanos }
+            shared.lastWrite = shared.lastWrite.filter { $0.value > now || now - $0.value < writeHoldNanos }
             if !final { for region in shared.lastWrite.keys { persisted.setDirty(region) } }
             let previous = shared.persisted
             shared.persisted = persisted

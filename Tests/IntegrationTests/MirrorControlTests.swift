@@ -20,8 +20,10 @@ import Glibc
         try makeRandomFile(old, size: Self.size)
         try makeSparseFile(new, size: Self.size + (1 << 20))
         try makeSparseFile(small, size: Self.size - 4096)
-        // Slow enough that the mirror is still recovering when `status` looks.
-        let mirror = try MirrorDaemon(source: old, target: "missing", in: dir, ["--speed-max", "2000", "--region-size", "256K"])
+        // 1 KiB/s: after one region the copy waits minutes, so the mirror is still recovering when
+        // `status` looks, however slow the machine (until `speed --max unlimited` below).
+        let mirror = try MirrorDaemon(source: old, target: "missing", in: dir,
+                                      ["--speed-min", "1", "--speed-max", "1", "--region-size", "256K"])
 
         let degraded = try mirror.status()
         #expect(degraded.state == .degraded && degraded.target == nil && degraded.size == UInt64(Self.size))
@@ -36,7 +38,7 @@ import Glibc
         let second = try mirror.cli("add", "m0", small)
         #expect(second.status == 1 && second.stderr.contains("already attached"), "\(second)")
         let recovering = try #require(try mirror.waitForStatus { $0.state == .recovering && $0.bytesCopied > 0 })
-        #expect(recovering.target == new && recovering.speedLimits == SpeedLimits(minimum: 1000, maximum: 2000))
+        #expect(recovering.target == new && recovering.speedLimits == SpeedLimits(minimum: 1, maximum: 1))
         let text = try mirror.cli("status", "m0")
         #expect(text.succeeded && text.stdout.contains("recovery =") && text.stdout.contains("[U_]"), "\(text)")
         let all = try mirror.cli("status", "--json")

@@ -64,7 +64,8 @@ import Glibc
                 let offset = UInt64(32 << 20) + UInt64(round * 300 + k) * 8192
                 commands += ["-c", "write -P \(Self.pattern(round: round, k: k)) \(offset) 4k", "-c", "sleep 10"]
             }
-            let writer = try ChildProcess(["qemu-io", "-f", "raw"] + commands + [mirror.uri], in: dir)
+            // Line-buffered, so "wrote" lines reach the file as the writes are acknowledged.
+            let writer = try ChildProcess(["stdbuf", "-oL", "qemu-io", "-f", "raw"] + commands + [mirror.uri], in: dir)
             // Kill once the copy moved on since this start and the writer has had writes acknowledged.
             let progressed = waitUntil(timeout: 240) {
                 let status = try? mirror.status()

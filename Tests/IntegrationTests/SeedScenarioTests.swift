@@ -19,6 +19,7 @@ import Testing
 
         // OLD: ext4 with a file, made directly on the image.
         try #require(try run("mkfs.ext4", "-q", "-F", old, in: dir).succeeded)
+        defer { if isMountPoint(mnt) { _ = try? run("umount", mnt, in: dir) } }
         try #require(try run("mount", "-o", "loop", old, mnt, in: dir).succeeded)
         try randomBytes(20 << 20).write(to: URL(fileURLWithPath: mnt + "/" + first))
         let firstSum = try md5sums([first], in: mnt, dir: dir)

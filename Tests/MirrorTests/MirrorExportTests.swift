@@ -175,7 +175,10 @@ func randomBytes(_ count: Int) throws -> Data {
         let bitmapPath = rig.dir + "/bitmap"
         let log = try WriteIntentLog.create(path: bitmapPath, identity: identity,
                                             bitmap: RegionBitmap(deviceSize: source.size, regionSize: 1 << 20, allDirty: true))
-        let mirror = MirrorExport(source: source, regionSize: 1 << 20, pool: BufferPool(), logger: Logger(label: "mirror"), intentLog: log)
+        // Bits of written regions are held 10 s: a stalled machine between the write and the read of
+        // the file below cannot clear them early.
+        let mirror = MirrorExport(source: source, regionSize: 1 << 20, pool: BufferPool(), logger: Logger(label: "mirror"), intentLog: log,
+                                  writeHoldNanos: 10_000_000_000)
         try mirror.attach(target: try rig.open(rig.targetPath))
         #expect(await mirror.waitUntilSettled().state == .inSync)
         let loop = rig.group.next()

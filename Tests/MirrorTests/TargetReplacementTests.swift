@@ -16,9 +16,20 @@ import Testing
         truncate(path, off_t(size))
     }
 
-    /// Waits (no timing assumption) until the copier has copies in flight.
+    /// Waits until the copier has copies in flight, or the recovery is over (ended or failed),
+    /// at most 60 s.
     static func waitForCopies(_ mirror: MirrorExport) async {
-        while mirror.shared.withLock({ $0.copying }) == 0 { try? await Task.sleep(nanoseconds: 50_000) }
+        let deadline = ContinuousClock.now + .seconds(60)
+        while mirror.shared.withLock({ $0.copying }) == 0, mirror.status.state == .recovering, ContinuousClock.now < deadline {
+            try? await Task.sleep(nanoseconds: 50_000)
+        }
+    }
+
+    /// `failTarget`, unless the target already failed by itself (a full tmpfs fails fast).
+    static func fail(_ mirror: MirrorExport) throws {
+        do { try mirror.failTarget() } catch {
+            #expect(mirror.status.state == .targetFailed, "\(error)")
+        }
     }
 
     /// fail + remove + add of a new target while copies to the old one are in flight: every region
@@ -30,10 +41,13 @@ import Testing
         Self.makeFile(second, size: MirrorExportTests.size)
         let mirror = MirrorExport(source: try rig.open(rig.sourcePath), regionSize: 1 << 20, copiesInFlight: 8,
                                   pool: BufferPool(), logger: Logger(label: "mirror"))
+        // Held to 8 MiB/s so that copies are still in flight when the target is failed.
+        mirror.setSpeedLimits(SpeedLimits(minimum: 1, maximum: 8192))
         try mirror.attach(target: try rig.open(rig.targetPath))
         await Self.waitForCopies(mirror)
-        try mirror.failTarget()
+        try Self.fail(mirror)
         try mirror.removeTarget()
+        mirror.setSpeedLimits(SpeedLimits())
         try mirror.attach(target: try rig.open(second))
         let settled = await mirror.waitUntilSettled()
         try await mirror.close()
@@ -59,7 +73,7 @@ import Testing
                                   pool: BufferPool(), logger: Logger(label: "mirror"))
         try mirror.attach(target: try rig.open(failing))
         await Self.waitForCopies(mirror)
-        try mirror.failTarget()
+        try Self.fail(mirror)
         try mirror.removeTarget()
         try mirror.attach(target: try rig.open(second))
         let settled = await mirror.waitUntilSettled()
