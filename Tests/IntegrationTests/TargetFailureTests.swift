@@ -11,10 +11,9 @@ import Testing
         try Tools.require("fio", "mount", "umount")
         let dir = try TempDir()
         defer { dir.remove() }
-        let small = dir.file("small")
-        try FileManager.default.createDirectory(atPath: small, withIntermediateDirectories: true)
-        try #require(try run("mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", small, in: dir).succeeded)
-        defer { _ = try? run("umount", small, in: dir) }
+        let full = try SmallFilesystem(in: dir)
+        defer { full.unmount() }
+        let small = full.path
         let old = dir.file("old.img"), new = small + "/new.img"
         try makeRandomFile(old, size: 64 << 20)
         try makeSparseFile(new, size: 64 << 20)
@@ -54,10 +53,9 @@ import Testing
         try Tools.require("qemu-io", "mount", "umount")
         let dir = try TempDir()
         defer { dir.remove() }
-        let small = dir.file("small")
-        try FileManager.default.createDirectory(atPath: small, withIntermediateDirectories: true)
-        try #require(try run("mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", small, in: dir).succeeded)
-        defer { _ = try? run("umount", small, in: dir) }
+        let full = try SmallFilesystem(in: dir)
+        defer { full.unmount() }
+        let small = full.path
         let old = small + "/old.img", new = dir.file("new.img")
         try makeSparseFile(old, size: 64 << 20)
         try makeSparseFile(new, size: 64 << 20)
@@ -80,4 +78,21 @@ import Testing
         let compare = try run("cmp", old, new, in: dir)
         #expect(compare.succeeded, "OLD and NEW differ after a failed source write\n\(compare)")
     }
+}
+
+/// A 16 MiB tmpfs mounted at DIR/small: a real device that runs out of space (ENOSPC) partway
+/// through a 64 MiB file. `unmount()` when done.
+struct SmallFilesystem {
+    let path: String
+    private let dir: TempDir
+
+    init(in dir: TempDir) throws {
+        self.dir = dir
+        path = dir.file("small")
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        let mount = try run("mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", path, in: dir)
+        guard mount.succeeded else { throw IntegrationFailure("\(mount)") }
+    }
+
+    func unmount() { _ = try? run("umount", path, in: dir) }
 }
