@@ -24,6 +24,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HELPER=$ROOT/tools/lib/bench_fio.py
+# shellcheck source=tools/lib/bench_workdir.sh
+source "$ROOT/tools/lib/bench_workdir.sh"
 
 SIZE=${SIZE:-2G}
 RUNTIME=${RUNTIME:-8}
@@ -126,28 +128,14 @@ cleanup() {
     local rc=$?
     trap - EXIT
     stop_server || true
-    if ((rc != 0 || FAILURES != 0)) && [[ -d $WORK ]] && [[ $KEEP_WORK != 1 ]]; then
-        local keep="${RESULTS%.json}-logs"
-        mkdir -p "$keep" && cp "$WORK"/*.log "$WORK"/*.fio.* "$keep"/ 2>/dev/null || true
-        log "logs of the failed run kept in $keep"
-    fi
-    if [[ $KEEP_WORK == 1 ]]; then
-        log "work dir kept: $WORK"
-    else
-        rm -rf "$WORK"
-    fi
+    finish_workdir "$rc"
     exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# O_DIRECT must work where the image lives (tmpfs such as /dev/shm refuses it).
-dd if=/dev/zero of="$WORK/.odirect-probe" bs=4096 count=1 oflag=direct status=none 2>/dev/null \
-    || die "$WORKDIR_BASE ($(stat -f -c %T "$WORK")) refuses O_DIRECT: set WORKDIR_BASE to a disk filesystem"
-rm -f "$WORK/.odirect-probe"
-avail=$(df -B1 --output=avail "$WORK" | tail -1)
-((avail > SIZE_BYTES + 268435456)) || die "not enough space in $WORKDIR_BASE for a $SIZE image (+256 MiB)"
+check_workdir "$SIZE_BYTES" "a $SIZE image"
 
 # ---------------------------------------------------------------- blockmirror binary
 if want blockmirror; then

@@ -55,6 +55,8 @@ export LC_ALL=C   # a "." in $EPOCHREALTIME and in printf's numbers
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HELPER=$ROOT/tools/lib/bench_recovery.py
 FIO_HELPER=$ROOT/tools/lib/bench_fio.py
+# shellcheck source=tools/lib/bench_workdir.sh
+source "$ROOT/tools/lib/bench_workdir.sh"
 
 SIZE=${SIZE:-2G}
 REPEAT=${REPEAT:-3}
@@ -210,33 +212,14 @@ cleanup() {
     stop_fio || true
     stop_bm || true
     stop_qsd || true
-    if ((rc != 0 || FAILURES != 0)) && [[ -d $WORK ]] && [[ $KEEP_WORK != 1 ]]; then
-        local keep="${RESULTS%.json}-logs" files
-        files=$(compgen -G "$WORK/*.@(log|json|err|out|tsv)" || true)
-        if [[ -n $files ]]; then
-            mkdir -p "$keep"
-            # shellcheck disable=SC2086  # one file name a line, no blanks in them (mktemp dir)
-            cp $files "$keep"/ 2>/dev/null || true
-            log "logs of the failed run kept in $keep"
-        fi
-    fi
-    if [[ $KEEP_WORK == 1 ]]; then
-        log "work dir kept: $WORK"
-    else
-        rm -rf "$WORK"
-    fi
+    finish_workdir "$rc"
     exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# O_DIRECT must work where the files live (tmpfs such as /dev/shm refuses it).
-dd if=/dev/zero of="$WORK/.odirect-probe" bs=4096 count=1 oflag=direct status=none 2>/dev/null \
-    || die "$WORKDIR_BASE ($(stat -f -c %T "$WORK")) refuses O_DIRECT: set WORKDIR_BASE to a disk filesystem"
-rm -f "$WORK/.odirect-probe"
-avail=$(df -B1 --output=avail "$WORK" | tail -1)
-((avail > 2 * SIZE_BYTES + 268435456)) || die "not enough space in $WORKDIR_BASE for two $SIZE files (+256 MiB)"
+check_workdir $((2 * SIZE_BYTES)) "two $SIZE files"
 
 # ---------------------------------------------------------------- blockmirror binary
 if want blockmirror; then

@@ -1,0 +1,33 @@
+# shellcheck shell=bash
+# The benchmark scripts' work directory: checked before anything is written, and at the end
+# either removed or (KEEP_WORK=1) kept, with the logs of a failed run copied next to RESULTS.
+# Sourced; uses WORK, WORKDIR_BASE, RESULTS, KEEP_WORK, FAILURES and the caller's log and die.
+
+# check_workdir BYTES WHAT: O_DIRECT works in WORK (tmpfs such as /dev/shm may refuse it) and
+# BYTES plus 256 MiB are free there; WHAT names the files in the message.
+check_workdir() {
+    dd if=/dev/zero of="$WORK/.odirect-probe" bs=4096 count=1 oflag=direct status=none 2>/dev/null \
+        || die "$WORKDIR_BASE ($(stat -f -c %T "$WORK")) refuses O_DIRECT: set WORKDIR_BASE to a disk filesystem"
+    rm -f "$WORK/.odirect-probe"
+    local avail
+    avail=$(df -B1 --output=avail "$WORK" | tail -1)
+    ((avail > $1 + 268435456)) || die "not enough space in $WORKDIR_BASE for $2 (+256 MiB)"
+}
+
+# finish_workdir RC: after a failure (RC != 0 or FAILURES) keep the logs, outputs and results
+# in RESULTS-logs; then remove WORK unless KEEP_WORK=1.
+finish_workdir() {
+    if (($1 != 0 || FAILURES != 0)) && [[ -d $WORK ]] && [[ $KEEP_WORK != 1 ]]; then
+        local keep="${RESULTS%.json}-logs" file kept=0
+        for file in "$WORK"/*.log "$WORK"/*.json "$WORK"/*.err "$WORK"/*.out "$WORK"/*.tsv "$WORK"/*.fio.*; do
+            [[ -f $file ]] || continue
+            mkdir -p "$keep" && cp "$file" "$keep"/ && kept=1
+        done
+        ((kept)) && log "logs of the failed run kept in $keep"
+    fi
+    if [[ $KEEP_WORK == 1 ]]; then
+        log "work dir kept: $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+}
