@@ -24,8 +24,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HELPER=$ROOT/tools/lib/bench_fio.py
-# shellcheck source=tools/lib/bench_workdir.sh
-source "$ROOT/tools/lib/bench_workdir.sh"
+# shellcheck source=tools/lib/bench_common.sh
+source "$ROOT/tools/lib/bench_common.sh"
 
 SIZE=${SIZE:-2G}
 RUNTIME=${RUNTIME:-8}
@@ -106,20 +106,7 @@ FAILURES=0
 stop_server() {  # stop the running server (SIGTERM, then SIGKILL after STOP_TIMEOUT); sets STOP_RC
     STOP_RC=0
     [[ -n $SERVER_PID ]] || return 0
-    local pid=$SERVER_PID i
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < STOP_TIMEOUT * 20; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.05
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "warning: $SERVER_TARGET (pid $pid) still running ${STOP_TIMEOUT}s after SIGTERM: SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        STOP_RC=137
-    fi
-    local rc=0
-    wait "$pid" 2>/dev/null || rc=$?
-    ((STOP_RC)) || STOP_RC=$rc
+    stop_pid "$SERVER_PID" "$SERVER_TARGET" TERM
     SERVER_PID=
     rm -f "$SOCK"
 }

@@ -55,8 +55,8 @@ export LC_ALL=C   # a "." in $EPOCHREALTIME and in printf's numbers
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HELPER=$ROOT/tools/lib/bench_recovery.py
 FIO_HELPER=$ROOT/tools/lib/bench_fio.py
-# shellcheck source=tools/lib/bench_workdir.sh
-source "$ROOT/tools/lib/bench_workdir.sh"
+# shellcheck source=tools/lib/bench_common.sh
+source "$ROOT/tools/lib/bench_common.sh"
 
 SIZE=${SIZE:-2G}
 REPEAT=${REPEAT:-3}
@@ -154,25 +154,6 @@ fg_run() {
     wait "$CHILD_PID" || rc=$?
     CHILD_PID=
     return "$rc"
-}
-
-# stop_pid PID WHAT SIGNAL: signal, wait STOP_TIMEOUT s, then SIGKILL; sets STOP_RC.
-stop_pid() {
-    local pid=$1 what=$2 sig=$3 i
-    STOP_RC=0
-    kill "-$sig" "$pid" 2>/dev/null || true
-    for ((i = 0; i < STOP_TIMEOUT * 20; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.05
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "warning: $what (pid $pid) still running ${STOP_TIMEOUT}s after SIG$sig: SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        STOP_RC=137
-    fi
-    local rc=0
-    wait "$pid" 2>/dev/null || rc=$?
-    ((STOP_RC)) || STOP_RC=$rc
 }
 
 stop_fio() {  # SIGINT: fio stops its job and still writes its JSON and logs

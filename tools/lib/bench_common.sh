@@ -1,7 +1,8 @@
 # shellcheck shell=bash
-# The benchmark scripts' work directory: checked before anything is written, and at the end
-# either removed or (KEEP_WORK=1) kept, with the logs of a failed run copied next to RESULTS.
-# Sourced; uses WORK, WORKDIR_BASE, RESULTS, KEEP_WORK, FAILURES and the caller's log and die.
+# What the benchmark scripts share: their work directory (checked before anything is written;
+# at the end removed, or kept with KEEP_WORK=1, the logs of a failed run copied next to RESULTS)
+# and stopping a process. Sourced; uses WORK, WORKDIR_BASE, RESULTS, KEEP_WORK, FAILURES,
+# STOP_TIMEOUT and the caller's log and die.
 
 # check_workdir BYTES WHAT: O_DIRECT works in WORK (tmpfs such as /dev/shm may refuse it) and
 # BYTES plus 256 MiB are free there; WHAT names the files in the message.
@@ -30,4 +31,24 @@ finish_workdir() {
     else
         rm -rf "$WORK"
     fi
+}
+
+# stop_pid PID WHAT SIGNAL: signal, wait STOP_TIMEOUT s, then SIGKILL; sets STOP_RC (the exit
+# status, 137 when it had to be killed).
+stop_pid() {
+    local pid=$1 what=$2 sig=$3 i
+    STOP_RC=0
+    kill "-$sig" "$pid" 2>/dev/null || true
+    for ((i = 0; i < STOP_TIMEOUT * 20; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "warning: $what (pid $pid) still running ${STOP_TIMEOUT}s after SIG$sig: SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        STOP_RC=137
+    fi
+    local rc=0
+    wait "$pid" 2>/dev/null || rc=$?
+    ((STOP_RC)) || STOP_RC=$rc
 }
