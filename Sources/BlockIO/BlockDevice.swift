@@ -26,6 +26,9 @@ public final class BlockDevice: Sendable {
     /// Alignment direct I/O needs (offset, length and memory): the logical block size.
     public let alignment: Int
     public let isReadOnly: Bool
+    /// What the file or device is (inode, device number, the kernel's stable id), taken when it was
+    /// opened: a bitmap file records it, and `replacement()` compares the path against it.
+    public let identity: LegIdentity
 
     private let direct: FileDescriptor
     private let buffered: FileDescriptor
@@ -33,9 +36,9 @@ public final class BlockDevice: Sendable {
     private static let blockingQueue = DispatchQueue(label: "blockmirror.blocking-io", attributes: .concurrent)
 
     private init(path: String, kind: Kind, size: UInt64, isDirect: Bool, alignment: Int, isReadOnly: Bool,
-                 direct: FileDescriptor, buffered: FileDescriptor, aio: AIOEngine) {
+                 identity: LegIdentity, direct: FileDescriptor, buffered: FileDescriptor, aio: AIOEngine) {
         self.path = path; self.kind = kind; self.size = size; self.isDirect = isDirect
-        self.alignment = alignment; self.isReadOnly = isReadOnly
+        self.alignment = alignment; self.isReadOnly = isReadOnly; self.identity = identity
         self.direct = direct; self.buffered = buffered; self.aio = aio
     }
 
@@ -116,10 +119,58 @@ public final class BlockDevice: Sendable {
                 throw fail(.lock, error, "file is in use by another program")
             }
         }
+        let identity: LegIdentity
+        switch LegIdentity.of(buffered, path: path) {
+        case .success(let found): identity = found
+        case .failure(let error):
+            direct?.close()
+            throw fail(.stat, error)
+        }
         keep = true
         return BlockDevice(path: path, kind: kind, size: size, isDirect: direct != nil,
-                           alignment: direct != nil ? alignment : 1, isReadOnly: readOnly,
+                           alignment: direct != nil ? alignment : 1, isReadOnly: readOnly, identity: identity,
                            direct: direct ?? buffered, buffered: buffered, aio: aio)
+    }
+
+    /// What shows writes to this leg now (change time, or the kernel's write counters); a bitmap
+    /// file records it at a clean stop.
+    public func writeTrace() -> LegWriteTrace {
+        LegWriteTrace.of(buffered, size: currentSize() ?? size)
+    }
+
+    /// The size the file or device has now (it may have changed under the mirror).
+    private func currentSize() -> UInt64? {
+        switch kind {
+        case .file:
+            guard case .success(let info) = buffered.status() else { return nil }
+            return UInt64(info.st_size)
+        case .blockDevice:
+            guard case .success(let bytes) = buffered.blockDeviceSize() else { return nil }
+            return bytes
+        }
+    }
+
+    /// Why this leg is no longer what was opened, if it is not: the file was deleted or truncated,
+    /// the device changed size, or the path now names another file or device (renamed and
+    /// re-created, a loop device set up again). The mirror fails a target for which this gives a
+    /// reason, at every bitmap save and at stop (invariant 8).
+    public func replacement() -> String? {
+        if kind == .file, case .success(let info) = buffered.status() {
+            if info.st_nlink == 0 { return "\(path) was deleted while in use" }
+        }
+        if let now = currentSize(), now < size { return "\(path) shrank from \(size) to \(now) bytes while in use" }
+        if kind == .blockDevice, let now = currentSize(), now != size {
+            return "\(path) changed size from \(size) to \(now) bytes while in use"
+        }
+        switch LegIdentity.probe(path) {
+        case .failure(let errno):
+            return "\(path) no longer names the \(kind.rawValue) in use (\(errno)): it was renamed or deleted"
+        case .success(let named):
+            if !named.sharesStorage(with: identity) || (kind == .blockDevice && named.stableID != identity.stableID) {
+                return "\(path) now names another \(kind.rawValue) than the one in use (renamed and re-created, or set up again)"
+            }
+        }
+        return nil
     }
 
     /// The smallest alignment O_DIRECT accepts on this file's filesystem: 512 if a 512-byte

@@ -11,6 +11,9 @@ import NBD
 /// `blockmirror build NAME --source OLD --target NEW|missing --listen …`: runs a mirror in the
 /// foreground (like `mdadm --build … OLD missing`), exported over NBD.
 struct BuildCommand: AsyncParsableCommand {
+    /// Bytes per region when neither --region-size nor a bitmap file says otherwise.
+    static let defaultRegionSize: UInt64 = 1 << 20
+
     static let configuration = CommandConfiguration(
         commandName: "build",
         abstract: "Run a mirror of OLD onto NEW (or degraded on OLD with --target missing), exported over NBD.",
@@ -33,11 +36,16 @@ struct BuildCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Where to listen: unix:PATH or tcp:HOST:PORT (repeatable).")
     var listen: [String] = []
 
-    @Option(name: .long, help: "Write-intent bitmap file: created if absent, resumed from if present.")
+    @Option(name: .long, help: ArgumentHelp(
+        "Write-intent bitmap file: created if absent, resumed from if present (also by a degraded run, which then records what NEW will lack).",
+        discussion: "A bitmap is trusted only for the legs it was written for, unless something shows they were written outside the mirror since; otherwise every region is copied, and the log says why."))
     var bitmap: String?
 
-    @Option(name: .long, help: "Bytes per bitmap region (a power of two, at least 4K).")
-    var regionSize: ByteSize = ByteSize(bytes: 1 << 20)
+    @Option(name: .long, help: "Bytes per bitmap region (a power of two, at least 4K; default 1M, or the bitmap file's).")
+    var regionSize: ByteSize?
+
+    @Flag(name: .long, help: "When resuming from a bitmap, compare the regions it calls clean before trusting them (reads both legs; copies only what differs).")
+    var verifyClean = false
 
     @Option(name: .long, help: "KiB/s the background copy keeps even while clients do I/O (md's speed_limit_min).")
     var speedMin: UInt64 = SpeedLimits().minimum
@@ -64,8 +72,7 @@ struct BuildCommand: AsyncParsableCommand {
         }
         guard !listen.isEmpty else { throw ValidationError("--listen is required (unix:PATH or tcp:HOST:PORT)") }
         for value in listen { _ = try ListenAddress(parsing: value) }
-        let size = regionSize.bytes
-        guard size >= 4096, size & (size - 1) == 0 else {
+        if let size = regionSize?.bytes, size < 4096 || size & (size - 1) != 0 {
             throw ValidationError("--region-size must be a power of two of at least 4K (got \(size) bytes)")
         }
         do { try RuntimeDirectory.validate(name: name) } catch { throw ValidationError(error.description) }
@@ -110,24 +117,25 @@ struct BuildCommand: AsyncParsableCommand {
         try await ExportDaemon.run(name: name, listen: addresses, logger: logger, control: control, metrics: metricsSettings,
                                    open: { aio in
             let sourceDevice = try BlockDevice.open(path: source, readOnly: false, aio: aio, logger: logger)
+            if let targetPath { try MirrorExport.refuseSource(targetPath, of: sourceDevice) }
             let targetDevice = try targetPath.map { try BlockDevice.open(path: $0, readOnly: false, aio: aio, logger: logger) }
             var log: WriteIntentLog?
             var resumed: RegionBitmap?
             if let bitmap {
-                let identity = WriteIntentLog.Identity(deviceSize: sourceDevice.size, regionSize: regionSize.bytes,
-                                                       source: source, target: targetPath ?? WriteIntentLog.missingTarget)
-                if FileManager.default.fileExists(atPath: bitmap) {
-                    (log, resumed) = try WriteIntentLog.open(path: bitmap, expecting: identity)
-                    logger.info("resuming from the bitmap", metadata: ["bitmap": "\(bitmap)", "dirty": "\(resumed!.dirtyCount)"])
-                } else {
-                    log = try WriteIntentLog.create(path: bitmap, identity: identity, bitmap: RegionBitmap(
-                        deviceSize: sourceDevice.size, regionSize: regionSize.bytes, allDirty: true))
+                let opened = try WriteIntentLog.openOrCreate(path: bitmap, source: sourceDevice.identity,
+                                                             sourceTrace: sourceDevice.writeTrace(), deviceSize: sourceDevice.size,
+                                                             regionSize: regionSize?.bytes, defaultRegionSize: Self.defaultRegionSize)
+                for note in opened.notes { logger.warning("bitmap \(bitmap): \(note)") }
+                if opened.resumed {
+                    logger.info("resuming from the bitmap", metadata: ["bitmap": "\(bitmap)", "dirty": "\(opened.bitmap.dirtyCount)"])
+                    resumed = opened.bitmap
                 }
+                log = opened.log
             }
-            let mirror = MirrorExport(source: sourceDevice, regionSize: regionSize.bytes,
+            let mirror = MirrorExport(source: sourceDevice, regionSize: log?.regionSize ?? regionSize?.bytes ?? Self.defaultRegionSize,
                                       limits: SpeedLimits(minimum: speedMin, maximum: speedMax), pool: BufferPool(), logger: logger,
                                       intentLog: log, resuming: resumed)
-            if let targetDevice { try mirror.attach(target: targetDevice, resume: resumed != nil) }
+            if let targetDevice { try mirror.attach(target: targetDevice, verifyClean: verifyClean) }
             Task {
                 let settled = await mirror.waitUntilSettled()
                 switch settled.state {
@@ -143,12 +151,16 @@ struct BuildCommand: AsyncParsableCommand {
             guard let target = status.target else {
                 return "\(name): degraded: no target attached; \(source) holds every write (add one with --target NEW\(resume))"
             }
+            let warning = status.sourceProblem.map { "; warning: \($0)" } ?? ""
             if status.regionsDirty == 0 && status.failure == nil {
-                return "\(name): in sync: \(target) is a complete copy of \(source)"
+                return "\(name): in sync: \(target) is a complete copy of \(source)\(warning)"
             }
             let why = status.failure.map { " (target failed: \($0))" } ?? ""
-            return "\(name): not in sync\(why): \(target) is incomplete (\(status.regionsDirty) of \(status.regionsTotal) regions to copy)"
-                + (bitmap == nil ? "" : "; restart with --target \(target)\(resume) to resume")
+            let found = status.lastCheck.flatMap { check in
+                check.regionsMarkedDirty > 0 ? "; the last check found \(check.mismatchedSectors) mismatched sectors" : nil
+            } ?? ""
+            return "\(name): not in sync\(why): \(target) is incomplete (\(status.regionsDirty) of \(status.regionsTotal) regions to copy\(found))"
+                + (bitmap == nil ? "" : "; restart with --target \(target)\(resume) to resume") + warning
         })
     }
 }

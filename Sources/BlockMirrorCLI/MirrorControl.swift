@@ -12,9 +12,9 @@ enum MirrorControl {
             return ControlResponse(ok: true, name: name, status: mirror.status)
         case .add:
             guard let path = request.target, !path.isEmpty else { return .failure(name, "add: no target given") }
-            guard path != mirror.source.path else { return .failure(name, "\(path) is the source of mirror \(name)") }
             let regions: Int
             do {
+                try MirrorExport.refuseSource(path, of: mirror.source)
                 let target = try BlockDevice.open(path: path, readOnly: false, aio: aio, logger: logger)
                 regions = try mirror.attach(target: target)
             } catch {

@@ -7,6 +7,7 @@
  * each from where it is always visible instead: __O_DIRECT from glibc's bits, SEEK_DATA/SEEK_HOLE,
  * RWF_DSYNC and FALLOC_FL_* from the kernel's uapi headers, and declares fallocate() itself. */
 
+#include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <string.h>
@@ -19,6 +20,8 @@
 #include <sys/file.h>
 #include <sys/eventfd.h>
 #include <libaio.h>
+#include <sys/syscall.h>
+#include <linux/stat.h>
 
 /* Constants Swift cannot import (function-like or _GNU_SOURCE-guarded macros). */
 static inline int bm_o_direct(void) { return __O_DIRECT; }
@@ -44,6 +47,34 @@ static inline int bm_blkdiscard(int fd, uint64_t offset, uint64_t length) {
 static inline int bm_blkzeroout(int fd, uint64_t offset, uint64_t length) {
     uint64_t range[2] = { offset, length };
     return ioctl(fd, BLKZEROOUT, range);
+}
+
+/* A file's birth time (statx STATX_BTIME), where the filesystem records one: 0, or -1 with errno
+ * set (ENODATA when the filesystem keeps no birth time). glibc declares statx() only under
+ * _GNU_SOURCE, so this calls the system call itself. */
+static inline int bm_birth_time_at(int fd, const char *path, int64_t *seconds, uint32_t *nanoseconds) {
+    struct statx info;
+    memset(&info, 0, sizeof info);
+    int flags = path[0] == 0 ? 0x1000 /* AT_EMPTY_PATH */ : 0;
+    if (syscall(__NR_statx, fd, path, flags, STATX_BTIME, &info) != 0) return -1;
+    if (!(info.stx_mask & STATX_BTIME)) { errno = ENODATA; return -1; }
+    *seconds = info.stx_btime.tv_sec;
+    *nanoseconds = info.stx_btime.tv_nsec;
+    return 0;
+}
+static inline int bm_birth_time(int fd, int64_t *seconds, uint32_t *nanoseconds) {
+    return bm_birth_time_at(fd, "", seconds, nanoseconds);
+}
+static inline int bm_birth_time_of_path(const char *path, int64_t *seconds, uint32_t *nanoseconds) {
+    return bm_birth_time_at(-100 /* AT_FDCWD */, path, seconds, nanoseconds);
+}
+/* The inode's generation number (FS_IOC_GETVERSION: ext4, xfs and btrfs draw a new one for every
+ * inode they allocate, so a file re-created under a reused inode number still differs). */
+static inline int bm_inode_generation(int fd, uint32_t *generation) {
+    int value = 0;
+    if (ioctl(fd, FS_IOC_GETVERSION, &value) != 0) return -1;
+    *generation = (uint32_t)value;
+    return 0;
 }
 
 /* iocb preparation with a 64-bit tag returned in the completion event. */

@@ -62,6 +62,11 @@ public struct MDArray: Sendable {
         guard let target = status.target else {
             return "\(name): degraded: no target attached; \(status.source) holds every write"
         }
+        if status.state == .inSync, let last = status.lastCheck, !last.repair, last.mismatchedSectors > 0 {
+            // md stays "clean" after a check that found differences; the copy is not complete.
+            return "\(name): not in sync: the last check found mismatch_cnt=\(last.mismatchedSectors) between \(status.source) "
+                + "and \(target), which md does not repair by itself (run blockmirror check --repair before stopping)"
+        }
         if status.state == .inSync { return "\(name): in sync: \(target) is a complete copy of \(status.source)" }
         let why = status.failure.map { " (\($0))" } ?? ""
         return "\(name): not in sync\(why): \(target) is incomplete (md keeps no bitmap for a --build array: the next add copies everything)"

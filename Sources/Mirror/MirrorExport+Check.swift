@@ -10,9 +10,10 @@ extension MirrorExport {
     /// Compares source and target region by region (md's `check`; with `repair`, md's `repair`:
     /// mismatching sectors are rewritten on the target from the source). Runs only on a mirror in
     /// sync; client I/O goes on meanwhile (each region is held exclusively while it is compared,
-    /// as the copier holds it), paced by the same speed limits as the copy. Returns when every
-    /// region was compared, or early (with `interrupted` saying why) when the mirror stops or the
-    /// target fails.
+    /// as the copier holds it), paced by the same speed limits as the copy. A region found to
+    /// differ (and not repaired) is marked dirty, durably, so the mirror is no longer in sync until
+    /// the copier has copied it again (invariant 8). Returns when every region was compared, or
+    /// early (with `interrupted` saying why) when the mirror stops or the target fails.
     public func check(repair: Bool) async throws(CheckError) -> CheckReport {
         let workers = copiesInFlight
         let target: BlockDevice = try shared.withLock { shared throws(CheckError) in
@@ -49,6 +50,11 @@ extension MirrorExport {
         wakeBackgroundWaiters()
         logger.info("check ended", metadata: ["mismatched sectors": "\(report.mismatchedSectors)",
                                               "interrupted": "\(report.interrupted ?? "no")"])
+        if report.regionsMarkedDirty > 0 {
+            logger.warning("check found \(report.mismatchedSectors) mismatched sectors in \(report.regionsMarkedDirty) regions: the mirror is not in sync until they are copied again", metadata: ["target": "\(target.path)"])
+            settle()
+            pump()
+        }
         return report
     }
 
@@ -79,6 +85,10 @@ extension MirrorExport {
             await withCheckedContinuation { continuation in locks.lock(regions, .exclusive) { continuation.resume() } }
             let outcome = await compare(next.offset, Int(next.length), target: target, repair: repair,
                                         sourceBuffer: sourceBuffer, targetBuffer: targetBuffer, skip: shared.withLock { $0.bitmap.isDirty(next.region) })
+            if case .compared(let mismatches, repaired: false) = outcome, !mismatches.isEmpty {
+                // Dirty on disk before the region is released: a restart must copy it too.
+                await markDiffering(next.region)
+            }
             locks.unlock(regions, .exclusive)
             throttle.completed(next.length, now: Self.now())
             shared.withLock { shared in
@@ -88,6 +98,7 @@ extension MirrorExport {
                     shared.check!.regionsChecked += 1
                     shared.check!.record(mismatches)
                     if repaired { shared.check!.repairedSectors += mismatches.reduce(0) { $0 + ($1.length + 511) / 512 } }
+                    if !mismatches.isEmpty && !repaired { shared.check!.regionsMarkedDirty += 1 }
                 case .sourceFailed(let error):
                     shared.check!.interrupted = "cannot read the source: \(error)"
                 case .targetFailed: break

@@ -39,8 +39,9 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     private let lastForeground = Atomic<UInt64>(0)
     /// Client activity this recent counts as "busy".
     private static let busyWindowNanos: UInt64 = 200_000_000
-    /// Saves the bitmap file every second, clearing the bits of regions no write touched lately.
-    private var clearTimer: (any DispatchSourceTimer)?
+    /// Every second: checks that the legs are still the files or devices opened (a replaced target
+    /// fails), then saves the bitmap file, clearing the bits of regions no write touched lately.
+    private var housekeepingTimer: (any DispatchSourceTimer)?
     /// A region written this recently keeps its bit on disk (md's bitmap daemon waits a few idle
     /// seconds too): random writes then do not set and clear the same bits over and over.
     public let writeHoldNanos: UInt64
@@ -81,6 +82,19 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         var checkCursor = 0
         var checking = 0
         var lastCheck: CheckReport?
+        /// Dirty regions the copier compares before copying (the bitmap called them clean, but that
+        /// is in doubt: `--verify-clean`, or a hole of the target over the source's data); how many
+        /// of them turned out to differ.
+        var verifying: RegionBitmap?
+        var verifiedDiffering = 0
+        /// The source's path no longer names the file or device served (deleted, replaced).
+        var sourceProblem: String?
+
+        /// A region now holds the same bytes on both legs.
+        mutating func markClean(_ region: Int) {
+            bitmap.setClean(region)
+            verifying?.setClean(region)
+        }
     }
     let shared: Mutex<Shared>
 
@@ -103,18 +117,17 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
                                              maximum: BlockSizeConstraints.maximumPayload))
         let bitmap = resuming ?? RegionBitmap(deviceSize: source.size, regionSize: regionSize, allDirty: true)
         shared = Mutex(Shared(bitmap: bitmap, persisted: bitmap))
-        if intentLog != nil {
-            let timer = DispatchSource.makeTimerSource(queue: intentQueue)
-            timer.schedule(deadline: .now() + 1, repeating: 1)
-            timer.setEventHandler { [weak self] in
-                do { try self?.saveBitmap() } catch { self?.logger.error("cannot save the bitmap", metadata: ["error": "\(error)"]) }
-            }
-            timer.resume()
-            clearTimer = timer
+        let timer = DispatchSource.makeTimerSource(queue: intentQueue)
+        timer.schedule(deadline: .now() + 1, repeating: 1)
+        timer.setEventHandler { [weak self] in
+            guard let self else { return }
+            do { try saveBitmap() } catch { logger.error("cannot save the bitmap", metadata: ["error": "\(error)"]) }
         }
+        timer.resume()
+        housekeepingTimer = timer
     }
 
-    deinit { clearTimer?.cancel() }
+    deinit { housekeepingTimer?.cancel() }
 
     /// Monotonic nanoseconds.
     static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
@@ -146,7 +159,9 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
                             regionSize: shared.bitmap.regionSize, regionsTotal: shared.bitmap.regionCount,
                             regionsDirty: shared.bitmap.dirtyCount, bytesCopied: shared.bytesCopied, speedBytesPerSecond: 0,
                             speedLimits: SpeedLimits(), foregroundInFlight: 0, check: shared.check, lastCheck: shared.lastCheck,
-                            failure: shared.failure)
+                            failure: shared.failure, sourceProblem: shared.sourceProblem,
+                            regionsVerifying: shared.verifying?.dirtyCount,
+                            verifiedDiffering: shared.verifying == nil ? nil : shared.verifiedDiffering)
     }
 
     /// Changes the copy's speed limits while it runs (like writing md's sync_speed_min/max).
@@ -156,13 +171,25 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         pump()
     }
 
-    /// Attaches a target (like `mdadm --add`) and starts the recovery: every region is copied, or,
-    /// with `resume`, only the regions the bitmap marks. A target smaller than the source is
-    /// refused; a larger one is fine (the export keeps the source's size). Returns the number of
+    /// Attaches a target (like `mdadm --add`) and starts the recovery. Without a bitmap file every
+    /// region is copied; with one, only the regions it marks when its bits can be trusted for this
+    /// target (`BitmapTrust`: the target it was written for, not written outside the mirror since)
+    /// — and the regions it calls clean where a target file has a hole over the source's data are
+    /// compared before being trusted, as every clean region is with `verifyClean`. The source
+    /// itself (by any path: symlink, hard link, loop device) and a target smaller than the source
+    /// are refused; a larger one is fine (the export keeps the source's size). Returns the number of
     /// regions to copy.
     @discardableResult
-    public func attach(target: BlockDevice, resume: Bool = false) throws(TargetError) -> Int {
-        let fresh: RegionBitmap? = try shared.withLock { shared throws(TargetError) in
+    public func attach(target: BlockDevice, verifyClean: Bool = false) throws(TargetError) -> Int {
+        try Self.refuse(target.identity, asTargetOf: source)
+        let verdict = intentLog.map { log in intentQueue.sync { log.verdict(forTarget: target.identity, trace: target.writeTrace()) } }
+        // Clean regions in doubt: all of them if asked, else those a sparse target lacks outright.
+        let resumed = shared.withLock { $0.bitmap }
+        var doubtful = RegionBitmap(deviceSize: resumed.deviceSize, regionSize: resumed.regionSize, allDirty: verifyClean)
+        if !verifyClean, target.kind == .file, case .trust = verdict {
+            doubtful = resumed.holes(of: target).subtracting(resumed.holes(of: source))
+        }
+        let bitmap: RegionBitmap = try shared.withLock { shared throws(TargetError) in
             guard !shared.stopping else { throw TargetError(description: "the mirror is stopping") }
             guard shared.target == nil || shared.failure != nil else {
                 throw TargetError(description: "a target is already attached (\(shared.target!.path))")
@@ -173,29 +200,61 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
             }
             shared.target = target
             shared.failure = nil
-            if !resume { shared.bitmap.setAll() }
+            shared.verifiedDiffering = 0
+            if case .trust = verdict {
+                let verifying = doubtful.subtracting(shared.bitmap)
+                shared.verifying = verifying.dirtyCount > 0 ? verifying : nil
+                shared.bitmap.formUnion(verifying)
+            } else {
+                shared.verifying = nil
+                shared.bitmap.setAll()
+            }
             shared.cursor = 0
             shared.attaching = true
-            return resume ? nil : shared.bitmap
+            return shared.bitmap
         }
         defer {
             shared.withLock { $0.attaching = false }
             pump()
         }
-        if let intentLog, let fresh, intentLog.identity.target != target.path || fresh.dirtyCount > 0 {
+        if let intentLog {
             // The bitmap file names the new target and marks everything to copy before any copy.
             let result = intentQueue.sync { () -> Result<Void, WriteIntentLog.Failure> in
-                shared.withLock { $0.persisted = fresh }
-                return Result { () throws(WriteIntentLog.Failure) in try intentLog.adopt(target: target.path, bitmap: fresh) }
+                shared.withLock { $0.persisted.formUnion(bitmap) }
+                return Result { () throws(WriteIntentLog.Failure) in
+                    try intentLog.attach(target: target.identity, bitmap: shared.withLock { $0.persisted })
+                }
             }
             if case .failure(let failure) = result {
                 shared.withLock { $0.failure = "\(failure)" }
                 throw TargetError(description: "\(failure)")
             }
         }
-        let dirty = shared.withLock { $0.bitmap.dirtyCount }
+        let (dirty, verifying) = shared.withLock { ($0.bitmap.dirtyCount, $0.verifying?.dirtyCount ?? 0) }
+        switch verdict {
+        case .copyAll(let why): logger.notice("bitmap \(intentLog?.path ?? ""): \(why)")
+        case .trust(let note?): logger.warning("bitmap \(intentLog?.path ?? ""): \(note)")
+        default: break
+        }
+        if verifying > 0 {
+            logger.notice("\(verifying) regions the bitmap calls clean are compared before they are trusted",
+                          metadata: ["target": "\(target.path)", "reason": "\(verifyClean ? "--verify-clean" : "the target has holes where the source has data")"])
+        }
         logger.info("target attached, recovery starts", metadata: ["target": "\(target.path)", "regions": "\(dirty)"])
         return dirty
+    }
+
+    /// Refuses a would-be target that is the source itself, by whatever path (symlink, hard link,
+    /// `/proc/PID/fd`, a loop device over the source file): before it is opened, which would
+    /// otherwise fail as "in use" by this very mirror.
+    public static func refuseSource(_ path: String, of source: BlockDevice) throws(TargetError) {
+        if case .success(let identity) = LegIdentity.probe(path) { try refuse(identity, asTargetOf: source) }
+    }
+
+    private static func refuse(_ identity: LegIdentity, asTargetOf source: BlockDevice) throws(TargetError) {
+        guard identity.sharesStorage(with: source.identity) else { return }
+        throw TargetError(description: "\(identity.path) is the source \(source.path) (the same \(source.kind.rawValue)): "
+                          + "a mirror needs a second device")
     }
 
     /// Returns when the target is in sync, has failed, or the mirror is stopping.
@@ -254,14 +313,22 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
             guard shared.check == nil else { throw TargetError(description: "a check is running") }
             shared.target = nil
             shared.failure = nil
+            shared.verifying = nil
             return target.path
+        }
+        if let intentLog {
+            // Never trusted again by these bits: what it holds from now on is unknown.
+            let result = intentQueue.sync { () -> Result<Void, WriteIntentLog.Failure> in
+                Result { () throws(WriteIntentLog.Failure) in try intentLog.detachTarget(bitmap: shared.withLock { $0.persisted }) }
+            }
+            if case .failure(let failure) = result { logger.error("cannot record the removal in the bitmap", metadata: ["error": "\(failure)"]) }
         }
         logger.notice("target removed, mirror degraded", metadata: ["target": "\(removed)"])
         return removed
     }
 
     /// Wakes `waitUntilSettled` callers when the state is no longer `recovering`.
-    private func settle() {
+    func settle() {
         let (waiters, status): ([CheckedContinuation<MirrorStatus, Never>], MirrorStatus) = shared.withLock { shared in
             let status = Self.status(of: shared)
             guard status.state != .recovering else { return ([], status) }
@@ -276,7 +343,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     /// Starts copies up to `copiesInFlight` while dirty regions remain.
     /// Starts copies up to the throttle's depth while dirty regions remain; when the speed limit
     /// holds the copy back, schedules itself for when it may go on.
-    private func pump() {
+    func pump() {
         enum Step { case copy(Int, BlockDevice), wait(UInt64), idle }
         while true {
             let now = Self.now()
@@ -332,23 +399,59 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
             }
             let length = Int(range.length)
             let buffer = pool.take(capacity: length)
+            if shared.withLock({ $0.verifying?.isDirty(region) ?? false }) {
+                return verifyThenCopy(region, range: range, buffer: buffer, to: target)
+            }
             source.read(into: buffer.baseAddress, count: length, offset: range.offset) { [self] result in
                 if case .failure(let error) = result {
                     pool.recycle(buffer)
                     logger.error("copier cannot read the source; region stays dirty", metadata: ["error": "\(error)"])
                     return copied(region, target: target, bytes: 0, clean: false, stall: true)
                 }
-                let write: (@escaping @Sendable (Result<Void, BlockIOError>) -> Void) -> Void
-                if UnsafeRawBufferPointer(start: buffer.baseAddress, count: length).allSatisfy({ $0 == 0 }) {
-                    // An all-zero region: zero the target cheaply instead of writing zeroes.
-                    write = { target.writeZeroes(offset: range.offset, length: range.length, mayDeallocate: true, fastOnly: false, completion: $0) }
-                } else {
-                    write = { target.write(from: buffer.baseAddress, count: length, offset: range.offset, durable: false, completion: $0) }
-                }
-                write { [self] result in
-                    pool.recycle(buffer)
-                    targetWritten(region, target: target, bytes: range.length, result)
-                }
+                write(region, range: range, from: buffer, to: target)
+            }
+        }
+    }
+
+    /// Writes a region read from the source (in `buffer`, given back here) onto the target.
+    private func write(_ region: Int, range: (offset: UInt64, length: UInt64), from buffer: AlignedBuffer, to target: BlockDevice) {
+        let length = Int(range.length)
+        let write: (@escaping @Sendable (Result<Void, BlockIOError>) -> Void) -> Void
+        if UnsafeRawBufferPointer(start: buffer.baseAddress, count: length).allSatisfy({ $0 == 0 }) {
+            // An all-zero region: zero the target cheaply instead of writing zeroes.
+            write = { target.writeZeroes(offset: range.offset, length: range.length, mayDeallocate: true, fastOnly: false, completion: $0) }
+        } else {
+            write = { target.write(from: buffer.baseAddress, count: length, offset: range.offset, durable: false, completion: $0) }
+        }
+        write { [self] result in
+            pool.recycle(buffer)
+            targetWritten(region, target: target, bytes: range.length, result)
+        }
+    }
+
+    /// A region the bitmap called clean, in doubt: both legs are read and compared; the target is
+    /// written only where they differ.
+    private func verifyThenCopy(_ region: Int, range: (offset: UInt64, length: UInt64), buffer: AlignedBuffer, to target: BlockDevice) {
+        let targetBuffer = pool.take(capacity: Int(range.length))
+        Task { [self] in
+            let outcome = await LegComparison.compare(source, target, offset: range.offset, length: Int(range.length),
+                                                      into: (buffer, targetBuffer))
+            pool.recycle(targetBuffer)
+            switch outcome {
+            case .compared(let mismatches) where mismatches.isEmpty:
+                pool.recycle(buffer)
+                copied(region, target: target, bytes: 0, clean: true)
+            case .compared:
+                shared.withLock { $0.verifiedDiffering += 1 }
+                write(region, range: range, from: buffer, to: target)
+            case .firstFailed(let error):
+                pool.recycle(buffer)
+                logger.error("copier cannot read the source; region stays dirty", metadata: ["error": "\(error)"])
+                copied(region, target: target, bytes: 0, clean: false, stall: true)
+            case .secondFailed(let error):
+                pool.recycle(buffer)
+                targetFailed(error, on: target)
+                copied(region, target: target, bytes: 0, clean: false)
             }
         }
     }
@@ -365,16 +468,24 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
 
     /// Ends one copy: clears the bit if asked, releases the region, starts the next copies.
     private func copied(_ region: Int, target: BlockDevice, bytes: UInt64, clean: Bool, stall: Bool = false) {
+        var verified: Int?
         let (idle, save): (Bool, Bool) = shared.withLock { shared in
             // Only a copy onto the current, healthy target cleans its region.
             let clean = clean && shared.target === target && shared.failure == nil
-            if clean { shared.bitmap.setClean(region) }
+            if clean { shared.markClean(region) }
             shared.bytesCopied += bytes
             shared.copying -= 1
             shared.copiedSinceSave += clean ? 1 : 0
             let save = shared.copiedSinceSave >= Self.regionsPerSave || (clean && shared.bitmap.dirtyCount == 0)
             if save { shared.copiedSinceSave = 0 }
+            if let verifying = shared.verifying, verifying.dirtyCount == 0 {
+                shared.verifying = nil
+                verified = shared.verifiedDiffering
+            }
             return (shared.copying == 0, save)
+        }
+        if let verified {
+            logger.notice("the regions in doubt were compared: \(verified) differed and were copied, the others were clean")
         }
         if bytes > 0 { throttle.completed(bytes, now: Self.now()) }
         if save {
@@ -464,9 +575,11 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     /// `final`) none lately, are cleared on disk. Before a bit is cleared, both legs are made
     /// durable, so a power loss cannot leave a clear bit over a region whose copies differ; with no
     /// target, or one that cannot flush (failed), nothing is cleared. If the save fails, the bits
-    /// the file may still hold are remembered, so later page writes keep them. Runs on
-    /// `intentQueue` only.
+    /// the file may still hold are remembered, so later page writes keep them. The `final` save of
+    /// a clean stop also records the legs' write traces. Every save first checks that the legs are
+    /// still what was opened. Runs on `intentQueue` only.
     private func saveBitmap(final: Bool = false) throws {
+        watchLegs()
         guard let intentLog else { return }
         let now = Self.now()
         var (snapshot, previous, target, healthy): (RegionBitmap, RegionBitmap, BlockDevice?, Bool) = shared.withLock { shared in
@@ -500,16 +613,56 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
                     shared.withLock { $0.persisted.formUnion(previous) }
                 }
             }
-            try intentLog.save(snapshot)
+            if final {
+                try intentLog.saveStopped(snapshot, sourceTrace: source.writeTrace(), targetTrace: target?.writeTrace())
+            } else {
+                try intentLog.save(snapshot)
+            }
         } catch {
             shared.withLock { $0.persisted.formUnion(previous) }
             throw error
         }
     }
 
+    /// Fails the target when its path no longer names the file or device in use (deleted,
+    /// truncated, renamed and re-created), and records it when the source's path does not: NEW
+    /// changing under the mirror is never called a complete copy (invariant 8).
+    private func watchLegs() {
+        if let target = shared.withLock({ $0.failure == nil ? $0.target : nil }), let why = target.replacement(),
+           markFailed(why, on: target) {
+            logger.error("target failed, mirror degraded: serving from the source alone", metadata: ["reason": "\(why)"])
+        }
+        if let why = source.replacement(), shared.withLock({ shared in
+            defer { shared.sourceProblem = why }
+            return shared.sourceProblem == nil
+        }) {
+            logger.critical("the source's path no longer names the device served: its data lives on in this process only",
+                            metadata: ["reason": "\(why)"])
+        }
+    }
+
+    /// Marks a region the legs are known to differ in (a check found it): dirty, and in the bitmap
+    /// file before this returns, so neither a save nor a restart can call it clean.
+    func markDiffering(_ region: Int) async {
+        guard let intentLog else { return shared.withLock { _ = $0.bitmap.setDirty(region) } }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            intentQueue.async { [self] in
+                let persisted = shared.withLock { shared -> RegionBitmap? in
+                    shared.bitmap.setDirty(region)
+                    return shared.persisted.setDirty(region) ? shared.persisted : nil
+                }
+                if let persisted {
+                    do { try intentLog.persist(regions: [region], of: persisted) } catch {
+                        logger.error("cannot record a mismatching region in the bitmap", metadata: ["error": "\(error)"])
+                    }
+                }
+                continuation.resume()
+            }
+        }
+    }
+
     /// Saves the bitmap file now, clearing every clean bit (stop does this).
     private func saveFinalBitmap() async throws {
-        guard intentLog != nil else { return }
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
             intentQueue.async { [self] in continuation.resume(with: Result { try saveBitmap(final: true) }) }
         }
@@ -528,7 +681,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
             case .success:
                 shared.withLock { shared in
                     if targetOK, shared.target === target, shared.failure == nil {
-                        for region in shared.bitmap.regionsFullyCovered(offset: offset, length: length) { shared.bitmap.setClean(region) }
+                        for region in shared.bitmap.regionsFullyCovered(offset: offset, length: length) { shared.markClean(region) }
                     } else {
                         // Degraded, or the target failed: the target lacks this write.
                         for region in shared.bitmap.regions(offset: offset, length: length) { shared.bitmap.setDirty(region) }
@@ -642,7 +795,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     /// Stops the copier, waits for requests in flight, and makes both legs durable.
     public func close() async throws {
         shared.withLock { $0.stopping = true }
-        clearTimer?.cancel()
+        housekeepingTimer?.cancel()
         settle()
         await withCheckedContinuation { continuation in
             let idle = shared.withLock { shared -> Bool in

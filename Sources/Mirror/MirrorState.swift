@@ -42,6 +42,13 @@ public struct MirrorStatus: Sendable, Equatable, Codable {
     public var failure: String?
     /// The write-intent bitmap file, if any.
     public var bitmap: String?
+    /// The source's path no longer names the file or device served (deleted or replaced while in
+    /// use): its data lives on in the daemon only, and in the target if it is in sync.
+    public var sourceProblem: String?
+    /// Regions the copier compares before copying (the bitmap called them clean, but that is in
+    /// doubt), and how many of those compared so far differed.
+    public var regionsVerifying: Int?
+    public var verifiedDiffering: Int?
     /// How kernel md names a `recovering` state's work when it is not a recovery onto a new
     /// target: `resync` (both legs present, made consistent), or `resync=PENDING`/`resync=DELAYED`
     /// while it waits its turn. Nil for the engine, whose only such work is a recovery.
@@ -76,6 +83,9 @@ public struct CheckReport: Sendable, Equatable, Codable {
     public var mismatchedSectors: UInt64 = 0
     /// Sectors rewritten on the target (repair only).
     public var repairedSectors: UInt64 = 0
+    /// Regions found to differ and marked dirty (check without repair): the copier copies them
+    /// again, and the mirror is not in sync until it has.
+    public var regionsMarkedDirty: Int = 0
     /// The first mismatching ranges, in device order per region (at most `maximumListed`).
     public var mismatches: [Mismatch] = []
     /// Why the check ended early; nil when it compared every region.

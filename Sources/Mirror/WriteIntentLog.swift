@@ -1,174 +1,337 @@
 import BlockIO
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The persisted write-intent bitmap: a file holding one bit per region, set when the target may
 /// differ from the source there (a copy is pending, or a write is or was in flight).
 ///
-/// Layout: a 4 KiB header (magic, version, geometry, identity of source and target), then the bitmap
-/// words, little-endian, region 0 in bit 0 of word 0. Bits are only ever *set* synchronously (the
-/// page holding them is written and `fdatasync`ed before the caller may write data); clearing is
-/// lazy (whole-bitmap saves). After a crash the file is therefore a superset of what may differ.
+/// Bits are only ever *set* synchronously (the page holding them is written and `fdatasync`ed before
+/// the caller may write data); clearing is lazy (whole-bitmap saves). After a crash the file is
+/// therefore a superset of what may differ. The file protects itself and knows its legs
+/// (`BitmapFileFormat`, `BitmapTrust`, invariant 8): checksummed header slots and pages, a
+/// generation every save advances, the identity of both legs, and their write traces at a clean
+/// stop, so a damaged, stale or foreign bitmap is refused or distrusted — never read as clean.
+///
+/// Not thread-safe: the mirror calls it from one serial queue.
 public final class WriteIntentLog: @unchecked Sendable {
-    /// Why a bitmap file cannot be used.
+    /// Why a bitmap file cannot be used; names the file.
     public struct Failure: Error, CustomStringConvertible, Sendable {
         public let path: String
         public let reason: String
         public var description: String { "bitmap \(path): \(reason)" }
     }
 
-    /// What the header records, checked on reopen so a bitmap is never applied to other devices.
-    public struct Identity: Sendable, Equatable {
-        public var deviceSize: UInt64
-        public var regionSize: UInt64
-        public var source: String
-        public var target: String
-        public init(deviceSize: UInt64, regionSize: UInt64, source: String, target: String) {
-            self.deviceSize = deviceSize; self.regionSize = regionSize; self.source = source; self.target = target
-        }
+    /// A bitmap file made ready for a mirror: its bits as far as they can be trusted, and what the
+    /// user must be told about it (regions distrusted and why, what could not be checked).
+    public struct Opened: @unchecked Sendable {
+        public let log: WriteIntentLog
+        public let bitmap: RegionBitmap
+        /// Whether the file existed (false: created now, every region dirty).
+        public let resumed: Bool
+        public let notes: [String]
     }
 
-    /// The target name of a degraded mirror's bitmap; such a bitmap is adopted by any target.
-    public static let missingTarget = "missing"
-    static let magic: UInt64 = 0x314d_4254_494d_4d42  // "BMMITBM1" little-endian
-    static let version: UInt32 = 1
-    static let headerSize = 4096
-    static let pageSize = 4096
-
     public let path: String
-    /// The devices and geometry the bitmap is for (the target changes when one is attached).
-    public private(set) var identity: Identity
     private let fd: FileDescriptor
+    private var header: BitmapFileFormat.Header
+    private let wordCount: Int
 
-    private init(path: String, identity: Identity, fd: FileDescriptor) {
-        self.path = path; self.identity = identity; self.fd = fd
+    /// Bytes per region.
+    public var regionSize: UInt64 { header.regionSize }
+    /// The target the bits describe, as recorded.
+    public var recordedTarget: BitmapFileFormat.LegRecord? { header.record.target }
+
+    private init(path: String, fd: FileDescriptor, header: BitmapFileFormat.Header) {
+        self.path = path; self.fd = fd; self.header = header
+        wordCount = RegionBitmap(deviceSize: header.deviceSize, regionSize: header.regionSize, allDirty: false).words.count
     }
 
     deinit { fd.close() }
 
-    /// Creates (or replaces) a bitmap file holding `bitmap`, durable when this returns.
-    public static func create(path: String, identity: Identity, bitmap: RegionBitmap) throws(Failure) -> WriteIntentLog {
+    private func failure(_ reason: String) -> Failure { Failure(path: path, reason: reason) }
+    private static func failure(_ path: String, _ reason: String) -> Failure { Failure(path: path, reason: reason) }
+
+    // MARK: Opening
+
+    /// Opens the bitmap at `path` for a mirror of `source`, or creates it (every region dirty) when
+    /// there is none or the file is empty. An existing file must be a valid bitmap of this source
+    /// and geometry (`regionSize` nil: the file's); pages that fail their checks, and every region
+    /// when the source shows writes since a clean stop, come back dirty, and `notes` say so. The
+    /// file is marked in use before this returns.
+    public static func openOrCreate(path: String, source: LegIdentity, sourceTrace: LegWriteTrace, deviceSize: UInt64,
+                                    regionSize: UInt64?, defaultRegionSize: UInt64) throws(Failure) -> Opened {
+        var info = stat()
+        if stat(path, &info) != 0 {
+            guard errno == ENOENT else { throw failure(path, "cannot open: \(Errno.current)") }
+            let log = try create(path: path, source: source, deviceSize: deviceSize, regionSize: regionSize ?? defaultRegionSize)
+            return Opened(log: log, bitmap: log.allDirty, resumed: false, notes: [])
+        }
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            throw failure(path, "is \(fileType(info.st_mode)), not a bitmap file")
+        }
+        if info.st_size == 0 {
+            // An empty file holds nothing to trust: start over, as without a file.
+            let log = try create(path: path, source: source, deviceSize: deviceSize, regionSize: regionSize ?? defaultRegionSize)
+            return Opened(log: log, bitmap: log.allDirty, resumed: false, notes: ["the file was empty: every region is copied"])
+        }
+        return try open(path: path, source: source, sourceTrace: sourceTrace, deviceSize: deviceSize, regionSize: regionSize)
+    }
+
+    /// Creates a bitmap file with every region dirty, durably and atomically: written beside
+    /// `path` and renamed over it, so a failure (say ENOSPC) leaves no partial file behind.
+    static func create(path: String, source: LegIdentity, deviceSize: UInt64, regionSize: UInt64) throws(Failure) -> WriteIntentLog {
+        var fileID = [UInt8](repeating: 0, count: 16)
+        var generator = SystemRandomNumberGenerator()
+        for index in fileID.indices { fileID[index] = generator.next() }
+        let header = BitmapFileFormat.Header(generation: 0, fileID: fileID, deviceSize: deviceSize, regionSize: regionSize,
+                                             state: .inUse, record: BitmapFileFormat.Record(source: .init(identity: source)))
+        let temporary = "\(path).new-\(getpid())"
         let fd: FileDescriptor
-        switch FileDescriptor.open(path, flags: O_RDWR | O_CREAT | O_TRUNC, mode: 0o600) {
+        switch FileDescriptor.open(temporary, flags: O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600) {
         case .success(let opened): fd = opened
-        case .failure(let errno): throw Failure(path: path, reason: "cannot create: \(errno)")
+        case .failure(let errno): throw failure(path, "cannot create \(temporary): \(errno)")
         }
-        let log = WriteIntentLog(path: path, identity: identity, fd: fd)
-        try log.writeHeader()
-        try log.save(bitmap)
-        // Make the new file's directory entry durable too.
-        let directory = (path as NSString).deletingLastPathComponent
-        if case .success(let dir) = FileDescriptor.open(directory.isEmpty ? "." : directory, flags: O_RDONLY) {
-            _ = dir.dataSync()
-            dir.close()
+        let log = WriteIntentLog(path: path, fd: fd, header: header)
+        do {
+            try log.lock()
+            try log.writeHeader()
+            try log.writePages(log.allDirty.words, generation: 0)
+            try log.sync()
+        } catch {
+            unlink(temporary)
+            throw error
         }
+        guard rename(temporary, path) == 0 else {
+            let error = Errno.current
+            unlink(temporary)
+            throw failure(path, "cannot rename \(temporary) to it: \(error)")
+        }
+        syncDirectory(of: path)
         return log
     }
 
-    /// Opens an existing bitmap file; refuses one written for other devices or another geometry.
-    /// A degraded mirror's bitmap (target `missing`) is adopted for a new target, all regions dirty.
-    public static func open(path: String, expecting identity: Identity) throws(Failure) -> (WriteIntentLog, RegionBitmap) {
+    /// Opens an existing file (see `openOrCreate`).
+    static func open(path: String, source: LegIdentity, sourceTrace: LegWriteTrace, deviceSize: UInt64,
+                     regionSize: UInt64?) throws(Failure) -> Opened {
         let fd: FileDescriptor
-        switch FileDescriptor.open(path, flags: O_RDWR) {
+        switch FileDescriptor.open(path, flags: O_RDWR | O_NONBLOCK) {
         case .success(let opened): fd = opened
-        case .failure(let errno): throw Failure(path: path, reason: "cannot open: \(errno)")
+        case .failure(let errno): throw failure(path, "cannot open: \(errno)")
         }
-        let log = WriteIntentLog(path: path, identity: identity, fd: fd)
-        var header = [UInt8](repeating: 0, count: headerSize)
-        let got = header.withUnsafeMutableBytes { fd.read(into: $0, at: 0) }
-        guard case .success(let count) = got, count == headerSize else {
-            throw Failure(path: path, reason: "truncated header")
+        let header: BitmapFileFormat.Header
+        do { header = try readHeader(fd, path: path) } catch {
+            fd.close()
+            throw error
         }
-        let stored = try decodeHeader(header, path: path)
-        var adopted = stored
-        adopted.target = identity.target
-        if stored != identity && stored.target == missingTarget && adopted == identity {
-            // The bitmap of a degraded mirror, now given a target: the target lacks everything.
-            let bitmap = RegionBitmap(deviceSize: identity.deviceSize, regionSize: identity.regionSize, allDirty: true)
-            try log.writeHeader()
-            try log.save(bitmap)
-            return (log, bitmap)
+        let log = WriteIntentLog(path: path, fd: fd, header: header)
+        try log.lock()
+        guard header.deviceSize == deviceSize else {
+            throw failure(path, "it was written for a source of \(header.deviceSize) bytes; \(source.path) has \(deviceSize) bytes")
         }
-        guard stored == identity else {
-            throw Failure(path: path, reason: "written for \(stored.source) -> \(stored.target) (\(stored.deviceSize) bytes, "
-                          + "regions of \(stored.regionSize)), not \(identity.source) -> \(identity.target) "
-                          + "(\(identity.deviceSize) bytes, regions of \(identity.regionSize))")
+        if let regionSize, regionSize != header.regionSize {
+            throw failure(path, "it has regions of \(header.regionSize) bytes, not \(regionSize): "
+                          + "give --region-size \(header.regionSize), or remove the file to copy everything")
         }
-        var bitmap = RegionBitmap(deviceSize: identity.deviceSize, regionSize: identity.regionSize, allDirty: false)
-        var words = [UInt64](repeating: 0, count: bitmap.words.count)
-        let bytes = words.count * 8
-        let read = words.withUnsafeMutableBytes { fd.read(into: $0, at: UInt64(headerSize)) }
-        guard case .success(let n) = read, n == bytes else { throw Failure(path: path, reason: "truncated bitmap") }
-        bitmap = RegionBitmap(deviceSize: identity.deviceSize, regionSize: identity.regionSize, words: words.map { UInt64(littleEndian: $0) })
-        return (log, bitmap)
+        var (bitmap, notes) = log.readPages()
+        switch BitmapTrust.source(recorded: header.record.source, identity: source, trace: sourceTrace, stopped: header.record.stopped) {
+        case .refuse(let why): throw failure(path, why)
+        case .copyAll(let why):
+            bitmap.setAll()
+            notes.append(why)
+        case .trust(let note):
+            if let note { notes.append(note) }
+        }
+        // From now on the file is in use: a crash leaves it so, and its source trace is void.
+        log.header.state = .inUse
+        log.header.record.source = .init(identity: source)
+        log.header.record.stopped = nil
+        try log.save(bitmap)
+        return Opened(log: log, bitmap: bitmap, resumed: true, notes: notes)
     }
 
-    /// Records a newly attached target: the header names it and every region is dirty, durably
-    /// before this returns (the new target lacks everything).
-    public func adopt(target: String, bitmap: RegionBitmap) throws(Failure) {
-        identity.target = target
-        try writeHeader()
+    /// What a bitmap file holds, read without using it (no lock, nothing written): for
+    /// `blockmirror examine`, like `mdadm --examine-bitmap`.
+    public struct Examined: Sendable {
+        public let header: BitmapFileFormat.Header
+        public let bitmap: RegionBitmap
+        /// Pages that failed their checks (their regions are shown dirty).
+        public let notes: [String]
+    }
+
+    /// Reads the bitmap file at `path` as it is.
+    public static func examine(path: String) throws(Failure) -> Examined {
+        let fd: FileDescriptor
+        switch FileDescriptor.open(path, flags: O_RDONLY | O_NONBLOCK) {
+        case .success(let opened): fd = opened
+        case .failure(let errno): throw failure(path, "cannot open: \(errno)")
+        }
+        let header: BitmapFileFormat.Header
+        do { header = try readHeader(fd, path: path) } catch {
+            fd.close()
+            throw error
+        }
+        let log = WriteIntentLog(path: path, fd: fd, header: header)
+        let (bitmap, notes) = log.readPages()
+        return Examined(header: header, bitmap: bitmap, notes: notes)
+    }
+
+    /// The valid header slot of the highest generation.
+    private static func readHeader(_ fd: FileDescriptor, path: String) throws(Failure) -> BitmapFileFormat.Header {
+        var problems: [String] = []
+        var best: BitmapFileFormat.Header?
+        for slot in 0..<BitmapFileFormat.headerSlots {
+            var bytes = [UInt8](repeating: 0, count: BitmapFileFormat.headerSlotSize)
+            let offset = UInt64(slot * BitmapFileFormat.headerSlotSize)
+            let count: Int
+            switch bytes.withUnsafeMutableBytes({ fd.read(into: $0, at: offset) }) {
+            case .success(let n): count = n
+            case .failure(let errno): throw failure(path, "cannot read: \(errno)")
+            }
+            do throws(BitmapFileFormat.Invalid) {
+                let header = try BitmapFileFormat.decodeHeader(Array(bytes[0..<count]))
+                guard header.slot == slot else { throw BitmapFileFormat.Invalid(description: "generation \(header.generation) in the wrong slot") }
+                if best.map({ header.generation > $0.generation }) ?? true { best = header }
+            } catch {
+                problems.append("header \(slot): \(error)")
+            }
+        }
+        guard let best else { throw failure(path, "not a usable bitmap (\(problems.joined(separator: "; ")))") }
+        return best
+    }
+
+    /// The pages' bits; a page that is missing or fails its checks makes its regions dirty.
+    private func readPages() -> (RegionBitmap, [String]) {
+        var words = [UInt64](repeating: 0, count: wordCount)
+        var bad: [(page: Int, why: String)] = []
+        let pages = BitmapFileFormat.pageCount(words: wordCount)
+        for page in 0..<pages {
+            let first = page * BitmapFileFormat.wordsPerPage
+            let count = min(BitmapFileFormat.wordsPerPage, wordCount - first)
+            var bytes = [UInt8](repeating: 0, count: BitmapFileFormat.pageSize)
+            let offset = UInt64(BitmapFileFormat.pagesOffset + page * BitmapFileFormat.pageSize)
+            let read = bytes.withUnsafeMutableBytes { fd.read(into: $0, at: offset) }
+            do throws(BitmapFileFormat.Invalid) {
+                guard case .success(let n) = read else { throw BitmapFileFormat.Invalid(description: "unreadable") }
+                let decoded = try BitmapFileFormat.decodePage(Array(bytes[0..<n]), index: page, wordCount: count,
+                                                              fileID: header.fileID, generation: header.generation)
+                words.replaceSubrange(first..<first + count, with: decoded)
+            } catch {
+                words.replaceSubrange(first..<first + count, with: repeatElement(~0, count: count))
+                bad.append((page, error.description))
+            }
+        }
+        let bitmap = RegionBitmap(deviceSize: header.deviceSize, regionSize: header.regionSize, words: words)
+        guard !bad.isEmpty else { return (bitmap, []) }
+        let regionsPerPage = BitmapFileFormat.wordsPerPage * 64
+        let listed = bad.prefix(8).map { entry in
+            let last = min((entry.page + 1) * regionsPerPage, bitmap.regionCount) - 1
+            return "page \(entry.page) (regions \(entry.page * regionsPerPage)-\(last)): \(entry.why)"
+        }
+        let more = bad.count > 8 ? " and \(bad.count - 8) more pages" : ""
+        return (bitmap, ["\(bad.count) of \(pages) bitmap pages failed their checks (\(listed.joined(separator: "; "))\(more)): "
+                         + "their regions are copied"])
+    }
+
+    // MARK: The legs
+
+    /// Whether the bits may be kept for `target` (`BitmapTrust.target`).
+    public func verdict(forTarget target: LegIdentity, trace: LegWriteTrace) -> BitmapTrust.Verdict {
+        BitmapTrust.target(recorded: header.record.target, identity: target, trace: trace, stopped: header.record.stopped)
+    }
+
+    /// Records an attached target, with `bitmap` as it is now (every region dirty for a new one),
+    /// durably before this returns: from now on its writes are the bits' business.
+    public func attach(target: LegIdentity, bitmap: RegionBitmap) throws(Failure) {
+        header.record.target = .init(identity: target)
         try save(bitmap)
     }
 
-    private func writeHeader() throws(Failure) {
-        var header = [UInt8](repeating: 0, count: Self.headerSize)
-        func put<T: FixedWidthInteger>(_ value: T, at offset: Int) {
-            withUnsafeBytes(of: value.littleEndian) { header.replaceSubrange(offset..<offset + MemoryLayout<T>.size, with: $0) }
-        }
-        put(Self.magic, at: 0)
-        put(Self.version, at: 8)
-        put(identity.deviceSize, at: 16)
-        put(identity.regionSize, at: 24)
-        let source = Array(identity.source.utf8.prefix(1024)), target = Array(identity.target.utf8.prefix(1024))
-        put(UInt32(source.count), at: 32)
-        put(UInt32(target.count), at: 36)
-        header.replaceSubrange(64..<64 + source.count, with: source)
-        header.replaceSubrange(2048..<2048 + target.count, with: target)
-        let result = header.withUnsafeBytes { fd.writeAll($0, at: 0) }
-        if case .failure(let errno) = result { throw Failure(path: path, reason: "cannot write header: \(errno)") }
+    /// Records that the target was removed from the running mirror (what it holds from now on is
+    /// unknown, so it is never trusted again by these bits).
+    public func detachTarget(bitmap: RegionBitmap) throws(Failure) {
+        header.record.target?.detached = true
+        try save(bitmap)
     }
 
-    private static func decodeHeader(_ header: [UInt8], path: String) throws(Failure) -> Identity {
-        func get<T: FixedWidthInteger>(_: T.Type, at offset: Int) -> T {
-            header[offset..<offset + MemoryLayout<T>.size].withUnsafeBytes { T(littleEndian: $0.loadUnaligned(as: T.self)) }
-        }
-        guard get(UInt64.self, at: 0) == magic else { throw Failure(path: path, reason: "not a BlockMirror bitmap (bad magic)") }
-        guard get(UInt32.self, at: 8) == version else {
-            throw Failure(path: path, reason: "unsupported version \(get(UInt32.self, at: 8))")
-        }
-        let sourceLength = min(Int(get(UInt32.self, at: 32)), 1024), targetLength = min(Int(get(UInt32.self, at: 36)), 1024)
-        return Identity(deviceSize: get(UInt64.self, at: 16), regionSize: get(UInt64.self, at: 24),
-                        source: String(decoding: header[64..<64 + sourceLength], as: UTF8.self),
-                        target: String(decoding: header[2048..<2048 + targetLength], as: UTF8.self))
-    }
+    // MARK: Saving
 
-    /// Writes the whole bitmap and makes it durable (used for lazy clearing and at stop).
+    private var allDirty: RegionBitmap { RegionBitmap(deviceSize: header.deviceSize, regionSize: header.regionSize, allDirty: true) }
+
+    /// Writes the whole bitmap under a new generation and makes it durable (lazy clearing).
     public func save(_ bitmap: RegionBitmap) throws(Failure) {
-        try writeWords(bitmap.words, from: 0)
+        header.generation += 1
+        try writePages(bitmap.words, generation: header.generation)
+        try writeHeader()
         try sync()
+    }
+
+    /// The last save of a clean stop: the bits, and the legs' write traces now that nothing more
+    /// will be written, so a later start can tell writes made outside the mirror in between.
+    public func saveStopped(_ bitmap: RegionBitmap, sourceTrace: LegWriteTrace, targetTrace: LegWriteTrace?) throws(Failure) {
+        header.state = .stopped
+        header.record.stopped = ISO8601DateFormatter().string(from: Date())
+        header.record.source.trace = sourceTrace
+        if let targetTrace { header.record.target?.trace = targetTrace }
+        try save(bitmap)
     }
 
     /// Makes the words of `regions` durable as they are in `bitmap` (the pages holding them are
     /// written, then `fdatasync`). Call before writing data into a region whose bit was clear.
     public func persist(regions: [Int], of bitmap: RegionBitmap) throws(Failure) {
-        let wordsPerPage = Self.pageSize / 8
-        var pages = Set<Int>()
-        for region in regions { pages.insert((region >> 6) / wordsPerPage) }
-        for page in pages.sorted() {
-            let first = page * wordsPerPage
-            let last = min(first + wordsPerPage, bitmap.words.count)
-            try writeWords(Array(bitmap.words[first..<last]), from: first)
+        for page in Set(regions.map(BitmapFileFormat.page(ofRegion:))).sorted() {
+            try writePage(page, of: bitmap.words, generation: header.generation)
         }
         try sync()
     }
 
-    private func writeWords(_ words: [UInt64], from firstWord: Int) throws(Failure) {
-        let little = words.map(\.littleEndian)
-        let result = little.withUnsafeBytes { fd.writeAll($0, at: UInt64(Self.headerSize + firstWord * 8)) }
-        if case .failure(let errno) = result { throw Failure(path: path, reason: "cannot write: \(errno)") }
+    private func writePages(_ words: [UInt64], generation: UInt64) throws(Failure) {
+        for page in 0..<BitmapFileFormat.pageCount(words: words.count) { try writePage(page, of: words, generation: generation) }
+    }
+
+    private func writePage(_ page: Int, of words: [UInt64], generation: UInt64) throws(Failure) {
+        let first = page * BitmapFileFormat.wordsPerPage
+        let last = min(first + BitmapFileFormat.wordsPerPage, words.count)
+        let bytes = BitmapFileFormat.encodePage(index: page, words: words[first..<last], generation: generation, fileID: header.fileID)
+        let offset = UInt64(BitmapFileFormat.pagesOffset + page * BitmapFileFormat.pageSize)
+        if case .failure(let errno) = bytes.withUnsafeBytes({ fd.writeAll($0, at: offset) }) { throw failure("cannot write: \(errno)") }
+    }
+
+    private func writeHeader() throws(Failure) {
+        let bytes: [UInt8]
+        do { bytes = try BitmapFileFormat.encode(header) } catch { throw failure(error.description) }
+        let offset = UInt64(header.slot * BitmapFileFormat.headerSlotSize)
+        if case .failure(let errno) = bytes.withUnsafeBytes({ fd.writeAll($0, at: offset) }) { throw failure("cannot write: \(errno)") }
     }
 
     private func sync() throws(Failure) {
-        if case .failure(let errno) = fd.dataSync() { throw Failure(path: path, reason: "fdatasync failed: \(errno)") }
+        if case .failure(let errno) = fd.dataSync() { throw failure("fdatasync failed: \(errno)") }
+    }
+
+    /// One mirror per bitmap file: a second one would interleave its saves with the first's.
+    private func lock() throws(Failure) {
+        if case .failure(let errno) = fd.lock(exclusive: true) {
+            throw failure(errno == .tryAgain ? "in use by another mirror" : "cannot lock: \(errno)")
+        }
+    }
+
+    private static func syncDirectory(of path: String) {
+        let directory = (path as NSString).deletingLastPathComponent
+        if case .success(let dir) = FileDescriptor.open(directory.isEmpty ? "." : directory, flags: O_RDONLY) {
+            _ = dir.dataSync()
+            dir.close()
+        }
+    }
+
+    private static func fileType(_ mode: mode_t) -> String {
+        switch mode & S_IFMT {
+        case S_IFIFO: return "a FIFO"
+        case S_IFDIR: return "a directory"
+        case S_IFCHR: return "a character device"
+        case S_IFBLK: return "a block device"
+        case S_IFSOCK: return "a socket"
+        default: return "not a regular file"
+        }
     }
 }

@@ -59,6 +59,11 @@ import Glibc
         let report = try JSONDecoder().decode(CheckReport.self, from: Data(found.stdout.utf8))
         #expect(report.mismatchedSectors == 8 && report.mismatches.count == 2, "\(report)")
         #expect(try mirror.status().lastCheck?.mismatchedSectors == 8)
+        // The two regions found are copied again; then the legs agree.
+        try mirror.waitForStatus { $0.state == .inSync }
+        #expect(try mirror.cli("check", "m0").succeeded)
+        try flipBytes(new, offset: (3 << 20) + 1024, count: 7 * 512)
+        try flipBytes(new, offset: (20 << 20) + 100, count: 1)
         let repair = try mirror.cli("check", "m0", "--repair")
         #expect(repair.succeeded && repair.stdout.contains("8 sectors repaired"), "\(repair)")
         #expect(try mirror.cli("check", "m0").succeeded)

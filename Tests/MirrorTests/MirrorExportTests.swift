@@ -171,10 +171,10 @@ func randomBytes(_ count: Int) throws -> Data {
         let rig = try MirrorExportTests.Rig()
         defer { rig.tearDown() }
         let source = try rig.open(rig.sourcePath)
-        let identity = WriteIntentLog.Identity(deviceSize: source.size, regionSize: 1 << 20, source: rig.sourcePath, target: rig.targetPath)
         let bitmapPath = rig.dir + "/bitmap"
-        let log = try WriteIntentLog.create(path: bitmapPath, identity: identity,
-                                            bitmap: RegionBitmap(deviceSize: source.size, regionSize: 1 << 20, allDirty: true))
+        let log = try WriteIntentLog.openOrCreate(path: bitmapPath, source: source.identity, sourceTrace: source.writeTrace(),
+                                                  deviceSize: source.size, regionSize: 1 << 20, defaultRegionSize: 1 << 20).log
+        func onDisk() throws -> RegionBitmap { try WriteIntentLog.examine(path: bitmapPath).bitmap }
         // Bits of written regions are held 10 s: a stalled machine between the write and the read of
         // the file below cannot clear them early.
         let mirror = MirrorExport(source: source, regionSize: 1 << 20, pool: BufferPool(), logger: Logger(label: "mirror"), intentLog: log,
@@ -183,7 +183,7 @@ func randomBytes(_ count: Int) throws -> Data {
         #expect(await mirror.waitUntilSettled().state == .inSync)
         let loop = rig.group.next()
         try await mirror.flush(on: loop).get()
-        #expect(try WriteIntentLog.open(path: bitmapPath, expecting: identity).1.dirtyCount == 0)
+        #expect(try onDisk().dirtyCount == 0)
 
         // Writes into regions 3 and 10 (partial, so they stay "clean" once done on both legs).
         for offset in [(3 << 20) + 4096, (10 << 20) + 512] {
@@ -191,7 +191,7 @@ func randomBytes(_ count: Int) throws -> Data {
             data.writeBytes([UInt8](repeating: 0x77, count: 4096))
             try await mirror.write(offset: UInt64(offset), data: data, fua: false, on: loop).get()
         }
-        let afterCrash = try WriteIntentLog.open(path: bitmapPath, expecting: identity).1
+        let afterCrash = try onDisk()
         #expect(afterCrash.dirtyCount == 2)
         #expect(afterCrash.isDirty(3) && afterCrash.isDirty(10))
 
@@ -201,13 +201,14 @@ func randomBytes(_ count: Int) throws -> Data {
         #expect(resumed.status.regionsDirty == 2)
 
         try await mirror.flush(on: loop).get()
-        let cleared = try await waitUntilAsync(timeout: 60) { try WriteIntentLog.open(path: bitmapPath, expecting: identity).1.dirtyCount == 0 }
+        let cleared = try await waitUntilAsync(timeout: 60) { try onDisk().dirtyCount == 0 }
         #expect(cleared, "the bits of regions written once were never cleared on disk")
         try await mirror.close()
     }
 }
 
-/// Check and repair (md's `check` / `repair`): exact mismatch counts in 512-byte sectors.
+/// Check and repair (md's `check` / `repair`): exact mismatch counts in 512-byte sectors; a check
+/// that finds differences leaves the mirror out of sync until they are copied again (invariant 8).
 @Suite struct MirrorCheckTests {
     @Test func checkCountsExactlyTheCorruptedSectorsAndRepairFixesThem() async throws {
         let rig = try MirrorExportTests.Rig()
@@ -224,14 +225,25 @@ func randomBytes(_ count: Int) throws -> Data {
         try corrupt(rig.targetPath, offset: (1 << 20) + 512, count: 3 * 512)
         try corrupt(rig.targetPath, offset: (5 << 20) - 4096, count: 8192)
         try corrupt(rig.targetPath, offset: UInt64(MirrorExportTests.size) - 4096, count: 4096, onlyLastByte: true)
+        let copiedBefore = mirror.status.bytesCopied
         let found = try await mirror.check(repair: false)
         #expect(found.mismatchedSectors == 3 + 16 + 1)
         #expect(found.regionsChecked == found.regionsTotal && found.interrupted == nil)
         #expect(found.mismatches.contains(CheckReport.Mismatch(offset: (1 << 20) + 512, length: 1536)))
         #expect(mirror.status.lastCheck == found)
+        // The mismatching regions (1, 4, 5 and the last) are dirty: not in sync until copied again.
+        #expect(found.regionsMarkedDirty == 4)
+        let settled = await mirror.waitUntilSettled()
+        #expect(settled.state == .inSync && settled.bytesCopied - copiedBefore == 4 << 20, "\(settled)")
+        #expect(try await mirror.check(repair: false).mismatchedSectors == 0)
 
+        // Repair rewrites the mismatches itself: the mirror stays in sync.
+        try corrupt(rig.targetPath, offset: (1 << 20) + 512, count: 3 * 512)
+        try corrupt(rig.targetPath, offset: (5 << 20) - 4096, count: 8192)
+        try corrupt(rig.targetPath, offset: UInt64(MirrorExportTests.size) - 4096, count: 4096, onlyLastByte: true)
         let repaired = try await mirror.check(repair: true)
-        #expect(repaired.mismatchedSectors == 20 && repaired.repairedSectors == 20)
+        #expect(repaired.mismatchedSectors == 20 && repaired.repairedSectors == 20 && repaired.regionsMarkedDirty == 0)
+        #expect(mirror.status.state == .inSync)
         #expect(try await mirror.check(repair: false).mismatchedSectors == 0)
         try await mirror.close()
         let source = try Data(contentsOf: URL(fileURLWithPath: rig.sourcePath))
