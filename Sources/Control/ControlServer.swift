@@ -25,7 +25,8 @@ public final class ControlServer: Sendable {
         public var unreadAnswerBytes = 256 << 10
         /// How long a client may stay past `unreadAnswerBytes` before it is disconnected.
         public var stalledClientTimeout = TimeAmount.seconds(10)
-        /// How long `shutdown` waits for a client to read its last answers before closing it.
+        /// How long `shutdown` waits for the requests running to end, then for a client to read its
+        /// last answers, before closing it.
         public var shutdownDrainTimeout = TimeAmount.seconds(5)
         public init() {}
     }
@@ -48,7 +49,8 @@ public final class ControlServer: Sendable {
         var connections: [ObjectIdentifier: Connection] = [:]
         /// Requests started whose answer has not been written yet.
         var pending = 0
-        var waiters: [CheckedContinuation<Void, Never>] = []
+        /// `shutdown`, waiting for `pending` to reach 0.
+        var idleWaiter: CheckedContinuation<Void, Never>?
     }
     private let state = Mutex(State())
 
@@ -98,9 +100,10 @@ public final class ControlServer: Sendable {
         }
     }
 
-    /// Stops accepting connections and starting requests, waits until every request started has
-    /// been answered, gives each client up to `shutdownDrainTimeout` to read its answers (none to
-    /// one already past `unreadAnswerBytes`), closes the connections and removes the socket.
+    /// Stops accepting connections and starting requests, waits (up to `shutdownDrainTimeout`)
+    /// until every request started has been answered, gives each client up to
+    /// `shutdownDrainTimeout` to read its answers (none to one already past `unreadAnswerBytes`),
+    /// closes the connections and removes the socket.
     public func shutdown() async {
         let listener = state.withLock { state in
             state.accepting = false
@@ -112,10 +115,21 @@ public final class ControlServer: Sendable {
         await withCheckedContinuation { continuation in
             let idle = state.withLock { state in
                 if state.pending == 0 { return true }
-                state.waiters.append(continuation)
+                state.idleWaiter = continuation
                 return false
             }
-            if idle { continuation.resume() }
+            if idle { return continuation.resume() }
+            // The export is closed by now, so requests end soon; one wedged (in a system call, say)
+            // must not keep the daemon alive.
+            group.next().scheduleTask(in: limits.shutdownDrainTimeout) { [self] in
+                let (waiter, running) = state.withLock { state in
+                    defer { state.idleWaiter = nil }
+                    return (state.idleWaiter, state.pending)
+                }
+                guard let waiter else { return }
+                logger.warning("\(running) control request(s) still running at shutdown: not waiting for them")
+                waiter.resume()
+            }
         }
         let connections = state.withLock { Array($0.connections.values) }
         await withTaskGroup(of: Void.self) { group in
@@ -152,14 +166,14 @@ public final class ControlServer: Sendable {
 
     /// The answer of a begun request was written (`write`) on `channel`, or the client is gone.
     fileprivate func finish(_ write: EventLoopFuture<Void>?, on channel: any Channel) {
-        let waiters: [CheckedContinuation<Void, Never>] = state.withLock { state in
+        let waiter: CheckedContinuation<Void, Never>? = state.withLock { state in
             if let write { state.connections[ObjectIdentifier(channel)]?.lastWrite = write }
             state.pending -= 1
-            guard state.pending == 0 else { return [] }
-            defer { state.waiters = [] }
-            return state.waiters
+            guard state.pending == 0 else { return nil }
+            defer { state.idleWaiter = nil }
+            return state.idleWaiter
         }
-        for waiter in waiters { waiter.resume() }
+        waiter?.resume()
     }
 
     /// The answer to one line, encoded.

@@ -22,11 +22,11 @@ import Glibc
         let server: ControlServer
 
         init(limits: ControlServer.Limits = ControlServer.Limits(),
-             answer: @escaping @Sendable (ControlRequest) -> ControlResponse = { ControlResponse(ok: true, name: "m0", message: $0.target) }) throws {
+             answer: @escaping ControlServer.Handler = { ControlResponse(ok: true, name: "m0", message: $0.target) }) throws {
             directory = "/var/tmp/bm-ctl-\(UUID().uuidString.prefix(8))"
             mkdir(directory, 0o700)
             path = directory + "/m0.ctl"
-            server = ControlServer(path: path, name: "m0", group: group, logger: Logger(label: "test"), limits: limits) { answer($0) }
+            server = ControlServer(path: path, name: "m0", group: group, logger: Logger(label: "test"), limits: limits, handler: answer)
         }
 
         func connect() throws -> BlockIO.FileDescriptor { try UnixSocket.connect(to: path).get() }
@@ -130,6 +130,24 @@ import Glibc
         send("{\"verb\":\"status\"}\n", on: other)
         #expect(await eventually { unread(other) > 16 << 10 && !hungUp(other) })
         #expect(await shutdownReturns(rig.server, within: 120))
+    }
+
+    /// A request that never ends (wedged in the handler) does not keep the shutdown waiting.
+    @Test func aWedgedRequestDoesNotHoldShutdown() async throws {
+        let started = Atomic(false)
+        let rig = try Rig { _ in
+            started.store(true, ordering: .sequentiallyConsistent)
+            try? await Task.sleep(for: .seconds(3600))
+            return ControlResponse(ok: true, name: "m0")
+        }
+        defer { rig.tearDown() }
+        try await rig.server.start()
+        let client = try rig.connect()
+        defer { client.close() }
+        send("{\"verb\":\"check\"}\n", on: client)
+        #expect(await eventually { started.load(ordering: .sequentiallyConsistent) })
+        #expect(await shutdownReturns(rig.server, within: 120), "shutdown waited for a request that never ends")
+        #expect(await eventually { hungUp(client) })
     }
 
     @Test func bindFailuresSayWhereAndWhy() async throws {
