@@ -129,7 +129,7 @@ enum ExportDaemon {
         defer { fd.close() }
         let text = Array("\(getpid())\n".utf8)
         if case .failure(let error) = text.withUnsafeBytes({ fd.writeAll($0, at: 0) }) {
-            throw CLIError("cannot write the pid file \(path): \(error)")
+            throw CLIError("cannot write the pid file \(path): \(error.description.lowercased())")
         }
         return path
     }

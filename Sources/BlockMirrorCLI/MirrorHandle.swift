@@ -33,7 +33,11 @@ struct EngineMirror: MirrorHandle {
 
     private func send(_ request: ControlRequest, timeout: Int? = 30) throws -> ControlResponse {
         try RuntimeDirectory.validate(name: name)
-        let response = try ControlClient.send(request, to: name, in: directory, timeout: timeout)
+        return try accepted(ControlClient.send(request, to: name, in: directory, timeout: timeout))
+    }
+
+    /// `response`, unless the daemon refused the request.
+    private func accepted(_ response: ControlResponse) throws -> ControlResponse {
         guard response.ok else { throw CLIError("\(name): \(response.error ?? "request refused")") }
         return response
     }
@@ -73,8 +77,7 @@ struct EngineMirror: MirrorHandle {
             throw CLIError("\(name): the daemon did not finish stopping within \(timeout ?? 0) s; the stop is still queued "
                            + "(see \(directory.logFile(for: name)); kill it with SIGKILL only if it is wedged: the bitmap resumes the copy)")
         }
-        guard response.ok else { throw CLIError("\(name): \(response.error ?? "stop refused")") }
-        return response.message ?? "\(name): stopped"
+        return try accepted(response).message ?? "\(name): stopped"
     }
 }
 
