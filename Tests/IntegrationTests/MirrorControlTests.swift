@@ -136,7 +136,7 @@ import Glibc
         let old = dir.file("old.img"), new = dir.file("new.img"), runDir = dir.file("run")
         try makeRandomFile(old, size: 4 << 20)
         try makeSparseFile(new, size: 4 << 20)
-        defer { if let pid = pid_t(readText(runDir + "/m0.pid").trimmingCharacters(in: .whitespacesAndNewlines)) { kill(pid, SIGKILL) } }
+        defer { killDaemonLeftBehind(in: runDir) }
         for round in 1...15 {
             let build = try MirrorDaemon.cli(["build", "m0", "--source", old, "--target", new, "--bitmap", dir.file("bitmap"), "--daemon",
                                               "--listen", "unix:\(dir.file("nbd.sock"))"], runDir: runDir, in: dir)

@@ -33,11 +33,7 @@ import Glibc
 
         /// Kills a daemon a failed test left behind (its pid file names it).
         func killLeftovers() {
-            for name in ["m0", "m1"] {
-                if let text = try? String(contentsOfFile: runDir + "/\(name).pid", encoding: .utf8), let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
-                    kill(pid, SIGKILL)
-                }
-            }
+            for name in ["m0", "m1"] { killDaemonLeftBehind(in: runDir, name: name) }
         }
     }
 

@@ -45,11 +45,9 @@ import Glibc
 
         var victimText: String { readText(victim) }
 
-        /// SIGKILLs a daemon of nobody's a failed test left running (its pid file names it).
+        /// SIGKILLs a daemon of nobody's a failed test left running.
         func killLeftovers(in runDirs: [String]) {
-            for runDir in runDirs {
-                if let pid = pid_t(readText(runDir + "/m0.pid").trimmingCharacters(in: .whitespacesAndNewlines)) { kill(pid, SIGKILL) }
-            }
+            for runDir in runDirs { killDaemonLeftBehind(in: runDir) }
         }
 
         func remove() { dir.remove() }
@@ -171,7 +169,7 @@ import Glibc
         try makeRandomFile(old, size: 4 << 20)
         try makeDirectory(runDir, mode: 0o700, owner: 0)
         try Data("precious\n".utf8).write(to: URL(fileURLWithPath: victim))
-        defer { if let pid = pid_t(readText(runDir + "/m0.pid").trimmingCharacters(in: .whitespacesAndNewlines)) { kill(pid, SIGKILL) } }
+        defer { killDaemonLeftBehind(in: runDir) }
         let build = [try BlockMirrorBinary.path(), "build", "m0", "--source", old, "--target", "missing", "--run-dir", runDir,
                      "--listen", "unix:\(dir.file("nbd.sock"))"]
 
@@ -217,6 +215,11 @@ import Glibc
         let result = try box.build(["--run-dir", readOnly])
         #expect(result.status == 1 && result.stderr == "blockmirror: error: cannot listen on \(readOnly)/m0.ctl: permission denied\n", "\(result)")
     }
+}
+
+/// SIGKILLs the daemon of mirror `name` that a failed test left running in `runDir` (its pid file names it).
+func killDaemonLeftBehind(in runDir: String, name: String = "m0") {
+    if let pid = pid_t(readText(runDir + "/\(name).pid").trimmingCharacters(in: .whitespacesAndNewlines)) { kill(pid, SIGKILL) }
 }
 
 /// Creates `path` with exactly `mode` (not masked) owned by `owner` (and the same gid).
