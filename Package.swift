@@ -97,7 +97,12 @@ let package = Package(
             resources: [.copy("Fixtures")]),
         .testTarget(
             name: "ControlTests",
-            dependencies: ["Control", "Mirror"]),
+            dependencies: [
+                "Control", "Mirror", "BlockIO",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .testTarget(
             name: "NBDTests",
             dependencies: [

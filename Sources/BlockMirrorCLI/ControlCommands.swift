@@ -151,7 +151,7 @@ struct ListCommand: ParsableCommand {
 
     func run() throws {
         var entries: [Entry] = []
-        for mirror in runtime.allMirrors() {
+        for mirror in try attempt({ try runtime.allMirrors() }) {
             do {
                 let (status, daemon) = try mirror.status()
                 entries.append(Entry(name: mirror.name, backend: mirror.backend.rawValue, state: status.state, source: status.source,

@@ -1,3 +1,4 @@
+import BlockIO
 import Control
 import Foundation
 #if canImport(Glibc)
@@ -5,10 +6,10 @@ import Glibc
 #endif
 
 /// `--daemon`: the command runs again as a detached child (new session, stdin from /dev/null,
-/// stderr to `RUNDIR/NAME.log`), whose stdout is a pipe to this parent. The child prints its NBD
-/// URIs, then a readiness line, then closes stdout (`Daemonizer.detachStandardOutput`); the
-/// parent relays the URIs and exits 0 — or, without the readiness line (the child exited), waits
-/// for the child and prints its error.
+/// stderr to `RUNDIR/NAME.log`, which this parent opens without following a symbolic link), whose
+/// stdout is a pipe to this parent. The child prints its NBD URIs, then a readiness line, then
+/// closes stdout (`Daemonizer.detachStandardOutput`); the parent relays the URIs and exits 0 — or,
+/// without the readiness line (the child exited), waits for the child and prints its error.
 /// A re-executed child rather than fork(): a Swift process has threads by then.
 enum Daemonizer {
     /// Set in the child's environment.
@@ -26,10 +27,12 @@ enum Daemonizer {
     /// Starts the detached child with the same arguments minus `--daemon`, waits until it is
     /// serving (or has failed), and returns what the parent prints.
     static func detach(name: String, directory: RuntimeDirectory) throws -> [String] {
-        try directory.create()
-        let logPath = directory.path + "/\(name).log"
+        try directory.prepare()
+        let logPath = directory.logFile(for: name)
+        let log = try PrivateFile.open(logPath, role: "log file", flags: O_RDWR | O_APPEND, mode: 0o600)
+        defer { log.close() }
         // Only what this child appends to the log is its story (earlier runs wrote above it).
-        let logStart = ((try? FileManager.default.attributesOfItem(atPath: logPath))?[.size] as? NSNumber)?.intValue ?? 0
+        let logStart = (try? log.status().get()).map { Int($0.st_size) } ?? 0
         var pipeEnds: [Int32] = [0, 0]
         guard pipe(&pipeEnds) == 0 else { throw CLIError("cannot create a pipe: \(String(cString: strerror(errno)))") }
         let (readEnd, writeEnd) = (pipeEnds[0], pipeEnds[1])
@@ -40,7 +43,7 @@ enum Daemonizer {
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_adddup2(&actions, writeEnd, 1)
-        posix_spawn_file_actions_addopen(&actions, 2, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+        posix_spawn_file_actions_adddup2(&actions, log.rawValue, 2)
         posix_spawn_file_actions_addclose(&actions, readEnd)
         posix_spawn_file_actions_addclose(&actions, writeEnd)
         var attributes = posix_spawnattr_t()
@@ -79,14 +82,22 @@ enum Daemonizer {
             // No readiness line: the child ended before serving. Reap it and show its error.
             var status: Int32 = 0
             while waitpid(child, &status, 0) < 0 && errno == EINTR {}
-            let whole = FileManager.default.contents(atPath: logPath) ?? Data()
-            let log = String(decoding: whole.dropFirst(min(logStart, whole.count)), as: UTF8.self)
-            let error = log.split(separator: "\n").last { $0.hasPrefix("blockmirror: error: ") }
+            let error = Self.story(of: log, from: logStart).split(separator: "\n").last { $0.hasPrefix("blockmirror: error: ") }
             throw CLIError(error.map { String($0.dropFirst("blockmirror: error: ".count)) }
                            ?? "the daemon \(status & 0x7f == 0 ? "exited with status \((status >> 8) & 0xff)" : "was killed by signal \(status & 0x7f)") before serving (log: \(logPath))")
         }
         lines.removeLast()
         return lines + ["\(name): daemon started (pid \(child), log \(logPath))"]
+    }
+
+    /// What `log` holds from byte `offset` on (read through the descriptor: the path may have been replaced since).
+    private static func story(of log: FileDescriptor, from offset: Int) -> String {
+        var text = Data()
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while case .success(let count) = chunk.withUnsafeMutableBytes({ log.read(into: $0, at: UInt64(offset + text.count)) }), count > 0 {
+            text.append(contentsOf: chunk[0..<count])
+        }
+        return String(decoding: text, as: UTF8.self)
     }
 
     /// In the detached child, once serving: stdout goes to /dev/null, which ends the parent's wait.

@@ -59,7 +59,7 @@ enum ExportDaemon {
         var pidFile: String?
         defer { if let pidFile { unlink(pidFile) } }
         do {
-            try control?.directory.create()
+            try control?.directory.prepare()
             try await aio.bind(to: group)
             export = try open(aio)
         } catch {
@@ -79,9 +79,7 @@ enum ExportDaemon {
                 }
                 try await socket.start()
                 controlServer = socket
-                pidFile = control.directory.path + "/\(name).pid"
-                _ = FileManager.default.createFile(atPath: pidFile!, contents: Data("\(getpid())\n".utf8),
-                                               attributes: [.posixPermissions: 0o644])
+                pidFile = try writePidFile(control.directory.pidFile(for: name))
             }
             for address in addresses {
                 let bound = try await server.listen(on: address)
@@ -123,5 +121,16 @@ enum ExportDaemon {
         if let failure { throw exitWithError(failure) }
         if let text { print(text) }
         logger.info("stopped")
+    }
+
+    /// Writes this process's pid to `path` (0644, never through a symbolic link) and returns the path.
+    private static func writePidFile(_ path: String) throws -> String {
+        let fd = try PrivateFile.open(path, role: "pid file", flags: O_WRONLY | O_TRUNC, mode: 0o644)
+        defer { fd.close() }
+        let text = Array("\(getpid())\n".utf8)
+        if case .failure(let error) = text.withUnsafeBytes({ fd.writeAll($0, at: 0) }) {
+            throw CLIError("cannot write the pid file \(path): \(error.description.lowercased())")
+        }
+        return path
     }
 }

@@ -33,7 +33,11 @@ struct EngineMirror: MirrorHandle {
 
     private func send(_ request: ControlRequest, timeout: Int? = 30) throws -> ControlResponse {
         try RuntimeDirectory.validate(name: name)
-        let response = try ControlClient.send(request, to: name, in: directory, timeout: timeout)
+        return try accepted(ControlClient.send(request, to: name, in: directory, timeout: timeout))
+    }
+
+    /// `response`, unless the daemon refused the request.
+    private func accepted(_ response: ControlResponse) throws -> ControlResponse {
         guard response.ok else { throw CLIError("\(name): \(response.error ?? "request refused")") }
         return response
     }
@@ -64,12 +68,16 @@ struct EngineMirror: MirrorHandle {
     }
 
     func stop(timeout: Int?) throws -> String {
+        try RuntimeDirectory.validate(name: name)
+        let response: ControlResponse
         do {
-            return try send(ControlRequest(verb: .stop), timeout: timeout).message ?? "\(name): stopped"
-        } catch let error as ControlError where error.timedOut {
+            response = try ControlClient.stop(name, in: directory, timeout: timeout)
+        } catch {
+            guard error.timedOut else { throw error }
             throw CLIError("\(name): the daemon did not finish stopping within \(timeout ?? 0) s; the stop is still queued "
-                           + "(see \(directory.path)/\(name).log; kill it with SIGKILL only if it is wedged: the bitmap resumes the copy)")
+                           + "(see \(directory.logFile(for: name)); kill it with SIGKILL only if it is wedged: the bitmap resumes the copy)")
         }
+        return try accepted(response).message ?? "\(name): stopped"
     }
 }
 
@@ -123,10 +131,11 @@ extension RuntimeOptions {
     }
 
     /// Every mirror: the engine daemons of the runtime directory, then the kernel's RAID1 arrays.
-    func allMirrors() -> [any MirrorHandle] {
+    /// A runtime directory that is unsafe or cannot be read is an error, not an empty list.
+    func allMirrors() throws -> [any MirrorHandle] {
         var handles: [any MirrorHandle] = []
         if backend != .md {
-            handles += directory.mirrorNames().map { EngineMirror(name: $0, directory: directory) }
+            handles += try directory.mirrorNames().map { EngineMirror(name: $0, directory: directory) }
         }
         if backend != .engine, let text = try? String(contentsOfFile: "/proc/mdstat", encoding: .utf8),
            let stat = try? MDStat(parsing: text) {

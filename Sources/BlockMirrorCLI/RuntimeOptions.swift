@@ -6,7 +6,7 @@ import Foundation
 /// mirror a name refers to.
 struct RuntimeOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp(
-        "Directory of the daemons' control sockets (default: $BLOCKMIRROR_RUN_DIR, /run/blockmirror as root, else $XDG_RUNTIME_DIR/blockmirror).",
+        "Directory of the daemons' control sockets, logs and pid files: yours, not writable by group or others (default: $BLOCKMIRROR_RUN_DIR, /run/blockmirror as root, else $XDG_RUNTIME_DIR/blockmirror, else ${TMPDIR:-/tmp}/blockmirror-UID).",
         valueName: "DIR"))
     var runDir: String?
 

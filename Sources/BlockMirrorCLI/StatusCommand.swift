@@ -52,7 +52,7 @@ struct StatusCommand: ParsableCommand {
             return json ? NamedStatus(name: name, status: status).json : StatusText.render(name: name, status)
         }
         var statuses: [NamedStatus] = []
-        for mirror in runtime.allMirrors() {
+        for mirror in try runtime.allMirrors() {
             do {
                 statuses.append(NamedStatus(name: mirror.name, status: try mirror.status().0))
             } catch {

@@ -5,13 +5,40 @@ import Glibc
 #endif
 
 /// Talks to a mirror daemon over its control socket: one request, one response, blocking.
+///
+/// It trusts an answer only from a daemon of its own user: the runtime directory is checked
+/// first (`RuntimeDirectory.verifyIfPresent`), then the process at the other end of the socket
+/// (`SO_PEERCRED`).
 public enum ControlClient {
     /// Sends `request` to mirror `name` in `directory` and waits for the answer (at most
-    /// `timeout` seconds; nil waits as long as the verb takes, as `check` and `stop` may).
+    /// `timeout` seconds; nil waits as long as the verb takes, as `check` may).
     /// A control socket left by a dead daemon is removed, and the error says so.
     public static func send(_ request: ControlRequest, to name: String, in directory: RuntimeDirectory,
                             timeout: Int? = 30) throws(ControlError) -> ControlResponse {
+        try exchange(request, with: name, in: directory, timeout: timeout).response
+    }
+
+    /// Stops mirror `name` and returns the daemon's final report once its process has exited, so
+    /// its devices, bitmap and sockets are free (a `build` of the same devices right after
+    /// succeeds). `timeout` (seconds, nil: no limit) bounds the answer and then the exit.
+    public static func stop(_ name: String, in directory: RuntimeDirectory, timeout: Int?) throws(ControlError) -> ControlResponse {
+        let (response, daemon) = try exchange(ControlRequest(verb: .stop), with: name, in: directory, timeout: timeout)
+        let deadline = timeout.map { Date().addingTimeInterval(TimeInterval($0)) }
+        if let daemon, !daemon.waitForExit(until: deadline) {
+            throw ControlError("mirror \(name) answered the stop, but its daemon (pid \(daemon.pid)) had not exited \(timeout ?? 0) s later "
+                               + "(see \(directory.logFile(for: name)) if it runs with --daemon)")
+        }
+        return response
+    }
+
+    /// One request and its answer, and the daemon process that answered (nil if it is not visible
+    /// from here, in another pid namespace say).
+    private static func exchange(_ request: ControlRequest, with name: String, in directory: RuntimeDirectory,
+                                 timeout: Int?) throws(ControlError) -> (response: ControlResponse, daemon: DaemonProcess?) {
         let path = directory.controlSocket(for: name)
+        guard try directory.verifyIfPresent() else {
+            throw ControlError("no mirror named \(name) (no control socket \(path))", notRunning: true)
+        }
         let fd: FileDescriptor
         switch UnixSocket.connect(to: path) {
         case .success(let connected): fd = connected
@@ -21,15 +48,16 @@ public enum ControlClient {
             // Refused twice, 100 ms apart: not a daemon caught between bind() and listen().
             usleep(100_000)
             if UnixSocket.state(of: path) == .stale { unlink(path) } else {
-                return try send(request, to: name, in: directory, timeout: timeout)
+                return try exchange(request, with: name, in: directory, timeout: timeout)
             }
             throw ControlError("mirror \(name) is not running: removed the stale control socket \(path) of a dead daemon", notRunning: true)
         case .failure(let errno) where errno.rawValue == EACCES || errno.rawValue == EPERM:
             throw ControlError("permission denied on the control socket \(path) (run as the daemon's user)")
         case .failure(let errno):
-            throw ControlError("cannot reach mirror \(name) at \(path): \(errno)")
+            throw ControlError("cannot reach mirror \(name) at \(path): \(errno.phrase)")
         }
         defer { fd.close() }
+        let daemon = try trustedDaemon(on: fd, at: path)
         if let timeout {
             var limit = timeval(tv_sec: timeout, tv_usec: 0)
             setsockopt(fd.rawValue, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
@@ -39,7 +67,7 @@ public enum ControlClient {
         while sent < data.count {
             let count = data.withUnsafeBytes { Glibc.send(fd.rawValue, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
             if count < 0 && errno == EINTR { continue }
-            guard count > 0 else { throw ControlError("cannot send to mirror \(name) at \(path): \(Errno.current)") }
+            guard count > 0 else { throw ControlError("cannot send to mirror \(name) at \(path): \(Errno.current.phrase)") }
             sent += count
         }
         var line = Data()
@@ -57,9 +85,22 @@ public enum ControlClient {
         }
         let end = line.firstIndex(of: UInt8(ascii: "\n"))!
         do {
-            return try ControlCodec.decode(ControlResponse.self, from: line[line.startIndex..<end])
+            return (try ControlCodec.decode(ControlResponse.self, from: line[line.startIndex..<end]), daemon)
         } catch {
             throw ControlError("mirror \(name) answered something unreadable: \(error)")
+        }
+    }
+
+    /// The daemon listening at the other end of `fd`, refused unless it runs as this user.
+    private static func trustedDaemon(on fd: FileDescriptor, at path: String) throws(ControlError) -> DaemonProcess? {
+        switch PeerCredentials.of(fd) {
+        case .failure(let error):
+            throw ControlError("cannot tell who serves the control socket \(path): \(error.phrase)")
+        case .success(let peer) where peer.uid != geteuid():
+            throw ControlError("refusing the control socket \(path): it is served by \(UserNames.describe(peer.uid)), "
+                               + "not by you (uid \(geteuid())); another user may have put it there")
+        case .success(let peer):
+            return DaemonProcess(pid: peer.pid)
         }
     }
 }

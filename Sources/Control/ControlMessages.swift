@@ -1,9 +1,10 @@
+import BlockIO
 import Foundation
 import Mirror
 
 /// A request on a mirror daemon's control socket: one JSON object on one line (docs/CONTROL.md).
 public struct ControlRequest: Codable, Sendable, Equatable {
-    public enum Verb: String, Codable, Sendable {
+    public enum Verb: String, Codable, Sendable, CaseIterable {
         /// The mirror's status (`MirrorStatus`).
         case status
         /// Attach `target` and start the recovery (`mdadm --add`).
@@ -32,6 +33,10 @@ public struct ControlRequest: Codable, Sendable, Equatable {
 
     public init(verb: Verb, target: String? = nil, speedMin: UInt64? = nil, speedMax: UInt64? = nil, repair: Bool? = nil) {
         self.verb = verb; self.target = target; self.speedMin = speedMin; self.speedMax = speedMax; self.repair = repair
+    }
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case verb, target, speedMin, speedMax, repair
     }
 }
 
@@ -79,8 +84,11 @@ public struct DaemonInfo: Codable, Sendable, Equatable {
 
 /// JSON lines: one object per line, keys sorted so outputs are stable.
 public enum ControlCodec {
+    /// Why a line is not a valid message, for people; whatever it quotes of the line is escaped
+    /// (`UntrustedText`).
     public struct DecodingFailure: Error, CustomStringConvertible, Sendable {
         public let description: String
+        public init(_ description: String) { self.description = description }
     }
 
     public static func encode<T: Encodable>(_ value: T) -> Data {
@@ -94,20 +102,26 @@ public enum ControlCodec {
     public static func decode<T: Decodable>(_ type: T.Type, from line: Data) throws(DecodingFailure) -> T {
         do {
             return try JSONDecoder().decode(type, from: line)
+        } catch let failure as DecodingFailure {
+            throw failure
         } catch let error as DecodingError {
-            throw DecodingFailure(description: describe(error))
+            throw DecodingFailure(describe(error))
         } catch {
-            throw DecodingFailure(description: "\(error)")
+            throw DecodingFailure(UntrustedText.escape("\(error)"))
         }
     }
 
     private static func describe(_ error: DecodingError) -> String {
         switch error {
-        case .dataCorrupted(let context): return "not JSON: \(context.underlyingError.map { "\($0)" } ?? context.debugDescription)"
-        case .keyNotFound(let key, _): return "missing key \"\(key.stringValue)\""
-        case .typeMismatch(_, let context), .valueNotFound(_, let context):
-            return "bad value at \"\(context.codingPath.map(\.stringValue).joined(separator: "."))\": \(context.debugDescription)"
-        @unknown default: return "\(error)"
+        case .dataCorrupted(let context) where context.codingPath.isEmpty:
+            return "not JSON (a message is one JSON object on one line, such as {\"verb\":\"status\"})"
+        case .typeMismatch(_, let context) where context.codingPath.isEmpty:
+            return "not a JSON object (a message is one JSON object on one line, such as {\"verb\":\"status\"})"
+        case .keyNotFound(let key, _): return "missing key \"\(UntrustedText.escape(key.stringValue))\""
+        case .dataCorrupted(let context), .typeMismatch(_, let context), .valueNotFound(_, let context):
+            return "bad value at \"\(UntrustedText.escape(context.codingPath.map(\.stringValue).joined(separator: ".")))\": "
+                + UntrustedText.escape(context.debugDescription)
+        @unknown default: return UntrustedText.escape("\(error)")
         }
     }
 }

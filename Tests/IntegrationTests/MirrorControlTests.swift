@@ -104,6 +104,88 @@ import Glibc
         let stop = try again.stop()
         #expect(stop.stdout.contains("degraded: no target attached"), "\(stop)")
     }
+
+    /// A control client that queues hundreds of requests and never reads the answers cannot keep
+    /// the daemon alive: `stop`, and separately SIGTERM, end it, and the devices are free at once.
+    @Test func aClientThatNeverReadsCannotHoldTheDaemon() throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let old = dir.file("old.img"), new = dir.file("new.img")
+        try makeRandomFile(old, size: 4 << 20)
+        try makeSparseFile(new, size: 4 << 20)
+        for ending in ["stop", "SIGTERM"] {
+            let mirror = try MirrorDaemon(source: old, target: new, in: dir)
+            let hog = try RawNBDClient(socketPath: mirror.runDir + "/m0.ctl")
+            defer { hog.close() }
+            try hog.send(Array(String(repeating: "{\"verb\":\"status\"}\n", count: 500).utf8))
+            // The daemon answers others meanwhile.
+            #expect(try mirror.cli("status", "m0").succeeded)
+            if ending == "stop" {
+                let stop = try mirror.cli("stop", "m0")
+                #expect(stop.succeeded && stop.stdout.contains("m0: "), "\(stop)\n\(mirror.log)")
+                mirror.server.waitForCleanExit()
+            } else {
+                mirror.server.stop()
+            }
+            let again = try MirrorDaemon(source: old, target: new, in: dir)
+            #expect(try again.status().source == old)
+            _ = try again.stop()
+        }
+    }
+
+    /// `stop` returns once the daemon has released its devices: a `build` of the same devices right
+    /// after it succeeds, every time.
+    @Test func stopReturnsOnceTheDevicesAreFree() throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let old = dir.file("old.img"), new = dir.file("new.img"), runDir = dir.file("run")
+        try makeRandomFile(old, size: 4 << 20)
+        try makeSparseFile(new, size: 4 << 20)
+        defer { killDaemonLeftBehind(in: runDir) }
+        for round in 1...15 {
+            let build = try MirrorDaemon.cli(["build", "m0", "--source", old, "--target", new, "--bitmap", dir.file("bitmap"), "--daemon",
+                                              "--listen", "unix:\(dir.file("nbd.sock"))"], runDir: runDir, in: dir)
+            try #require(build.succeeded, "round \(round): \(build)\n\(readText(runDir + "/m0.log").suffix(4000))")
+            let pid = try #require(pid_t(readText(runDir + "/m0.pid").trimmingCharacters(in: .whitespacesAndNewlines)))
+            let stop = try MirrorDaemon.cli(["stop", "m0"], runDir: runDir, in: dir)
+            try #require(stop.succeeded, "round \(round): \(stop)")
+            // Exited at once (a zombie until its new parent reaps it: the --daemon child was reparented).
+            #expect(kill(pid, 0) != 0 || readText("/proc/\(pid)/stat").split(separator: ")").last?.split(separator: " ").first == "Z",
+                    "round \(round): stop returned while the daemon (pid \(pid)) still ran")
+        }
+    }
+
+    /// Requests with numbers out of range or of the wrong kind, and unknown verbs, are answered
+    /// with what is wrong in which field; the connection stays usable.
+    @Test func malformedRequestsAreAnsweredWithTheFieldAndWhatItExpects() throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let old = dir.file("old.img")
+        try makeRandomFile(old, size: 4 << 20)
+        let mirror = try MirrorDaemon(source: old, target: "missing", in: dir)
+        let client = try RawNBDClient(socketPath: mirror.runDir + "/m0.ctl")
+        defer { client.close() }
+        /// The answer's `error` (nil if it has none), and whether it says `ok`.
+        func answer(_ line: String) throws -> (ok: Bool, error: String?) {
+            try client.send(Array((line + "\n").utf8))
+            var bytes: [UInt8] = []
+            while bytes.last != UInt8(ascii: "\n") { bytes += try client.receive(1) }
+            let object = try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any]
+            return (object?["ok"] as? Bool == true, object?["error"] as? String)
+        }
+        let range = "must be a whole number of KiB/s from 0 to 18446744073709551615"
+        for (value, got) in [("1e999", "a number out of any range"), ("-1", "-1"), ("1.5", "1.5"), ("18446744073709551616", "1.8446744073709552e+19"),
+                             ("\"fast\"", "a string")] {
+            let reply = try answer("{\"verb\":\"speed\",\"speedMin\":\(value)}")
+            #expect(!reply.ok && reply.error == "malformed request: \"speedMin\" \(range) (got \(got))", "\(value): \(reply)")
+        }
+        let unknown = try answer("{\"verb\":\"format\\u001b[2J\"}")
+        #expect(unknown.error == "malformed request: unknown verb \"format\\x1b[2J\"; expected one of status, add, speed, check, fail, remove, stop",
+                "\(unknown)")
+        #expect(!mirror.log.contains("\u{1B}[2J"), "an escape sequence from a request reached the log")
+        #expect(try answer("{\"verb\":\"status\"}").ok)
+        _ = try mirror.stop()
+    }
 }
 
 /// Flips `count` bytes of a file in place, durably (a corruption of one leg behind the mirror).
