@@ -77,19 +77,19 @@ for target in "${targets[@]}"; do
     [[ -f $root/Fuzz/Dictionaries/$target.dict ]] && options+=(-dict="$root/Fuzz/Dictionaries/$target.dict")
     [[ -n $runs ]] && options+=(-runs="$runs")
     [[ -n $time ]] && options+=(-max_total_time="$time")
-    before=$(ls "$crashes" | wc -l)
+    touch "$tmp/$target.start"
     echo "fuzz: $target (log: ${log#"$root"/})"
     status=0
     TMPDIR=$tmp/$target nice -n 10 "$binary" "${options[@]}" "${extra[@]}" "$corpus" "$seeds" > "$log" 2>&1 || status=$?
     grep -v "Cannot export local symbol" "$log" | grep -E "^(INFO: seed corpus|#[0-9]+[[:space:]]+(INITED|DONE))" | tail -2 | sed 's/^/  /'
     executions=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     speed=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
-    last=$(grep -E "^#[0-9]+" "$log" | tail -1)
+    last=$(grep -E "^#[0-9]+" "$log" | tail -1 || true)
     cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
     ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
     size=$(ls "$corpus" "$seeds" | grep -cv -e '^$' -e ':$' || true)
     result=ok
-    new=$(ls -t "$crashes" | head -n $(($(ls "$crashes" | wc -l) - before)))
+    new=$(find "$crashes" -type f -newer "$tmp/$target.start" -printf '%f\n')
     if ((status != 0)) || [[ -n $new ]]; then
         result="FAILED (exit $status)"
         failed+=("$target")
