@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test: installs what is missing (tools/setup.sh), builds, then `swift test`.
+# Runs every test: installs what is missing (tools/setup.sh), builds, then `swift test`, then each
+# fuzz target for a short, fixed number of executions (tools/fuzz.sh).
 # Usage: tools/test.sh [extra swift test arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -105,13 +105,13 @@ private func patch(_ image: [UInt8], off: Patches) -> [UInt8] {
     return file
 }
 
-/// Brings the region size to a power of two from 512 B to 4 GiB (unless `keepRegionSize`) and the
-/// device size to at most `maximumRegions` regions, unless it is within 2^20 regions already (so
-/// that sizes near 2^64 are still tried, with large regions).
+/// Brings the region size to a power of two from 512 B to 2^63 B, what the reader accepts (unless
+/// `keepRegionSize`), and the device size to at most `maximumRegions` regions, unless it is within
+/// 2^20 regions already (so that sizes near 2^64 are tried, with large regions).
 private func patchGeometry(_ file: inout [UInt8], base: Int, keepRegionSize: Bool) {
     var regionSize: UInt64 = get(file, base + 48)
     if !keepRegionSize {
-        regionSize = 512 << (regionSize % 24)
+        regionSize = 512 << (regionSize % 55)
         put(regionSize, into: &file, at: base + 48)
     }
     guard regionSize >= 512, regionSize.nonzeroBitCount == 1 else { return }
