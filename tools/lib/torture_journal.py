@@ -17,7 +17,7 @@ from array import array
 
 from torture_blocks import SECTOR, ZERO, GARBAGE, describe, version_name, version_of
 
-MAX_REPORTED = 20   # mismatching sectors described per check
+MAX_REPORTED = 20   # runs of bad sectors described per check
 
 
 class Journal:
@@ -66,6 +66,7 @@ class SectorModel:
         self.acked_changes = 0
         self.acked_bytes = 0
         self.unknown_changes = 0
+        self.diverged = 0                       # sectors a kill left different on the legs (in flight, one leg)
 
     def apply(self, journal, attached_since):
         """Applies one writer run. `attached_since`: monotonic time from which the target was
@@ -97,44 +98,55 @@ class SectorModel:
 
     def check(self, old, new, when, collapse=True):
         """Checks the bytes of OLD (every sector) and NEW (tracked sectors) against the model.
-        Returns a list of failure lines; then collapses the model to OLD's content."""
-        failures = []
+        Returns failure lines (runs of consecutive bad sectors, one line each); then, unless
+        `collapse` is false, collapses the model to OLD's content."""
         tag = self.tag
+        bad = {"OLD": [], "NEW": []}     # sectors that hold no acceptable version, per leg
         old_versions = array("q", bytes(8 * self.sectors))
         for s in range(self.sectors):
-            data = old[s * SECTOR:(s + 1) * SECTOR]
-            got = version_of(tag, s, data)
+            got = version_of(tag, s, old[s * SECTOR:(s + 1) * SECTOR])
             old_versions[s] = got
             ok = self.acceptable(s)
             if got not in ok:
-                if len(failures) < MAX_REPORTED:
-                    failures.append(f"{when}: OLD sector {s} (byte {s * SECTOR}) holds {describe(tag, s, data)}, "
-                                    f"expected {' or '.join(version_name(v) for v in ok)}")
-                else:
-                    failures.append(None)
+                bad["OLD"].append(s)
             elif len(ok) == 1 and self.owner[s]:
                 self.verified.add(self.owner[s])
         for s in range(self.sectors):
             if not self.tracked[s]:
                 continue
-            data = new[s * SECTOR:(s + 1) * SECTOR]
-            got = version_of(tag, s, data)
+            got = version_of(tag, s, new[s * SECTOR:(s + 1) * SECTOR])
             ok = self.acceptable(s)
             if got not in ok:
-                if len(failures) < MAX_REPORTED:
-                    failures.append(f"{when}: NEW sector {s} (byte {s * SECTOR}) holds {describe(tag, s, data)}, "
-                                    f"expected {' or '.join(version_name(v) for v in ok)} (acknowledged on both legs)")
-                else:
-                    failures.append(None)
-            elif not collapse or got != old_versions[s]:
+                bad["NEW"].append(s)
+            elif got != old_versions[s]:
+                # Legal only for a request in flight at the kill that reached one leg: the resume
+                # must copy the region again (the write-intent bitmap's job, invariant 4).
+                self.diverged += len(ok) > 1
                 self.tracked[s] = 0
-        extra = sum(1 for f in failures if f is None)
-        failures = [f for f in failures if f is not None]
-        if extra:
-            failures.append(f"{when}: ... and {extra} more sectors")
+        failures = []
+        for leg, sectors in bad.items():
+            data = old if leg == "OLD" else new
+            why = "" if leg == "OLD" else " (acknowledged on both legs)"
+            for first, count in runs(sectors):
+                expected = " or ".join(version_name(v) for v in self.acceptable(first))
+                failures.append(f"{when}: {leg} sectors {first}-{first + count - 1} (bytes {first * SECTOR}+{count * SECTOR}): "
+                                f"the first holds {describe(tag, first, data[first * SECTOR:(first + 1) * SECTOR])}, "
+                                f"expected {expected}{why}")
+        if len(failures) > MAX_REPORTED:
+            failures = failures[:MAX_REPORTED] + [f"{when}: ... and {len(failures) - MAX_REPORTED} more runs of bad sectors"]
         if collapse:
             for s in range(self.sectors):
-                got = old_versions[s]
-                if got != GARBAGE:
-                    self.state[s] = got
+                if old_versions[s] != GARBAGE:
+                    self.state[s] = old_versions[s]
         return failures
+
+
+def runs(sectors):
+    """(first, count) of each run of consecutive numbers in the sorted list `sectors`."""
+    result = []
+    for s in sectors:
+        if result and result[-1][0] + result[-1][1] == s:
+            result[-1][1] += 1
+        else:
+            result.append([s, 1])
+    return [tuple(r) for r in result]
