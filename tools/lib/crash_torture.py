@@ -315,15 +315,21 @@ class Round:
         self.seconds = time.monotonic() - started
         return not self.failures
 
-    def incarnation(self, index):
-        """One daemon run that ends with kill -9 at a chosen moment, then the check of both legs."""
-        rng = self.rng
+    def start_run(self, index):
+        """Starts daemon run `index` (same bitmap, the target once it was added) at a new copy
+        speed, and its writer; returns them and since when the target is attached (or None)."""
         self.pick_speed()
         daemon = Daemon(self, index, self.new if self.attach_sent else "missing")
         self.children.append(daemon.process)
         attached_since = daemon.started if self.attach_sent else None
-        writer = WriterRun(self, index, daemon.uri, rng)
+        writer = WriterRun(self, index, daemon.uri, self.rng)
         self.children.append(writer.process)
+        return daemon, writer, attached_since
+
+    def incarnation(self, index):
+        """One daemon run that ends with kill -9 at a chosen moment, then the check of both legs."""
+        rng = self.rng
+        daemon, writer, attached_since = self.start_run(index)
         if not self.attach_sent:
             point = rng.choice(["attach", "after-attach", "degraded", "copy", "save"])
         else:
@@ -445,12 +451,7 @@ class Round:
     def finish(self, index):
         """The last run: resume, writes, in sync, check, stop; then both legs checked and compared."""
         rng = self.rng
-        self.pick_speed()
-        daemon = Daemon(self, index, self.new if self.attach_sent else "missing")
-        self.children.append(daemon.process)
-        attached_since = daemon.started if self.attach_sent else None
-        writer = WriterRun(self, index, daemon.uri, rng)
-        self.children.append(writer.process)
+        daemon, writer, attached_since = self.start_run(index)
         if not self.attach_sent:
             self.add(daemon)
             attached_since = time.monotonic()

@@ -36,7 +36,7 @@ import nbd  # noqa: E402  (Debian's python3-libnbd)
 from torture_blocks import SECTOR, ZERO, describe, payload, sector_bytes  # noqa: E402
 
 
-class Journal:
+class JournalWriter:
     def __init__(self, path):
         self.file = open(path, "w", buffering=1 << 20)
 
@@ -71,7 +71,7 @@ class Writer:
     def __init__(self, args):
         self.args = args
         self.rng = random.Random(args.seed)
-        self.journal = Journal(args.journal)
+        self.journal = JournalWriter(args.journal)
         self.seq = args.seq_base
         self.requests = {}            # seq -> Request in flight
         self.known = {}               # sector -> version this run acknowledged (what a read must see)
