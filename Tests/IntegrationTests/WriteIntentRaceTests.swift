@@ -44,7 +44,7 @@ import Glibc
         time.sleep(3600)
         """
 
-    @Test(.disabled("fails today: a second write into a region moves its data while the region's write intent is still queued"))
+    @Test
     func secondWriteIntoARegionWaitsForItsQueuedWriteIntent() throws {
         try Tools.require("nbdkit", "mkfs.ext4", "cmp")
         let dir = try TempDir()
