@@ -48,6 +48,7 @@ struct BuildCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Run in the background: print the NBD URI and return once serving (log in RUNDIR/NAME.log).")
     var daemon = false
 
+    @OptionGroup var serverLimits: ServerLimitsOptions
     @OptionGroup var metrics: MetricsOption
     @OptionGroup var runtime: RuntimeOptions
     @OptionGroup var logging: LoggingOptions
@@ -107,7 +108,7 @@ struct BuildCommand: AsyncParsableCommand {
             let mirrorMetrics = MirrorMetrics(name: name)
             metricsSettings?.sample = { mirrorMetrics.update(from: $0.status) }
         }
-        try await ExportDaemon.run(name: name, listen: addresses, logger: logger, control: control, metrics: metricsSettings,
+        try await ExportDaemon.run(name: name, listen: addresses, limits: serverLimits.limits, logger: logger, control: control, metrics: metricsSettings,
                                    open: { aio in
             let sourceDevice = try BlockDevice.open(path: source, readOnly: false, aio: aio, logger: logger)
             let targetDevice = try targetPath.map { try BlockDevice.open(path: $0, readOnly: false, aio: aio, logger: logger) }

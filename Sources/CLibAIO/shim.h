@@ -19,6 +19,7 @@
 #include <sys/file.h>
 #include <sys/eventfd.h>
 #include <libaio.h>
+#include <malloc.h>
 
 /* Constants Swift cannot import (function-like or _GNU_SOURCE-guarded macros). */
 static inline int bm_o_direct(void) { return __O_DIRECT; }
