@@ -328,4 +328,30 @@ import Testing
             #expect(warnings <= 40, "\(warnings) warning lines for 1000 bad clients")
         }
     }
+
+    /// WRITE_ZEROES with FAST_ZERO: `serve` offers it (the zeroing of a file is fast: success); the
+    /// mirror does not advertise it, so the flag is refused with EINVAL rather than ignored.
+    static func writeZeroesWithFastZero(_ fixture: Fixture) throws -> (flags: UInt16, error: UInt32) {
+        let client = try fixture.client()
+        try client.handshake()
+        let export = try client.go()
+        try client.sendRequest(RawNBDClient.cmdWriteZeroes, flags: 1 << 4, cookie: 9, offset: 1 << 20, length: 1 << 20)
+        return (export.flags, try client.readSimpleReply().error)
+    }
+
+    @Test func fastZeroIsServedByServe() throws {
+        try withServer { fixture in
+            let (flags, error) = try Self.writeZeroesWithFastZero(fixture)
+            #expect(flags & (1 << 11) != 0, "serve does not advertise SEND_FAST_ZERO (flags \(flags))")
+            #expect(error == 0, "FAST_ZERO WRITE_ZEROES on serve: error \(error)\n\(fixture.log)")
+        }
+    }
+
+    @Test func fastZeroIsRefusedByTheMirror() throws {
+        try withMirror { fixture in
+            let (flags, error) = try Self.writeZeroesWithFastZero(fixture)
+            #expect(flags & (1 << 11) == 0, "the mirror advertises SEND_FAST_ZERO (flags \(flags))")
+            #expect(error == 22, "FAST_ZERO WRITE_ZEROES on the mirror: error \(error), expected EINVAL\n\(fixture.log)")
+        }
+    }
 }
