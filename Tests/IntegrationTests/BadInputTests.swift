@@ -25,15 +25,27 @@ import Testing
         }
     }
 
-    /// Starts a server, runs `body`, checks it still serves a fresh client, stops it (exit 0).
+    /// Starts `serve`, runs `body`, checks it still serves a fresh client, stops it (exit 0).
     func withServer(_ label: String = #function, _ body: (Fixture) throws -> Void) throws {
+        try withExport(label, body) { image, dir in try ServerProcess(image: image, in: dir) }
+    }
+
+    /// The same with a mirror daemon (`build … --target missing`), for the tests that must hold for both exports.
+    func withMirror(_ label: String = #function, _ body: (Fixture) throws -> Void) throws {
+        try withExport(label, body) { image, dir in try MirrorDaemon(source: image, target: "missing", in: dir).server }
+    }
+
+    /// Serves a fresh 64 MiB image whose first 4 KiB are random with `start`, runs `body`, checks
+    /// the server still serves a fresh client, stops it (exit 0).
+    private func withExport(_ label: String, _ body: (Fixture) throws -> Void,
+                            start: (_ image: String, _ dir: TempDir) throws -> ServerProcess) throws {
         let dir = try TempDir(label)
         defer { dir.remove() }
         let image = dir.file("disk.img")
         try makeSparseFile(image, size: Int(Self.exportSize))
         let head = try randomBytes(4096)
         try writeInPlace(image, offset: 0, head)
-        let server = try ServerProcess(image: image, in: dir)
+        let server = try start(image, dir)
         defer { server.stop() }
         let fixture = Fixture(server: server, head: [UInt8](head))
         do {
@@ -200,28 +212,6 @@ import Testing
     }
 
     // MARK: Hostile input (issue 9)
-
-    /// A mirror daemon (`build … --target missing`) on a fresh 64 MiB image, for the tests that
-    /// must hold for both exports; checks afterwards that it still serves a new client.
-    func withMirror(_ label: String = #function, _ body: (Fixture) throws -> Void) throws {
-        let dir = try TempDir(label)
-        defer { dir.remove() }
-        let image = dir.file("old.img")
-        try makeSparseFile(image, size: Int(Self.exportSize))
-        let head = try randomBytes(4096)
-        try writeInPlace(image, offset: 0, head)
-        let mirror = try MirrorDaemon(source: image, target: "missing", in: dir)
-        defer { mirror.server.stop() }
-        let fixture = Fixture(server: mirror.server, head: [UInt8](head))
-        do {
-            try body(fixture)
-        } catch {
-            Issue.record("\(error)\n\(mirror.log)")
-            return
-        }
-        #expect(mirror.server.isRunning, "the mirror daemon exited\n\(mirror.log)")
-        expectServesNewClient(fixture)
-    }
 
     /// The probe's crash: GO, INFO or LIST_META_CONTEXT naming an unknown export of 4096 bytes of
     /// two-byte characters killed the server (SIGILL: the error text was cut inside a character and

@@ -5,7 +5,15 @@ import Testing
 /// The time limits' verdicts, for each thing a connection can be doing.
 @Suite struct NBDConnectionTimeoutsTests {
     let start = NIODeadline.uptimeNanoseconds(1_000_000_000_000)
-    let timeouts = NBDConnectionTimeouts(NBDServerLimits(handshakeTimeout: .seconds(10), idleTimeout: nil, stallTimeout: .seconds(30)))
+    let timeouts = NBDConnectionTimeouts(NBDServerLimits())  // handshake 10 s, stall 30 s, no idle timeout
+
+    static func limits(handshake: TimeAmount? = nil, idle: TimeAmount? = nil, stall: TimeAmount? = nil) -> NBDServerLimits {
+        var limits = NBDServerLimits()
+        limits.handshakeTimeout = handshake
+        limits.idleTimeout = idle
+        limits.stallTimeout = stall
+        return limits
+    }
 
     /// Negotiation gets the handshake timeout from the start of the connection, whatever it sent since.
     @Test func handshakeRunsFromTheConnectionsStart() {
@@ -37,7 +45,7 @@ import Testing
         let now = start + .seconds(3600)
         #expect(timeouts.verdict(.idle, connectedAt: start, lastProgress: start, now: now) == .checkAgain(at: now + .seconds(30)))
         #expect(timeouts.verdict(.serverBusy, connectedAt: start, lastProgress: start, now: now) == .checkAgain(at: now + .seconds(30)))
-        let idle = NBDConnectionTimeouts(NBDServerLimits(idleTimeout: .seconds(60)))
+        let idle = NBDConnectionTimeouts(Self.limits(handshake: .seconds(10), idle: .seconds(60), stall: .seconds(30)))
         #expect(idle.verdict(.idle, connectedAt: start, lastProgress: start, now: start + .seconds(59)) == .checkAgain(at: start + .seconds(60)))
         #expect(idle.verdict(.idle, connectedAt: start, lastProgress: start, now: start + .seconds(60))
                 == .close("the connection was idle for 60 s"))
@@ -45,7 +53,7 @@ import Testing
 
     /// With every limit off nothing is ever scheduled.
     @Test func noLimitsNoTimer() {
-        let none = NBDConnectionTimeouts(NBDServerLimits(handshakeTimeout: nil, idleTimeout: nil, stallTimeout: nil))
+        let none = NBDConnectionTimeouts(Self.limits())
         for activity in [NBDConnectionTimeouts.Activity.negotiating, .waitingForClient, .serverBusy, .idle] {
             #expect(none.verdict(activity, connectedAt: start, lastProgress: start, now: start + .hours(24)) == .never)
         }
