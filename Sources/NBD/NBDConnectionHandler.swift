@@ -395,6 +395,9 @@ final class NBDConnectionHandler: ChannelInboundHandler {
         logger[metadataKey: "export"] = "\(entry.name)"
         logger.debug("transmission started", metadata: ["structured": "\(structuredReplies)"])
         phase = .request
+        // The handshake deadline no longer applies: look again with transmission's limits.
+        timer?.cancel()
+        if let context { armTimer(context: context) }
     }
 
     private func sendOptionReply(_ option: NBDOption, _ reply: NBDOptionReply, data: ByteBuffer? = nil, context: ChannelHandlerContext) {

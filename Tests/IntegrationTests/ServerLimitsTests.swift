@@ -129,4 +129,20 @@ import Glibc
             #expect(server.child.stderr.contains("stopped sending its request or reading its replies"), "\(server.log)")
         }
     }
+
+    /// With --idle-timeout (off by default) a negotiated client that sends nothing is closed; one
+    /// that keeps sending requests is not.
+    @Test func idleClientsAreClosedOnlyWhenAsked() throws {
+        try withServer(["--idle-timeout", "2"]) { server in
+            let idle = try RawNBDClient(socketPath: server.socketPath, timeout: 60)
+            try idle.negotiate()
+            let busy = try RawNBDClient(socketPath: server.socketPath)
+            try busy.negotiate()
+            let closed = waitUntil(timeout: 60) {
+                (try? busy.read(offset: 0, length: 4096))?.error == 0 && idle.peerClosed(within: 0.2)
+            }
+            #expect(closed, "an idle client was not closed\n\(server.log)")
+            #expect(try busy.read(offset: 0, length: 4096).error == 0, "a busy client was closed\n\(server.log)")
+        }
+    }
 }
