@@ -1,7 +1,7 @@
+import BlockIO
 import CoreMetrics
 import Dispatch
 import NIOCore
-import Synchronization
 
 /// Counts an export's operations in flight so `close` can wait for them and refuse new ones, and
 /// records each one's latency (swift-metrics timer `blockmirror_request_duration_seconds`, dimension `op`;

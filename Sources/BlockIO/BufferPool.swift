@@ -1,5 +1,5 @@
+import BlockIO
 import Dispatch
-import Synchronization
 
 /// A bounded pool of aligned buffers, reused across requests so the data path does not call
 /// `posix_memalign` per I/O, and which gives memory back once a burst is over.

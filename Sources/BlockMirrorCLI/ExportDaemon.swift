@@ -7,7 +7,6 @@ import NBD
 import NIOCore
 import NIOPosix
 import Prometheus
-import Synchronization
 
 /// What every serving verb does around its export: set up libaio on the event loops, open the
 /// export, listen and print the NBD URIs, serve until SIGINT/SIGTERM (or a `stop` request on the

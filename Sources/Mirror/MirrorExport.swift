@@ -3,7 +3,7 @@ import BlockIO
 import Dispatch
 import Logging
 import NIOCore
-import Synchronization
+import struct Synchronization.Atomic
 
 /// The mirror: an export over a source OLD and an optional target NEW.
 ///

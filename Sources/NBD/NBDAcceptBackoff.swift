@@ -1,6 +1,6 @@
+import BlockIO
 import Logging
 import NIOCore
-import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif

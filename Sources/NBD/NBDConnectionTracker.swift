@@ -1,5 +1,5 @@
+import BlockIO
 import NIOCore
-import Synchronization
 
 /// The server's open connections, so a shutdown can ask each to finish and wait for it to close,
 /// and so no more than `limit` are served at once.

@@ -1,6 +1,6 @@
+import BlockIO
 import Logging
 import NIOCore
-import Synchronization
 
 /// A server-wide rate limit on the log lines clients can cause, one token bucket per kind of
 /// message: a burst of `burst` lines, then `perSecond` a second. What the bucket drops is counted

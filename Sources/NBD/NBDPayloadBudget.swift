@@ -1,5 +1,5 @@
+import BlockIO
 import NIOCore
-import Synchronization
 
 /// The payload bytes all connections of a server may hold at once (`NBDServerLimits.maximumPayloadBytes`).
 ///

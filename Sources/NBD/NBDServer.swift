@@ -3,7 +3,6 @@ import BlockIO
 import Logging
 import NIOCore
 import NIOPosix
-import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif

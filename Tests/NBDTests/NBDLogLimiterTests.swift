@@ -1,7 +1,7 @@
+import BlockIO
 import Logging
 import NIOCore
 import NIOPosix
-import Synchronization
 import Testing
 @testable import NBD
 

@@ -1,4 +1,4 @@
-import Synchronization
+import BlockIO
 import Testing
 @testable import NBD
 
