@@ -110,6 +110,8 @@ let package = Package(
             dependencies: [
                 "NBD", "BlockExport",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(
             name: "IntegrationTests",

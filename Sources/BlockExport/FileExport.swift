@@ -46,7 +46,7 @@ public final class FileExport: BlockExport {
         return operation(.write, offset: offset, length: UInt64(length), on: eventLoop) { promise in
             guard length > 0 else { return promise.succeed(()) }
             let buffer = pool.take(capacity: length)
-            data.withUnsafeReadableBytes { buffer.baseAddress.copyMemory(from: $0.baseAddress!, byteCount: length) }
+            data.withUnsafeReadableBytes { buffer.bytes.copyMemory(from: $0) }
             device.write(from: buffer.baseAddress, count: length, offset: offset, durable: fua) { [pool] result in
                 pool.recycle(buffer)
                 promise.completeWith(result.mapError { BlockExportError($0) })

@@ -1,7 +1,7 @@
+import BlockIO
 import CoreMetrics
 import Dispatch
 import NIOCore
-import Synchronization
 
 /// Counts an export's operations in flight so `close` can wait for them and refuse new ones, and
 /// records each one's latency (swift-metrics timer `blockmirror_request_duration_seconds`, dimension `op`;
@@ -13,12 +13,16 @@ public final class InFlightTracker: Sendable {
         var waiters: [CheckedContinuation<Void, Never>] = []
     }
     private let state = Mutex(State())
-    /// One latency timer per command, plus FLUSH (no command) at the end.
-    private let timers: [CoreMetrics.Timer]
+    /// One latency timer per command, and one for FLUSH (no command).
+    private let timers: [ExportCommand: CoreMetrics.Timer]
+    private let flushTimer: CoreMetrics.Timer
 
     public init() {
-        let operations = ExportCommand.allCases.map { $0.metricName } + ["flush"]
-        timers = operations.map { CoreMetrics.Timer(label: "blockmirror_request_duration_seconds", dimensions: [("op", $0)]) }
+        func timer(_ operation: String) -> CoreMetrics.Timer {
+            CoreMetrics.Timer(label: "blockmirror_request_duration_seconds", dimensions: [("op", operation)])
+        }
+        timers = Dictionary(uniqueKeysWithValues: ExportCommand.allCases.map { ($0, timer($0.metricName)) })
+        flushTimer = timer("flush")
     }
 
     /// Registers a new operation; false once draining has begun (the caller fails it with `.shuttingDown`).
@@ -76,7 +80,7 @@ public final class InFlightTracker: Sendable {
         }
         let promise = eventLoop.makePromise(of: T.self)
         let started = DispatchTime.now().uptimeNanoseconds
-        let timer = timers[command.map { ExportCommand.allCases.firstIndex(of: $0)! } ?? timers.count - 1]
+        let timer = command.flatMap { timers[$0] } ?? flushTimer
         body(promise)
         return promise.futureResult.always { _ in
             timer.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds - started))

@@ -1,6 +1,6 @@
+import BlockIO
 import CLibAIO
 import Foundation
-import Synchronization
 
 /// One asynchronous disk operation for `AIOContext`. The memory a read or write points at must
 /// stay valid until the operation's completion runs.

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
+import BlockIO
 import Glibc
 #endif
-import Synchronization
 
 /// The libaio contexts of a process: one per event-loop thread, plus a shared one for other threads.
 ///

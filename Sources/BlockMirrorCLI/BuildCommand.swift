@@ -56,6 +56,7 @@ struct BuildCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Run in the background: print the NBD URI and return once serving (log in RUNDIR/NAME.log).")
     var daemon = false
 
+    @OptionGroup var serverLimits: ServerLimitsOptions
     @OptionGroup var metrics: MetricsOption
     @OptionGroup var runtime: RuntimeOptions
     @OptionGroup var logging: LoggingOptions
@@ -114,7 +115,7 @@ struct BuildCommand: AsyncParsableCommand {
             let mirrorMetrics = MirrorMetrics(name: name)
             metricsSettings?.sample = { mirrorMetrics.update(from: $0.status) }
         }
-        try await ExportDaemon.run(name: name, listen: addresses, logger: logger, control: control, metrics: metricsSettings,
+        try await ExportDaemon.run(name: name, listen: addresses, limits: serverLimits.limits, logger: logger, control: control, metrics: metricsSettings,
                                    open: { aio in
             let sourceDevice = try BlockDevice.open(path: source, readOnly: false, aio: aio, logger: logger)
             if let targetPath { try MirrorExport.refuseSource(targetPath, of: sourceDevice) }

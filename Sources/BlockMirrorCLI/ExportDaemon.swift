@@ -7,7 +7,6 @@ import NBD
 import NIOCore
 import NIOPosix
 import Prometheus
-import Synchronization
 
 /// What every serving verb does around its export: set up libaio on the event loops, open the
 /// export, listen and print the NBD URIs, serve until SIGINT/SIGTERM (or a `stop` request on the
@@ -35,7 +34,7 @@ enum ExportDaemon {
     /// export closed cleanly and says what state it was left in (printed, and the answer to a
     /// `stop` request). Errors exit with status 1.
     static func run<Export: BlockExport>(
-        name: String, listen addresses: [ListenAddress], logger: Logger, control: Control<Export>? = nil,
+        name: String, listen addresses: [ListenAddress], limits: NBDServerLimits, logger: Logger, control: Control<Export>? = nil,
         metrics: Metrics<Export>? = nil, open: (AIOEngine) throws -> Export, report: (Export) -> String? = { _ in nil }
     ) async throws {
         let aio: AIOEngine
@@ -66,7 +65,7 @@ enum ExportDaemon {
             await tearDown()
             throw exitWithError(error)
         }
-        let server = NBDServer(registry: NBDExportRegistry([(name, export)]), group: group, logger: logger)
+        let server = NBDServer(registry: NBDExportRegistry([(name, export)]), group: group, logger: logger, limits: limits)
         do {
             if let control {
                 let answer = control.answer

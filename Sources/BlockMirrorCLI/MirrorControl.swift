@@ -18,10 +18,11 @@ enum MirrorControl {
                 let target = try BlockDevice.open(path: path, readOnly: false, aio: aio, logger: logger)
                 regions = try mirror.attach(target: target)
             } catch {
-                return .failure(name, "cannot add \(path): \(error)")
+                // The path came from a client: escaped wherever it appears.
+                return .failure(name, UntrustedText.escape("cannot add \(path): \(error)", limit: 2048))
             }
             let status = mirror.status
-            return ControlResponse(ok: true, name: name, message: "added \(path): recovery started (\(regions) of \(status.regionsTotal) regions to copy)",
+            return ControlResponse(ok: true, name: name, message: "added \(UntrustedText.escape(path)): recovery started (\(regions) of \(status.regionsTotal) regions to copy)",
                                    status: status)
         case .speed:
             var limits = mirror.status.speedLimits

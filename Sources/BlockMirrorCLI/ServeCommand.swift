@@ -25,6 +25,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Refuse writes.")
     var readonly = false
 
+    @OptionGroup var serverLimits: ServerLimitsOptions
     @OptionGroup var metrics: MetricsOption
     @OptionGroup var logging: LoggingOptions
 
@@ -38,7 +39,7 @@ struct ServeCommand: AsyncParsableCommand {
         let logger = makeLogger(label: "blockmirror.serve", level: logging.logLevel.level)
         let addresses = try listen.map { value throws(ListenAddress.ParseError) in try ListenAddress(parsing: value) }
         let metricsSettings: ExportDaemon.Metrics<FileExport>? = try metrics.daemonMetrics()
-        try await ExportDaemon.run(name: name, listen: addresses, logger: logger, metrics: metricsSettings) { aio in
+        try await ExportDaemon.run(name: name, listen: addresses, limits: serverLimits.limits, logger: logger, metrics: metricsSettings) { aio in
             let device = try BlockDevice.open(path: path, readOnly: readonly, aio: aio, logger: logger)
             logger.info("opened", metadata: ["device": "\(path)", "kind": "\(device.kind.rawValue)", "size": "\(device.size)",
                                              "direct": "\(device.isDirect)", "alignment": "\(device.alignment)"])

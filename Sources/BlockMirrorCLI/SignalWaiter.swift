@@ -1,5 +1,5 @@
+import BlockIO
 import Dispatch
-import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,5 +1,5 @@
+import BlockIO
 import Control
-import Synchronization
 
 /// What ends a daemon: a signal, or a `stop` request on its control socket. A `stop` requester
 /// waits for the daemon's final report, which `finish` delivers once the export is closed.

@@ -22,6 +22,7 @@
 #include <libaio.h>
 #include <sys/syscall.h>
 #include <linux/stat.h>
+#include <malloc.h>
 
 /* Constants Swift cannot import (function-like or _GNU_SOURCE-guarded macros). */
 static inline int bm_o_direct(void) { return __O_DIRECT; }

@@ -3,7 +3,6 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
-import Synchronization
 
 /// A mirror daemon's control socket: a unix socket (owner-only) where each line is a
 /// `ControlRequest` and each answer a `ControlResponse` line, in request order.

@@ -1,4 +1,4 @@
-import Synchronization
+import BlockIO
 
 /// Paces the background copy (and check): a token bucket for `SpeedLimits.maximum`, a moving
 /// average of the copy speed, and the yield rule under foreground I/O.

@@ -1,5 +1,4 @@
 import BlockIO
-import Synchronization
 
 /// Two copies of the same bytes compared region by region: the mirror's check, and `verify` of
 /// two legs of any mirror (a kernel md array's, say).

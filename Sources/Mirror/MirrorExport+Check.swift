@@ -1,5 +1,4 @@
 import BlockIO
-import Synchronization
 
 extension MirrorExport {
     /// Why a check cannot run.

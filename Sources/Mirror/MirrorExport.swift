@@ -3,7 +3,7 @@ import BlockIO
 import Dispatch
 import Logging
 import NIOCore
-import Synchronization
+import struct Synchronization.Atomic
 
 /// The mirror: an export over a source OLD and an optional target NEW.
 ///
@@ -89,6 +89,24 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         var verifiedDiffering = 0
         /// The source's path no longer names the file or device served (deleted, replaced).
         var sourceProblem: String?
+        /// Regions whose bit is set in `persisted` but whose page write is still queued (or failed):
+        /// a request into one of them waits for the write, or writes it itself.
+        var intentQueued = Set<Int>()
+
+        /// Sets `bits` in `persisted` ahead of the page writes that make them durable; the regions
+        /// newly set are `intentQueued` (returned) until those writes succeed.
+        mutating func queueIntent(_ bits: RegionBitmap) -> Set<Int> {
+            let new = bits.subtracting(persisted)
+            persisted.formUnion(bits)
+            var regions = Set<Int>()
+            var next = new.nextDirty(from: 0)
+            while let region = next {
+                regions.insert(region)
+                next = new.nextDirty(from: region + 1)
+            }
+            intentQueued.formUnion(regions)
+            return regions
+        }
 
         /// A region now holds the same bytes on both legs.
         mutating func markClean(_ region: Int) {
@@ -220,9 +238,10 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         if let intentLog {
             // The bitmap file names the new target and marks everything to copy before any copy.
             let result = intentQueue.sync { () -> Result<Void, WriteIntentLog.Failure> in
-                shared.withLock { $0.persisted.formUnion(bitmap) }
+                let (queued, persisted) = shared.withLock { ($0.queueIntent(bitmap), $0.persisted) }
                 return Result { () throws(WriteIntentLog.Failure) in
-                    try intentLog.attach(target: target.identity, bitmap: shared.withLock { $0.persisted })
+                    try intentLog.attach(target: target.identity, bitmap: persisted)
+                    shared.withLock { $0.intentQueued.subtract(queued) }
                 }
             }
             if case .failure(let failure) = result {
@@ -535,14 +554,16 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
                 let target = shared.withLock { $0.failure == nil ? $0.target : nil }
                 guard modifies, let intentLog else { return body(target, promise) }
                 // Write intent before write (invariant 4): while this request is in flight its
-                // regions stay set on disk; a clear bit is set durably before any data moves.
-                let needsPersist: Bool = shared.withLock { shared in
-                    var newBits = false
+                // regions stay set on disk; a clear bit is set durably before any data moves — also
+                // when another request set it a moment ago and its page write is still queued.
+                let waitsForIntent: Bool = shared.withLock { shared in
+                    var waits = false
                     for region in regions {
                         shared.active[region, default: 0] += 1
-                        if shared.persisted.setDirty(region) { newBits = true }
+                        if shared.persisted.setDirty(region) { shared.intentQueued.insert(region) }
+                        if shared.intentQueued.contains(region) { waits = true }
                     }
-                    return newBits
+                    return waits
                 }
                 promise.futureResult.whenComplete { [self] _ in
                     let now = Self.now()
@@ -556,11 +577,19 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
                         }
                     }
                 }
-                guard needsPersist else { return body(target, promise) }
+                guard waitsForIntent else { return body(target, promise) }
+                // Behind every page write queued before it: a region still marked queued here had
+                // its write fail (or none yet), so this request writes it.
                 intentQueue.async { [self] in
+                    let (needed, persisted) = shared.withLock { shared in
+                        (regions.filter { shared.intentQueued.contains($0) }, shared.persisted)
+                    }
                     do {
-                        try intentLog.persist(regions: Array(regions), of: shared.withLock { $0.persisted })
-                        body(target, promise)
+                        if !needed.isEmpty {
+                            try intentLog.persist(regions: needed, of: persisted)
+                            shared.withLock { shared in for region in needed { shared.intentQueued.remove(region) } }
+                        }
+                        eventLoop.execute { body(target, promise) }
                     } catch {
                         logger.error("cannot record write intent; request refused", metadata: ["error": "\(error)"])
                         promise.fail(BlockExportError(.io, "\(error)"))
@@ -582,15 +611,18 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         watchLegs()
         guard let intentLog else { return }
         let now = Self.now()
-        var (snapshot, previous, target, healthy): (RegionBitmap, RegionBitmap, BlockDevice?, Bool) = shared.withLock { shared in
+        var (snapshot, previous, target, healthy, queued) = shared.withLock { shared in
             var persisted = shared.bitmap
             for region in shared.active.keys { persisted.setDirty(region) }
             // A write stamped after `now` was read is recent too.
             shared.lastWrite = shared.lastWrite.filter { $0.value > now || now - $0.value < writeHoldNanos }
             if !final { for region in shared.lastWrite.keys { persisted.setDirty(region) } }
             let previous = shared.persisted
+            // Bits this save sets are not on disk until it is: requests into them wait for it.
+            _ = shared.queueIntent(persisted)
+            let queued = shared.intentQueued
             shared.persisted = persisted
-            return (persisted, previous, shared.target, shared.failure == nil)
+            return (persisted, previous, shared.target, shared.failure == nil, queued)
         }
         guard snapshot != previous || final else { return }
         do {
@@ -618,6 +650,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
             } else {
                 try intentLog.save(snapshot)
             }
+            shared.withLock { $0.intentQueued.subtract(queued) }
         } catch {
             shared.withLock { $0.persisted.formUnion(previous) }
             throw error

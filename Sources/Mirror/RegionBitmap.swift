@@ -95,18 +95,21 @@ public struct RegionBitmap: Sendable, Equatable {
         }
     }
 
-    /// Regions touched by the byte range `[offset, offset+length)`.
+    /// Regions touched by the byte range `[offset, offset+length)`, clipped to the device (a range
+    /// past the end, or one whose end overflows, touches none beyond it).
     public func regions(offset: UInt64, length: UInt64) -> Range<Int> {
-        guard length > 0 else { return 0..<0 }
-        let first = Int(offset / regionSize)
-        let last = Int((offset + length - 1) / regionSize)
-        return first..<(last + 1)
+        guard length > 0, offset < deviceSize else { return 0..<0 }
+        let (end, overflow) = offset.addingReportingOverflow(length)
+        let last = (overflow ? deviceSize : min(end, deviceSize)) - 1
+        return Int(offset / regionSize)..<Int(last / regionSize + 1)
     }
 
     /// Regions entirely inside `[offset, offset+length)` (the last, partial region counts as whole
     /// when the range reaches the device's end).
     public func regionsFullyCovered(offset: UInt64, length: UInt64) -> Range<Int> {
-        let end = offset + length
+        guard offset < deviceSize else { return 0..<0 }
+        let (sum, overflow) = offset.addingReportingOverflow(length)
+        let end = overflow ? deviceSize : sum
         let first = Int((offset + regionSize - 1) / regionSize)
         let last = end >= deviceSize ? regionCount : Int(end / regionSize)
         return first < last ? first..<last : first..<first

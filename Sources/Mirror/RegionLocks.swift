@@ -1,4 +1,4 @@
-import Synchronization
+import BlockIO
 
 /// Reader-writer locks on regions, without blocking threads: a request's continuation runs when
 /// every region it asked for is granted.

@@ -115,17 +115,8 @@ public final class WriteIntentLog: @unchecked Sendable {
     /// Opens an existing file (see `openOrCreate`).
     static func open(path: String, source: LegIdentity, sourceTrace: LegWriteTrace, deviceSize: UInt64,
                      regionSize: UInt64?) throws(Failure) -> Opened {
-        let fd: FileDescriptor
-        switch FileDescriptor.open(path, flags: O_RDWR | O_NONBLOCK) {
-        case .success(let opened): fd = opened
-        case .failure(let errno): throw failure(path, "cannot open: \(errno)")
-        }
-        let header: BitmapFileFormat.Header
-        do { header = try readHeader(fd, path: path) } catch {
-            fd.close()
-            throw error
-        }
-        let log = WriteIntentLog(path: path, fd: fd, header: header)
+        let log = try existing(path, flags: O_RDWR)
+        let header = log.header
         try log.lock()
         guard header.deviceSize == deviceSize else {
             throw failure(path, "it was written for a source of \(header.deviceSize) bytes; \(source.path) has \(deviceSize) bytes")
@@ -162,19 +153,22 @@ public final class WriteIntentLog: @unchecked Sendable {
 
     /// Reads the bitmap file at `path` as it is.
     public static func examine(path: String) throws(Failure) -> Examined {
+        let log = try existing(path, flags: O_RDONLY)
+        let (bitmap, notes) = log.readPages()
+        return Examined(header: log.header, bitmap: bitmap, notes: notes)
+    }
+
+    /// An existing file opened with `flags`, its newest valid header read.
+    private static func existing(_ path: String, flags: Int32) throws(Failure) -> WriteIntentLog {
         let fd: FileDescriptor
-        switch FileDescriptor.open(path, flags: O_RDONLY | O_NONBLOCK) {
+        switch FileDescriptor.open(path, flags: flags | O_NONBLOCK) {
         case .success(let opened): fd = opened
         case .failure(let errno): throw failure(path, "cannot open: \(errno)")
         }
-        let header: BitmapFileFormat.Header
-        do { header = try readHeader(fd, path: path) } catch {
+        do { return WriteIntentLog(path: path, fd: fd, header: try readHeader(fd, path: path)) } catch {
             fd.close()
             throw error
         }
-        let log = WriteIntentLog(path: path, fd: fd, header: header)
-        let (bitmap, notes) = log.readPages()
-        return Examined(header: header, bitmap: bitmap, notes: notes)
     }
 
     /// The valid header slot of the highest generation.

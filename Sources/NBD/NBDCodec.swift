@@ -27,11 +27,8 @@ public enum NBDCodec {
 
     /// An option request header (16 bytes); its data is left in the buffer.
     public static func readOptionHeader(from buffer: inout ByteBuffer) throws(NBDProtocolError) -> NBDOptionHeader? {
-        guard buffer.readableBytes >= 16 else { return nil }
-        let magic = buffer.getInteger(at: buffer.readerIndex, as: UInt64.self)!
+        guard let (magic, option, length) = buffer.peekMultipleIntegers(as: (UInt64, UInt32, UInt32).self) else { return nil }
         guard magic == NBDMagic.option else { throw .badMagic(expected: NBDMagic.option, received: magic) }
-        let option = buffer.getInteger(at: buffer.readerIndex + 8, as: UInt32.self)!
-        let length = buffer.getInteger(at: buffer.readerIndex + 12, as: UInt32.self)!
         buffer.moveReaderIndex(forwardBy: 16)
         return NBDOptionHeader(option: NBDOption(rawValue: option), length: length)
     }
@@ -52,7 +49,7 @@ public enum NBDCodec {
             throw .malformedOption(option, "information request count does not match the data length")
         }
         var infos: [NBDInfo] = []
-        for _ in 0..<count { infos.append(NBDInfo(rawValue: data.readInteger(as: UInt16.self)!)) }
+        while let info = data.readInteger(as: UInt16.self) { infos.append(NBDInfo(rawValue: info)) }
         return NBDExportRequest(name: name, requestedInfo: infos)
     }
 
@@ -129,18 +126,12 @@ public enum NBDCodec {
 
     /// A transmission request header (28 bytes); a WRITE's payload is left in the buffer.
     public static func readRequest(from buffer: inout ByteBuffer) throws(NBDProtocolError) -> NBDRequest? {
-        guard buffer.readableBytes >= NBDRequest.wireSize else { return nil }
-        let at = buffer.readerIndex
-        let magic = buffer.getInteger(at: at, as: UInt32.self)!
+        guard let (magic, flags, command, cookie, offset, length) =
+                buffer.peekMultipleIntegers(as: (UInt32, UInt16, UInt16, UInt64, UInt64, UInt32).self) else { return nil }
         guard magic == NBDMagic.request else { throw .badMagic(expected: UInt64(NBDMagic.request), received: UInt64(magic)) }
-        let request = NBDRequest(
-            flags: NBDCommandFlags(rawValue: buffer.getInteger(at: at + 4, as: UInt16.self)!),
-            command: NBDCommand(rawValue: buffer.getInteger(at: at + 6, as: UInt16.self)!),
-            cookie: buffer.getInteger(at: at + 8, as: UInt64.self)!,
-            offset: buffer.getInteger(at: at + 16, as: UInt64.self)!,
-            length: buffer.getInteger(at: at + 24, as: UInt32.self)!)
         buffer.moveReaderIndex(forwardBy: NBDRequest.wireSize)
-        return request
+        return NBDRequest(flags: NBDCommandFlags(rawValue: flags), command: NBDCommand(rawValue: command), cookie: cookie,
+                          offset: offset, length: length)
     }
 
     /// Client side of the above, for tests and tools.
@@ -177,11 +168,32 @@ public enum NBDCodec {
 
     /// A final ERROR chunk with a message for people (truncated to the spec's string limit).
     public static func writeErrorChunk(cookie: UInt64, error: NBDErrorCode, message: String, into buffer: inout ByteBuffer) {
-        let text = Array(message.utf8.prefix(maximumStringLength))
-        writeChunkHeader(cookie: cookie, type: .error, done: true, length: 6 + text.count, into: &buffer)
+        let text = truncated(message)
+        writeChunkHeader(cookie: cookie, type: .error, done: true, length: 6 + text.utf8.count, into: &buffer)
         buffer.writeInteger(error.rawValue)
-        buffer.writeInteger(UInt16(text.count))
-        buffer.writeBytes(text)
+        buffer.writeInteger(UInt16(text.utf8.count))
+        buffer.writeString(text)
+    }
+
+    /// An option error reply (`reply` has bit 31 set) carrying `message` for people, truncated to
+    /// the spec's string limit.
+    public static func writeOptionError(_ option: NBDOption, _ reply: NBDOptionReply, message: String, into buffer: inout ByteBuffer) {
+        writeOptionReply(option, reply, data: ByteBuffer(string: truncated(message)), into: &buffer)
+    }
+
+    /// `message` cut to at most `limit` bytes at a character boundary: the spec's strings are
+    /// UTF-8, and a cut inside a character would not be.
+    public static func truncated(_ message: String, limit: Int = maximumStringLength) -> String {
+        guard message.utf8.count > limit else { return message }
+        var bytes = 0
+        var end = message.unicodeScalars.startIndex
+        for scalar in message.unicodeScalars {
+            let width = UTF8.width(scalar)
+            guard bytes + width <= limit else { break }
+            bytes += width
+            message.unicodeScalars.formIndex(after: &end)
+        }
+        return String(message.unicodeScalars[..<end])
     }
 
     /// A final BLOCK_STATUS chunk for one metadata context: (length, status flags) descriptors.

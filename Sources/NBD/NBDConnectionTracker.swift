@@ -1,20 +1,45 @@
+import BlockIO
 import NIOCore
-import Synchronization
 
-/// The server's open connections, so a shutdown can ask each to finish and wait for it to close.
+/// The server's open connections, so a shutdown can ask each to finish and wait for it to close,
+/// and so no more than `limit` are served at once.
 final class NBDConnectionTracker: Sendable {
-    private let channels = Mutex<[ObjectIdentifier: any Channel]>([:])
+    private struct Entry {
+        let channel: any Channel
+        let served: Bool
+    }
+    private struct State {
+        var entries: [ObjectIdentifier: Entry] = [:]
+        var served = 0
+    }
+    private let state = Mutex(State())
+    /// Connections served at once; beyond it a connection is only told so.
+    let limit: Int
 
-    func register(_ channel: any Channel, handler: NBDConnectionHandler) {
+    init(limit: Int) { self.limit = limit }
+
+    /// Records a new connection; returns whether it is served (false: the limit is reached, and the
+    /// connection is to be refused). Either way it is forgotten when it closes.
+    func register(_ channel: any Channel) -> Bool {
         let id = ObjectIdentifier(channel)
-        channels.withLock { $0[id] = channel }
-        channel.closeFuture.whenComplete { [self] _ in _ = channels.withLock { $0.removeValue(forKey: id) } }
+        let served: Bool = state.withLock { state in
+            let served = state.served < limit
+            state.entries[id] = Entry(channel: channel, served: served)
+            if served { state.served += 1 }
+            return served
+        }
+        channel.closeFuture.whenComplete { [self] _ in
+            state.withLock { state in
+                if state.entries.removeValue(forKey: id)?.served == true { state.served -= 1 }
+            }
+        }
+        return served
     }
 
     /// Asks every connection to stop reading and close once its requests in flight are answered,
     /// and returns when all have closed.
     func closeAll() async {
-        let open = channels.withLock { Array($0.values) }
+        let open = state.withLock { $0.entries.values.map(\.channel) }
         for channel in open {
             channel.eventLoop.execute {
                 try? channel.pipeline.syncOperations.handler(type: NBDConnectionHandler.self).beginClose()
@@ -23,5 +48,8 @@ final class NBDConnectionTracker: Sendable {
         for channel in open { try? await channel.closeFuture.get() }
     }
 
-    var count: Int { channels.withLock { $0.count } }
+    /// Connections open now (served and refused).
+    var count: Int { state.withLock { $0.entries.count } }
+    /// Connections served now.
+    var served: Int { state.withLock { $0.served } }
 }

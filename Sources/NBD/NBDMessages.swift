@@ -44,6 +44,7 @@ public enum NBDProtocolError: Error, Sendable, Equatable, CustomStringConvertibl
     case badMagic(expected: UInt64, received: UInt64)
     case unknownClientFlags(UInt32)
     case optionTooLong(option: NBDOption, length: UInt32, limit: UInt32)
+    case tooManyOptions(limit: Int)
     case malformedOption(NBDOption, String)
 
     public var description: String {
@@ -54,6 +55,8 @@ public enum NBDProtocolError: Error, Sendable, Equatable, CustomStringConvertibl
             return "unknown client flags 0x\(String(flags, radix: 16))"
         case let .optionTooLong(option, length, limit):
             return "\(option) with \(length) bytes of data (limit \(limit))"
+        case let .tooManyOptions(limit):
+            return "more than \(limit) options in one negotiation"
         case let .malformedOption(option, why):
             return "malformed \(option): \(why)"
         }

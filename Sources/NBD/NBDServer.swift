@@ -3,13 +3,12 @@ import BlockIO
 import Logging
 import NIOCore
 import NIOPosix
-import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// An NBD server on SwiftNIO: fixed-newstyle negotiation and transmission for the exports of a
-/// registry, on unix sockets and TCP, many clients at once.
+/// registry, on unix sockets and TCP, many clients at once, each held within `NBDServerLimits`.
 public final class NBDServer: Sendable {
     /// Why a server could not start listening.
     public struct ListenError: Error, CustomStringConvertible, Sendable {
@@ -19,37 +18,55 @@ public final class NBDServer: Sendable {
     }
 
     public let registry: NBDExportRegistry
+    public let limits: NBDServerLimits
     private let group: any EventLoopGroup
     private let logger: Logger
-    private let tracker = NBDConnectionTracker()
+    private let environment: NBDConnectionEnvironment
+    private let acceptBackoff: NBDAcceptBackoff
     private let listeners = Mutex<[(address: ListenAddress, channel: any Channel)]>([])
 
-    public init(registry: NBDExportRegistry, group: any EventLoopGroup, logger: Logger) {
+    /// A server for `registry`'s exports. Raises the process's soft limit on open descriptors to
+    /// the hard limit: every connection takes one.
+    public init(registry: NBDExportRegistry, group: any EventLoopGroup, logger: Logger, limits: NBDServerLimits = NBDServerLimits()) {
         self.registry = registry
+        self.limits = limits
         self.group = group
         self.logger = logger
+        let tracker = NBDConnectionTracker(limit: limits.maximumConnections)
+        environment = NBDConnectionEnvironment(registry: registry, limits: limits, tracker: tracker,
+                                               budget: NBDPayloadBudget(limit: limits.maximumPayloadBytes),
+                                               logLimiter: NBDLogLimiter(logger: logger))
+        acceptBackoff = NBDAcceptBackoff(logger: logger) { tracker.count }
+        OpenFileLimit.raiseToHardLimit()
     }
 
     /// Starts listening; returns the address actually bound (a TCP port 0 becomes the real port).
     /// A leftover unix socket whose server is gone is removed; one with a live server is refused.
     @discardableResult
     public func listen(on address: ListenAddress) async throws -> ListenAddress {
-        let registry = self.registry
-        let tracker = self.tracker
+        let environment = self.environment
+        let acceptBackoff = self.acceptBackoff
         let logger = self.logger
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 128)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(acceptBackoff.makeHandler())
+                }
+            }
             .childChannelOption(.autoRead, value: false)
-            .childChannelOption(.maxMessagesPerRead, value: 16)
+            // At most 4 reads of up to 1 MiB per turn: what a connection reads ahead of the
+            // request it waits to admit stays small.
+            .childChannelOption(.maxMessagesPerRead, value: 4)
             .childChannelOption(.writeBufferWaterMark, value: .init(low: 32 << 20, high: 64 << 20))
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: 1 << 20))
             .childChannelInitializer { channel in
+                acceptBackoff.accepted()
                 var connectionLogger = logger
                 connectionLogger[metadataKey: "connection"] = "\(UInt(bitPattern: ObjectIdentifier(channel).hashValue) % 100000)"
                 return channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(
-                        NBDConnectionHandler(registry: registry, logger: connectionLogger, tracker: tracker))
+                    try channel.pipeline.syncOperations.addHandler(NBDConnectionHandler(environment: environment, logger: connectionLogger))
                 }
             }
         let channel: any Channel
@@ -72,7 +89,10 @@ public final class NBDServer: Sendable {
             bound = .tcp(host: host, port: channel.localAddress?.port ?? port)
         }
         listeners.withLock { $0.append((bound, channel)) }
-        logger.info("listening", metadata: ["address": "\(bound)"])
+        logger.info("listening", metadata: [
+            "address": "\(bound)", "max-connections": "\(limits.maximumConnections)",
+            "open-file-limit": "\(OpenFileLimit.current.soft)",
+        ])
         return bound
     }
 
@@ -99,9 +119,11 @@ public final class NBDServer: Sendable {
             try? await listener.channel.close()
             if case .unix(let path) = listener.address { unlink(path) }
         }
-        await tracker.closeAll()
+        await environment.tracker.closeAll()
     }
 
-    /// Connections open now.
-    public var connectionCount: Int { tracker.count }
+    /// Connections open now (served, and refused ones not closed yet).
+    public var connectionCount: Int { environment.tracker.count }
+    /// Payload bytes the connections hold now (requests in flight and replies not yet written).
+    public var payloadBytesHeld: Int { environment.budget.reserved }
 }

@@ -4,7 +4,6 @@ import Glibc
 #endif
 import CLibAIO
 import Logging
-import Synchronization
 import Testing
 @testable import BlockIO
 

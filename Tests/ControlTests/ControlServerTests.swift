@@ -4,7 +4,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
-import Synchronization
+import struct Synchronization.Atomic
 import Testing
 
 #if canImport(Glibc)

@@ -25,15 +25,27 @@ import Testing
         }
     }
 
-    /// Starts a server, runs `body`, checks it still serves a fresh client, stops it (exit 0).
+    /// Starts `serve`, runs `body`, checks it still serves a fresh client, stops it (exit 0).
     func withServer(_ label: String = #function, _ body: (Fixture) throws -> Void) throws {
+        try withExport(label, body) { image, dir in try ServerProcess(image: image, in: dir) }
+    }
+
+    /// The same with a mirror daemon (`build … --target missing`), for the tests that must hold for both exports.
+    func withMirror(_ label: String = #function, _ body: (Fixture) throws -> Void) throws {
+        try withExport(label, body) { image, dir in try MirrorDaemon(source: image, target: "missing", in: dir).server }
+    }
+
+    /// Serves a fresh 64 MiB image whose first 4 KiB are random with `start`, runs `body`, checks
+    /// the server still serves a fresh client, stops it (exit 0).
+    private func withExport(_ label: String, _ body: (Fixture) throws -> Void,
+                            start: (_ image: String, _ dir: TempDir) throws -> ServerProcess) throws {
         let dir = try TempDir(label)
         defer { dir.remove() }
         let image = dir.file("disk.img")
         try makeSparseFile(image, size: Int(Self.exportSize))
         let head = try randomBytes(4096)
         try writeInPlace(image, offset: 0, head)
-        let server = try ServerProcess(image: image, in: dir)
+        let server = try start(image, dir)
         defer { server.stop() }
         let fixture = Fixture(server: server, head: [UInt8](head))
         do {
@@ -196,6 +208,140 @@ import Testing
             try client.sendRequest(RawNBDClient.cmdWrite, cookie: 3, offset: 1 << 20, length: 1 << 20,
                                    payload: [UInt8](repeating: 0x33, count: 64 << 10))
             client.close()
+        }
+    }
+
+    // MARK: Hostile input (issue 9)
+
+    /// The probe's crash: GO, INFO or LIST_META_CONTEXT naming an unknown export of 4096 bytes of
+    /// two-byte characters killed the server (SIGILL: the error text was cut inside a character and
+    /// force-unwrapped). Each gets NBD_REP_ERR_UNKNOWN with a valid UTF-8 text of at most 4096 bytes.
+    static func expectLongMultibyteNamesRefused(_ fixture: Fixture) throws {
+        let name = [UInt8](String(repeating: "é", count: 2048).utf8)
+        for option in [RawNBDClient.optGo, RawNBDClient.optInfo, RawNBDClient.optListMetaContext] {
+            let client = try fixture.client()
+            try client.handshake()
+            if option == RawNBDClient.optListMetaContext {
+                try client.sendOption(RawNBDClient.optStructuredReply)
+                _ = try client.readOptionReply()
+                try client.sendMetaContextOption(option, name: name, queries: [])
+            } else {
+                try client.sendExportOption(option, name: name)
+            }
+            let reply = try client.readOptionReply()
+            #expect(reply.type == RawNBDClient.repErrUnknown, "option \(option): reply \(hex32(reply.type))\n\(fixture.log)")
+            #expect(reply.data.count <= 4096, "option \(option): error text of \(reply.data.count) bytes")
+            #expect(String(validating: reply.data, as: UTF8.self) != nil, "option \(option): error text is not UTF-8: \(hex(reply.data))")
+            try client.go()
+            if option != RawNBDClient.optListMetaContext {  // (that connection negotiated structured replies)
+                fixture.expectHead(try client.read(offset: 0, length: 4096), "READ after the refused option \(option)")
+            }
+        }
+    }
+
+    @Test func longMultibyteExportNameIsRefusedByServe() throws {
+        try withServer { try Self.expectLongMultibyteNamesRefused($0) }
+    }
+
+    @Test func longMultibyteExportNameIsRefusedByTheMirror() throws {
+        try withMirror { try Self.expectLongMultibyteNamesRefused($0) }
+    }
+
+    /// Every command with a range whose end overflows 64 bits (offset near 2^64) is refused with the
+    /// error the spec gives past the end, and the connection stays in step (READ and BLOCK_STATUS
+    /// answer in structured replies, the others in simple ones).
+    static func expectOverflowingRangesRefused(_ fixture: Fixture) throws {
+        let client = try fixture.client()
+        try client.handshake()
+        try client.negotiateStructuredRepliesAndAllocation()
+        try client.go()
+        let commands: [(UInt16, String, UInt32)] = [
+            (RawNBDClient.cmdRead, "READ", 22), (RawNBDClient.cmdWrite, "WRITE", 28), (RawNBDClient.cmdTrim, "TRIM", 28),
+            (RawNBDClient.cmdWriteZeroes, "WRITE_ZEROES", 28), (RawNBDClient.cmdCache, "CACHE", 22),
+            (RawNBDClient.cmdBlockStatus, "BLOCK_STATUS", 22),
+        ]
+        var cookie: UInt64 = 100
+        for (command, name, expected) in commands {
+            for (offset, length) in [(UInt64.max - 4095, UInt32(8192)), (UInt64.max, UInt32(1)), (UInt64.max - 511, UInt32(512))] {
+                cookie += 1
+                let payload = command == RawNBDClient.cmdWrite ? [UInt8](repeating: 0x5a, count: Int(length)) : []
+                try client.sendRequest(command, cookie: cookie, offset: offset, length: length, payload: payload)
+                let reply = try client.readAnyReply()
+                #expect(reply.cookie == cookie, "\(name) at \(offset): reply for cookie \(reply.cookie)\n\(fixture.log)")
+                #expect(reply.error == expected, "\(name) at \(offset) length \(length): error \(reply.error), expected \(expected)\n\(fixture.log)")
+            }
+        }
+        try client.sendRequest(RawNBDClient.cmdRead, cookie: 1, offset: 0, length: 4096)
+        var header = WireReader(try client.receive(20))
+        #expect(header.u32() == RawNBDClient.structuredReplyMagic)
+        _ = try client.receive(8)  // the OFFSET_DATA chunk's offset
+        #expect(try client.receive(4096) == fixture.head, "READ after the refused ranges\n\(fixture.log)")
+    }
+
+    @Test func overflowingRangesAreRefusedByServe() throws {
+        try withServer { try Self.expectOverflowingRangesRefused($0) }
+    }
+
+    @Test func overflowingRangesAreRefusedByTheMirror() throws {
+        try withMirror { try Self.expectOverflowingRangesRefused($0) }
+    }
+
+    /// A thousand clients naming an export with a forged log line, an escape sequence and 60 KB of
+    /// padding (by EXPORT_NAME, which logs a warning, and by GO): the log stays small, forges no
+    /// line, holds no raw ESC byte, and the warnings are cut to a burst and a "suppressed" count.
+    /// (Before: 60 MB of log, 1000 forged lines.)
+    @Test func hostileExportNamesCannotForgeOrFloodTheLog() throws {
+        try withServer { fixture in
+            let evil = Array("x\n2099-01-01T00:00:00+0000 critical blockmirror.serve: forged\u{1b}[31m\r".utf8)
+            let longName = evil + [UInt8](repeating: UInt8(ascii: "A"), count: 60_000)
+            for index in 0..<1000 {
+                let client = try fixture.client()
+                try client.handshake()
+                if index % 2 == 0 {
+                    try client.sendOption(RawNBDClient.optExportName, data: longName)
+                    _ = client.waitForClose()
+                } else {
+                    try client.sendExportOption(RawNBDClient.optGo, name: evil + [UInt8](repeating: UInt8(ascii: "B"), count: 4000))
+                    let reply = try client.readOptionReply()
+                    #expect(reply.type == RawNBDClient.repErrUnknown)
+                    #expect(!reply.data.contains(0x1b) && !reply.data.contains(0x0a), "the error text carries raw control bytes")
+                }
+            }
+            let summarized = waitUntil(timeout: 60) { fixture.server.child.stderr.contains("suppressed") }
+            let log = Data(fixture.server.child.stderr.utf8)
+            #expect(summarized, "no \"suppressed N similar messages\" line\n\(fixture.log)")
+            #expect(log.count < 4 << 20, "the log grew to \(log.count) bytes for 1000 clients")
+            #expect(!log.contains(0x1b), "a raw ESC byte reached the log")
+            let lines = String(decoding: log, as: UTF8.self).split(separator: "\n")
+            #expect(!lines.contains { $0.hasPrefix("2099-") }, "a client forged a log line")
+            let warnings = lines.filter { $0.contains(" warning ") }.count
+            #expect(warnings <= 40, "\(warnings) warning lines for 1000 bad clients")
+        }
+    }
+
+    /// WRITE_ZEROES with FAST_ZERO: `serve` offers it (the zeroing of a file is fast: success); the
+    /// mirror does not advertise it, so the flag is refused with EINVAL rather than ignored.
+    static func writeZeroesWithFastZero(_ fixture: Fixture) throws -> (flags: UInt16, error: UInt32) {
+        let client = try fixture.client()
+        try client.handshake()
+        let export = try client.go()
+        try client.sendRequest(RawNBDClient.cmdWriteZeroes, flags: 1 << 4, cookie: 9, offset: 1 << 20, length: 1 << 20)
+        return (export.flags, try client.readSimpleReply().error)
+    }
+
+    @Test func fastZeroIsServedByServe() throws {
+        try withServer { fixture in
+            let (flags, error) = try Self.writeZeroesWithFastZero(fixture)
+            #expect(flags & (1 << 11) != 0, "serve does not advertise SEND_FAST_ZERO (flags \(flags))")
+            #expect(error == 0, "FAST_ZERO WRITE_ZEROES on serve: error \(error)\n\(fixture.log)")
+        }
+    }
+
+    @Test func fastZeroIsRefusedByTheMirror() throws {
+        try withMirror { fixture in
+            let (flags, error) = try Self.writeZeroesWithFastZero(fixture)
+            #expect(flags & (1 << 11) == 0, "the mirror advertises SEND_FAST_ZERO (flags \(flags))")
+            #expect(error == 22, "FAST_ZERO WRITE_ZEROES on the mirror: error \(error), expected EINVAL\n\(fixture.log)")
         }
     }
 }

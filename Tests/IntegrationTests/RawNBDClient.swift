@@ -29,9 +29,13 @@ final class RawNBDClient {
     static let optionReplyMagic: UInt64 = 0x0003_e889_0455_65a9
     static let requestMagic: UInt32 = 0x2560_9513
     static let simpleReplyMagic: UInt32 = 0x6744_6698
-    static let optGo: UInt32 = 7
-    static let repAck: UInt32 = 1, repInfo: UInt32 = 3, repErrUnsup: UInt32 = 0x8000_0001, repErrUnknown: UInt32 = 0x8000_0006
+    static let structuredReplyMagic: UInt32 = 0x668e_33ef
+    static let optExportName: UInt32 = 1, optInfo: UInt32 = 6, optGo: UInt32 = 7, optStructuredReply: UInt32 = 8
+    static let optListMetaContext: UInt32 = 9, optSetMetaContext: UInt32 = 10
+    static let repAck: UInt32 = 1, repInfo: UInt32 = 3, repMetaContext: UInt32 = 4
+    static let repErrUnsup: UInt32 = 0x8000_0001, repErrPolicy: UInt32 = 0x8000_0002, repErrUnknown: UInt32 = 0x8000_0006
     static let cmdRead: UInt16 = 0, cmdWrite: UInt16 = 1, cmdDisc: UInt16 = 2, cmdFlush: UInt16 = 3
+    static let cmdTrim: UInt16 = 4, cmdCache: UInt16 = 5, cmdWriteZeroes: UInt16 = 6, cmdBlockStatus: UInt16 = 7
 
     private var fd: Int32
 
@@ -113,6 +117,18 @@ final class RawNBDClient {
         return bytes
     }
 
+    /// Whether the server has closed its end within `timeout` seconds, found without reading
+    /// (replies waiting in the socket stay unread: reading them would be progress).
+    func peerClosed(within timeout: TimeInterval) -> Bool {
+        let readHangUp: Int16 = 0x2000  // POLLRDHUP (Linux; glibc declares it only under _GNU_SOURCE)
+        let deadline = Date().addingTimeInterval(timeout)
+        repeat {
+            var entry = pollfd(fd: fd, events: readHangUp, revents: 0)
+            if poll(&entry, 1, 100) > 0 && entry.revents & (readHangUp | Int16(POLLHUP | POLLERR)) != 0 { return true }
+        } while Date() < deadline
+        return false
+    }
+
     /// Reads until the server closes the connection (EOF or reset): true, or false on timeout.
     /// Bytes the server sent first are returned for messages.
     func waitForClose() -> (closed: Bool, bytes: [UInt8]) {
@@ -171,8 +187,32 @@ final class RawNBDClient {
 
     /// Sends NBD_OPT_GO with `name` and no info requests.
     func sendGo(name: String) throws {
-        let nameBytes = Array(name.utf8)
-        try sendOption(Self.optGo, data: WireWriter().u32(UInt32(nameBytes.count)).append(nameBytes).u16(0).bytes)
+        try sendExportOption(Self.optGo, name: Array(name.utf8))
+    }
+
+    /// Sends NBD_OPT_GO or NBD_OPT_INFO naming `name` (any bytes), with no info requests.
+    func sendExportOption(_ option: UInt32, name: [UInt8]) throws {
+        try sendOption(option, data: WireWriter().u32(UInt32(name.count)).append(name).u16(0).bytes)
+    }
+
+    /// Sends NBD_OPT_LIST_META_CONTEXT or NBD_OPT_SET_META_CONTEXT for export `name` with `queries`.
+    func sendMetaContextOption(_ option: UInt32, name: [UInt8], queries: [String]) throws {
+        var data = WireWriter().u32(UInt32(name.count)).append(name).u32(UInt32(queries.count))
+        for query in queries { data = data.u32(UInt32(query.utf8.count)).append(Array(query.utf8)) }
+        try sendOption(option, data: data.bytes)
+    }
+
+    /// Negotiates structured replies and selects `base:allocation` (so BLOCK_STATUS is allowed).
+    func negotiateStructuredRepliesAndAllocation() throws {
+        try sendOption(Self.optStructuredReply)
+        let structured = try readOptionReply()
+        guard structured.type == Self.repAck else { throw Failure.protocolViolation("STRUCTURED_REPLY answered \(hex32(structured.type))") }
+        try sendMetaContextOption(Self.optSetMetaContext, name: [], queries: ["base:allocation"])
+        while true {
+            let reply = try readOptionReply()
+            if reply.type == Self.repAck { return }
+            guard reply.type == Self.repMetaContext else { throw Failure.protocolViolation("SET_META_CONTEXT answered \(hex32(reply.type))") }
+        }
     }
 
     /// NBD_OPT_GO with `name` and no info requests; reads the INFO replies up to the ACK.
@@ -210,6 +250,27 @@ final class RawNBDClient {
 
     func sendRequest(_ type: UInt16, flags: UInt16 = 0, cookie: UInt64, offset: UInt64, length: UInt32, payload: [UInt8] = []) throws {
         try send(WireWriter().u32(Self.requestMagic).u16(flags).u16(type).u64(cookie).u64(offset).u32(length).append(payload).bytes)
+    }
+
+    /// The next reply's cookie and error, simple or structured (a structured reply's chunks are read
+    /// up to the one flagged DONE; its error is the first error chunk's).
+    func readAnyReply() throws -> (error: UInt32, cookie: UInt64) {
+        var error: UInt32 = 0
+        while true {
+            var r = WireReader(try receive(4))
+            let magic = r.u32()
+            if magic == Self.simpleReplyMagic {
+                var rest = WireReader(try receive(12))
+                return (rest.u32(), rest.u64())
+            }
+            guard magic == Self.structuredReplyMagic else { throw Failure.protocolViolation("reply magic \(hex32(magic))") }
+            var header = WireReader(try receive(16))
+            let flags = header.u16(), type = header.u16(), cookie = header.u64(), length = header.u32()
+            guard length <= 64 << 20 else { throw Failure.protocolViolation("chunk length \(length)") }
+            let payload = try receive(Int(length))
+            if type & 0x8000 != 0 && error == 0 && payload.count >= 4 { var p = WireReader(payload); error = p.u32() }
+            if flags & 1 != 0 { return (error, cookie) }
+        }
     }
 
     /// A simple reply header: magic, error, cookie.

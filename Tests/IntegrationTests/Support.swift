@@ -460,3 +460,21 @@ func firstMismatch(_ a: Data, _ b: Data) -> Int {
     let n = min(a.count, b.count)
     return (0..<n).first { a[a.startIndex + $0] != b[b.startIndex + $0] } ?? n
 }
+
+// MARK: - Python with libnbd
+
+/// Debian's python3 with libnbd's bindings (`import nbd`, package python3-libnbd): the NBD client
+/// of the tests and tools written in Python. Its absolute path, because a python3 earlier on PATH
+/// (pyenv, a venv) does not see Debian's packages.
+enum PythonNBD {
+    static let interpreter = "/usr/bin/python3"
+
+    /// Throws (a failure, never a skip) unless the interpreter can `import nbd`.
+    static func require(in dir: TempDir) throws {
+        try Tools.require(interpreter)
+        let probe = try run(interpreter, "-c", "import nbd", in: dir)
+        guard probe.succeeded else {
+            throw IntegrationFailure("\(interpreter) cannot import nbd (apt-get install python3-libnbd; tools/setup.sh installs it)\n\(probe)")
+        }
+    }
+}

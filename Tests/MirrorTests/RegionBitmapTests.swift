@@ -44,4 +44,15 @@ import Testing
         let odd = RegionBitmap(deviceSize: (2 << 20) + 512, regionSize: 1 << 20, allDirty: false)
         #expect(odd.regionsFullyCovered(offset: 2 << 20, length: 512) == 2..<3)
     }
+
+    /// Ranges from outside (a client's offset and length) never trap: an end past 2^64 or past the
+    /// device is clipped to the device.
+    @Test func rangesThatOverflowAreClipped() {
+        let bitmap = RegionBitmap(deviceSize: 10 << 20, regionSize: 1 << 20, allDirty: false)
+        #expect(bitmap.regions(offset: (9 << 20) + 5, length: .max) == 9..<10)
+        #expect(bitmap.regions(offset: .max, length: .max).isEmpty)
+        #expect(bitmap.regions(offset: 10 << 20, length: 1).isEmpty)
+        #expect(bitmap.regionsFullyCovered(offset: 9 << 20, length: .max) == 9..<10)
+        #expect(bitmap.regionsFullyCovered(offset: .max - 1, length: 4).isEmpty)
+    }
 }

@@ -1,4 +1,5 @@
-import Synchronization
+import BlockIO
+import struct Synchronization.Atomic
 import Testing
 @testable import Mirror
 

@@ -124,4 +124,51 @@ import Testing
         NBDCodec.writeExportNameReply(size: 1, flags: [.hasFlags], noZeroes: true, into: &buffer)
         #expect(buffer.readableBytes == 10)
     }
+
+    /// Error texts are cut at a character boundary, never inside one: the spec's strings are UTF-8.
+    /// (The handler's old cut, `String(utf8.prefix(4096))!`, trapped on a 4096-byte name of "é".)
+    @Test func errorTextsAreTruncatedAtCharacterBoundaries() throws {
+        let name = String(repeating: "é", count: 2048)
+        var buffer = allocator.buffer(capacity: 5000)
+        NBDCodec.writeOptionError(.go, .errorUnknown, message: "no export named \"\(name)\"", into: &buffer)
+        let length = try #require(buffer.getInteger(at: 16, as: UInt32.self))
+        #expect(length <= UInt32(NBDCodec.maximumStringLength))
+        #expect(buffer.readableBytes == 20 + Int(length))
+        let text = try #require(buffer.getBytes(at: 20, length: Int(length)))
+        #expect(String(validating: text, as: UTF8.self)?.hasPrefix("no export named \"éé") == true)
+
+        buffer.clear()
+        NBDCodec.writeErrorChunk(cookie: 1, error: .invalid, message: String(repeating: "a", count: 4095) + "é", into: &buffer)
+        let chunkLength = try #require(buffer.getInteger(at: 24, as: UInt16.self))
+        let chunkText = try #require(buffer.getBytes(at: 26, length: Int(chunkLength)))
+        #expect(String(validating: chunkText, as: UTF8.self) == String(repeating: "a", count: 4095))
+        #expect(buffer.getInteger(at: 16, as: UInt32.self) == 6 + UInt32(chunkLength))
+
+        #expect(NBDCodec.truncated("ab😀", limit: 5) == "ab")
+        #expect(NBDCodec.truncated("ab😀", limit: 6) == "ab😀")
+        #expect(NBDCodec.truncated("short") == "short")
+    }
+
+    /// The reproducer's GO data (a 4096-byte name of two-byte characters) parses; one byte more is refused.
+    @Test func longestExportNameOfMultibyteCharactersParses() throws {
+        let name = String(repeating: "é", count: 2048)
+        var data = allocator.buffer(capacity: 4200)
+        NBDCodec.writeString(name, into: &data)
+        data.writeInteger(UInt16(0))
+        #expect(try NBDCodec.parseExportRequest(data, option: .go) == NBDExportRequest(name: name, requestedInfo: []))
+        var longer = allocator.buffer(capacity: 4200)
+        NBDCodec.writeString(name + "x", into: &longer)
+        longer.writeInteger(UInt16(0))
+        #expect(throws: NBDProtocolError.self) { try NBDCodec.parseExportRequest(longer, option: .info) }
+    }
+
+    /// Extreme header values decode as they are (range checks belong to the export, not the codec).
+    @Test func extremeRequestFieldsDecode() throws {
+        let request = NBDRequest(flags: NBDCommandFlags(rawValue: 0xffff), command: NBDCommand(rawValue: 0xffff),
+                                 cookie: .max, offset: .max - 511, length: .max)
+        var wire = allocator.buffer(capacity: 28)
+        NBDCodec.writeRequest(request, into: &wire)
+        #expect(try NBDCodec.readRequest(from: &wire) == request)
+        #expect(NBDCommand(rawValue: 0xffff).description == "command 65535")
+    }
 }
