@@ -18,6 +18,8 @@
 # AddressSanitizer build without coverage); `--sanitize fuzzer` is passed too, since it is what makes
 # SwiftPM leave `main` to libFuzzer. -enable-testing lets the targets `@testable import` the
 # internals they drive (the NBD connection handler, the control socket's line framing).
+# --disable-build-manifest-caching: SwiftPM's cached build plan does not see a source file added to
+# the main package (a path dependency here), and the build then fails on the missing symbols.
 # Runs niced (the machine is shared), one target at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,7 +52,7 @@ started=$(date +%s)
 mkdir -p "$scratch/logs"
 for target in "${targets[@]}"; do
     status=0
-    nice -n 10 swift build -c release --package-path Fuzz --scratch-path "$scratch" --sanitize fuzzer \
+    nice -n 10 swift build -c release --package-path Fuzz --scratch-path "$scratch" --disable-build-manifest-caching --sanitize fuzzer \
         -Xswiftc -sanitize=fuzzer,address -Xswiftc -enable-testing --product "fuzz-$target" > "$scratch/logs/build.log" 2>&1 || status=$?
     grep -v "Cannot export local symbol" "$scratch/logs/build.log" | grep -E "error|warning:" >&2 || true
     ((status == 0)) || { echo "fuzz: the build of fuzz-$target failed (Fuzz/.build-fuzz/logs/build.log)" >&2; exit 1; }
