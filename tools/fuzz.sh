@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets of Fuzz/ and runs them on their corpora (Fuzz/Corpus/TARGET/).
 #
-# Usage: tools/fuzz.sh TARGET|all [--runs N] [--time S] [--merge] [--build-only] [-- LIBFUZZER_ARGS...]
+# Usage: tools/fuzz.sh TARGET|all [--runs N] [--time S] [--fresh] [--merge] [--build-only] [-- LIBFUZZER_ARGS...]
 #   TARGET        nbd-handshake | nbd-transmission | control | bitmap (Fuzz/README.md says what each fuzzes)
 #   --runs N      stop each target after N executions
 #   --time S      stop each target after S seconds (with neither option: 60 s)
+#   --fresh       start from the committed corpus alone (what tools/test.sh does), not also from
+#                 what earlier runs found (Fuzz/.build-fuzz/corpus/TARGET)
 #   --merge       afterwards, add the inputs that reached new coverage to Fuzz/Corpus/TARGET (libFuzzer -merge=1)
 #   --build-only  build, run nothing
 # Prints per target: executions, executions/s, coverage (cov: edges, ft: features), corpus size;
@@ -27,14 +29,15 @@ root=$PWD
 source tools/setup.sh
 
 all_targets=(nbd-handshake nbd-transmission control bitmap)
-usage() { sed -n '2,12p' "$0" >&2; exit 64; }
+usage() { sed -n '2,14p' "$0" >&2; exit 64; }
 (($#)) || usage
 what=$1; shift
-runs="" time="" merge=0 build_only=0 extra=()
+runs="" time="" fresh=0 merge=0 build_only=0 extra=()
 while (($#)); do
     case $1 in
         --runs) runs=$2; shift 2 ;;
         --time) time=$2; shift 2 ;;
+        --fresh) fresh=1; shift ;;
         --merge) merge=1; shift ;;
         --build-only) build_only=1; shift ;;
         --) shift; extra=("$@"); break ;;
@@ -71,6 +74,7 @@ for target in "${targets[@]}"; do
     binary=$scratch/release/fuzz-$target
     seeds=$root/Fuzz/Corpus/$target
     corpus=$scratch/corpus/$target
+    ((fresh)) && corpus=$tmp/$target/corpus
     crashes=$scratch/crashes/$target
     log=$scratch/logs/$target.log
     mkdir -p "$seeds" "$corpus" "$crashes" "$(dirname "$log")" "$tmp/$target"

@@ -8,4 +8,4 @@ source tools/setup.sh
 swift build --build-tests
 swift test --no-parallel "$@"
 # Fuzzing: each libFuzzer target for a fixed number of executions on its corpus (Fuzz/README.md).
-tools/fuzz.sh all --runs 5000
+tools/fuzz.sh all --runs 5000 --fresh
