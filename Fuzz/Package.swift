@@ -30,7 +30,7 @@ let package = Package(
         .target(name: "NBDFuzzHarness", dependencies: ["FuzzSupport", blockMirror("NBD"), blockMirror("BlockExport"),
                                                        nio("NIOCore"), nio("NIOEmbedded")]),
         fuzzTarget("fuzz-nbd-handshake", ["NBDFuzzHarness", blockMirror("NBD"), nio("NIOCore")]),
-        fuzzTarget("fuzz-nbd-transmission", ["NBDFuzzHarness", blockMirror("NBD"), nio("NIOCore")]),
+        fuzzTarget("fuzz-nbd-transmission", ["NBDFuzzHarness", blockMirror("NBD"), blockMirror("BlockExport"), nio("NIOCore")]),
         fuzzTarget("fuzz-control", [blockMirror("Control"), blockMirror("BlockIO"), nio("NIOCore"), nio("NIOEmbedded")]),
         fuzzTarget("fuzz-bitmap", [blockMirror("Mirror"), blockMirror("BlockIO")]),
     ]

@@ -16,13 +16,17 @@ public final class FuzzExport: BlockExport {
     /// The read data: one buffer of zeroes as large as the largest payload, sliced per read.
     private static let zeroes = ByteBuffer(repeating: 0, count: Int(BlockSizeConstraints.maximumPayload))
 
-    public init(size: UInt64, readOnly: Bool, failing: Bool) {
+    /// An export of `size` bytes taking payloads of up to `maximumPayload` bytes (at most
+    /// `BlockSizeConstraints.maximumPayload`). A smaller maximum keeps the fuzzing fast: the
+    /// handler buffers a WRITE's payload arriving in pieces in one buffer of its full length, which
+    /// under AddressSanitizer costs more the larger it is.
+    public init(size: UInt64, readOnly: Bool, failing: Bool, maximumPayload: UInt32) {
         self.size = size
         self.failing = failing
         capabilities = ExportCapabilities(
             isReadOnly: readOnly, canTrim: !readOnly, canWriteZeroes: !readOnly, canFastZero: !readOnly,
             canMultiConnect: true,
-            blockSizes: BlockSizeConstraints(minimum: 1, preferred: 4096, maximum: BlockSizeConstraints.maximumPayload))
+            blockSizes: BlockSizeConstraints(minimum: 1, preferred: 4096, maximum: min(maximumPayload, BlockSizeConstraints.maximumPayload)))
     }
 
     /// The failure of a request at `offset`, if this export fails it.

@@ -9,7 +9,7 @@ import NIOCore
 /// Each input goes (1) through the codec's negotiation parsers directly (`readClientFlags`,
 /// `readOptionHeader`, `parseExportRequest`, `parseMetaContextRequest`, as the handler calls them),
 /// and (2) to the server's connection handler on an EmbeddedChannel, serving one export named
-/// "disk", whole and split in about 16 reads (the replies must not differ), with every log line checked;
+/// "disk" (1 MiB, payloads up to 64 KiB), whole and split in about 16 reads (the replies must not differ), with every log line checked;
 /// the server's replies are then read against the protocol (`NBDStreamCheck`).
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzNBDHandshake(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
@@ -20,7 +20,8 @@ public func fuzzNBDHandshake(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt 
     return 0
 }
 
-private let registry = NBDExportRegistry([(name: "disk", export: FuzzExport(size: 1 << 20, readOnly: false, failing: false))])
+private let registry = NBDExportRegistry([(name: "disk", export: FuzzExport(size: 1 << 20, readOnly: false, failing: false,
+                                                                            maximumPayload: 64 << 10))])
 
 /// The codec alone: client flags, then option after option, each option's data parsed as every
 /// option that carries structured data; an error must be a description, never a trap, and a

@@ -1,4 +1,5 @@
 import FuzzSupport
+import BlockExport
 import NBD
 import NBDFuzzHarness
 import NIOCore
@@ -10,7 +11,8 @@ import NIOCore
 /// The bits of the first byte: 0 structured replies, 1 base:allocation selected (with 0), 2 the
 /// old EXPORT_NAME rather than GO, 3 a read-only export, 4 an export that fails requests at some
 /// offsets with each kind of error, 5 an export of 2^64 - 512 bytes rather than 1 MiB (ranges
-/// near the top of the offset space).
+/// near the top of the offset space), 6 payloads up to the 32 MiB real exports take rather than
+/// 64 KiB (slower: see `FuzzExport.init`).
 ///
 /// The stream goes (1) through `NBDCodec.readRequest` directly, every header re-encoded the same,
 /// and (2) after the negotiation the first byte names, to the server's connection handler on an
@@ -22,7 +24,8 @@ public func fuzzNBDTransmission(_ data: UnsafePointer<UInt8>, _ size: Int) -> CI
     let setup = data[0]
     let requests = Array(UnsafeBufferPointer(start: data + 1, count: size - 1))
     readRequests(requests)
-    let export = FuzzExport(size: setup & 32 != 0 ? UInt64.max - 511 : 1 << 20, readOnly: setup & 8 != 0, failing: setup & 16 != 0)
+    let export = FuzzExport(size: setup & 32 != 0 ? UInt64.max - 511 : 1 << 20, readOnly: setup & 8 != 0, failing: setup & 16 != 0,
+                            maximumPayload: setup & 64 != 0 ? BlockSizeConstraints.maximumPayload : 64 << 10)
     let registry = NBDExportRegistry([(name: "disk", export: export)])
     let client = negotiation(structured: setup & 1 != 0, blockStatus: setup & 3 == 3, exportName: setup & 4 != 0) + requests
     let output = NBDConnectionRun.serveChunkedAlike(client, registry: registry)
