@@ -1,4 +1,3 @@
-import BlockIO
 import CLibAIO
 import Foundation
 

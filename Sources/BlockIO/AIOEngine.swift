@@ -1,5 +1,4 @@
 #if canImport(Glibc)
-import BlockIO
 import Glibc
 #endif
 

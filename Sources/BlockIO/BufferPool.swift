@@ -1,4 +1,3 @@
-import BlockIO
 import Dispatch
 
 /// A bounded pool of aligned buffers, reused across requests so the data path does not call

@@ -10,17 +10,19 @@ public enum CRC32C {
         var value = ~crc
         var index = 0
         let count = bytes.count
+        let table = Self.table
         while count - index >= 8 {
-            let low = value ^ (UInt32(bytes[index]) | UInt32(bytes[index + 1]) << 8
-                               | UInt32(bytes[index + 2]) << 16 | UInt32(bytes[index + 3]) << 24)
-            value = table[7][Int(low & 0xFF)] ^ table[6][Int((low >> 8) & 0xFF)]
-                ^ table[5][Int((low >> 16) & 0xFF)] ^ table[4][Int(low >> 24)]
-                ^ table[3][Int(bytes[index + 4])] ^ table[2][Int(bytes[index + 5])]
-                ^ table[1][Int(bytes[index + 6])] ^ table[0][Int(bytes[index + 7])]
+            let word = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: index, as: UInt64.self))
+            let low = value ^ UInt32(truncatingIfNeeded: word)
+            let high = UInt32(truncatingIfNeeded: word >> 32)
+            value = table[7 << 8 | Int(low & 0xFF)] ^ table[6 << 8 | Int((low >> 8) & 0xFF)]
+                ^ table[5 << 8 | Int((low >> 16) & 0xFF)] ^ table[4 << 8 | Int(low >> 24)]
+                ^ table[3 << 8 | Int(high & 0xFF)] ^ table[2 << 8 | Int((high >> 8) & 0xFF)]
+                ^ table[1 << 8 | Int((high >> 16) & 0xFF)] ^ table[Int(high >> 24)]
             index += 8
         }
         while index < count {
-            value = table[0][Int((value ^ UInt32(bytes[index])) & 0xFF)] ^ (value >> 8)
+            value = table[Int((value ^ UInt32(bytes[index])) & 0xFF)] ^ (value >> 8)
             index += 1
         }
         return ~value
@@ -31,21 +33,24 @@ public enum CRC32C {
         bytes.withUnsafeBytes { checksum($0, continuing: crc) }
     }
 
-    /// table[0] is the classic byte table; table[k][b] is the CRC of byte b followed by k zero bytes.
-    private static let table: [[UInt32]] = {
+    /// Eight tables of 256 entries, one after the other: entry `k << 8 | b` is the CRC of byte b
+    /// followed by k zero bytes (k = 0: the classic byte table). Unchecked memory, built once and
+    /// never written again: every index above is below 8 << 8 by construction, and the nested arrays
+    /// this replaces spent most of the checksum's time in bounds checks.
+    private nonisolated(unsafe) static let table: UnsafePointer<UInt32> = {
         let polynomial: UInt32 = 0x82F6_3B78  // reflected 0x1EDC6F41
-        var tables = [[UInt32]](repeating: [UInt32](repeating: 0, count: 256), count: 8)
+        let tables = UnsafeMutablePointer<UInt32>.allocate(capacity: 8 << 8)
         for byte in 0..<256 {
             var crc = UInt32(byte)
             for _ in 0..<8 { crc = crc & 1 != 0 ? (crc >> 1) ^ polynomial : crc >> 1 }
-            tables[0][byte] = crc
+            tables[byte] = crc
         }
-        for byte in 0..<256 {
-            for slice in 1..<8 {
-                let previous = tables[slice - 1][byte]
-                tables[slice][byte] = (previous >> 8) ^ tables[0][Int(previous & 0xFF)]
+        for slice in 1..<8 {
+            for byte in 0..<256 {
+                let previous = tables[(slice - 1) << 8 | byte]
+                tables[slice << 8 | byte] = (previous >> 8) ^ tables[Int(previous & 0xFF)]
             }
         }
-        return tables
+        return UnsafePointer(tables)
     }()
 }

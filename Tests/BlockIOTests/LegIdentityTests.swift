@@ -158,5 +158,20 @@ import Glibc
         let bytes = (0..<1000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
         // Continuing over two halves gives the checksum of the whole.
         #expect(CRC32C.checksum(Array(bytes[500...]), continuing: CRC32C.checksum(Array(bytes[..<500]))) == CRC32C.checksum(bytes))
+        // Slicing-by-8 agrees with the bit-at-a-time definition at every length and alignment.
+        func bitwise(_ input: ArraySlice<UInt8>) -> UInt32 {
+            var crc: UInt32 = 0xFFFF_FFFF
+            for byte in input {
+                crc ^= UInt32(byte)
+                for _ in 0..<8 { crc = crc & 1 != 0 ? (crc >> 1) ^ 0x82F6_3B78 : crc >> 1 }
+            }
+            return ~crc
+        }
+        for start in 0..<8 {
+            for length in 0..<40 {
+                let slice = bytes[start..<start + length]
+                #expect(CRC32C.checksum(Array(slice)) == bitwise(slice), "offset \(start), length \(length)")
+            }
+        }
     }
 }
