@@ -59,7 +59,7 @@ let package = Package(
         /// Kernel md through mdadm and /proc/mdstat and sysfs: parsers and the md backend.
         .target(
             name: "MDBackend",
-            dependencies: ["Mirror"]),
+            dependencies: ["BlockIO", "Mirror"]),
         /// The control socket of a mirror daemon: line-delimited JSON requests and responses.
         .target(
             name: "Control",

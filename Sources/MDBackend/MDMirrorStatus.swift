@@ -1,3 +1,4 @@
+import BlockIO
 import Mirror
 
 /// A kernel md RAID1 array seen as a mirror: the same `MirrorStatus` the engine reports, so
@@ -12,8 +13,8 @@ public enum MDMirrorStatus {
     /// The status of array `stat` (from /proc/mdstat) with its sysfs values and, when available,
     /// `mdadm --detail` (which names the devices by path).
     public static func make(stat: MDArrayStat, sysfs: MDSysfs, detail: MDDetail?) -> MirrorStatus {
-        let size = (detail?.arraySizeKiB ?? stat.blocks ?? 0) * 1024
-        let regionsTotal = Int((size + regionSize - 1) / regionSize)
+        let size = (detail?.arraySizeKiB ?? stat.blocks ?? 0).multipliedSaturating(by: 1024)
+        let regionsTotal = Int(size.dividedRoundingUp(by: regionSize))
         let (source, target, faultyTarget) = devices(stat: stat, detail: detail)
         let action = sysfs.syncAction
         let recovering = action == "recover" || action == "resync" || stat.pending != nil
@@ -29,11 +30,11 @@ public enum MDMirrorStatus {
         switch state {
         case .recovering:
             // mdstat's (done/total) in KiB is finer than sync_completed, which moves in big steps.
-            let progress: (done: UInt64, total: UInt64)? = stat.progress.map { ($0.done * 1024, $0.total * 1024) }
-                ?? sysfs.syncCompleted.map { ($0.done * 512, $0.total * 512) }
+            let progress: (done: UInt64, total: UInt64)? = stat.progress.map { ($0.done.multipliedSaturating(by: 1024), $0.total.multipliedSaturating(by: 1024)) }
+                ?? sysfs.syncCompleted.map { ($0.done.multipliedSaturating(by: 512), $0.total.multipliedSaturating(by: 512)) }
             if let progress, progress.total > 0 {
                 let remaining = progress.total - min(progress.done, progress.total)
-                regionsDirty = Int((remaining + regionSize - 1) / regionSize)
+                regionsDirty = Int(remaining.dividedRoundingUp(by: regionSize))
                 bytesCopied = progress.done
             } else {
                 regionsDirty = regionsTotal  // pending or delayed: nothing copied yet
@@ -41,7 +42,7 @@ public enum MDMirrorStatus {
         case .degraded, .targetFailed: regionsDirty = regionsTotal
         case .inSync, .stopping: break
         }
-        let speed = action == "idle" ? 0 : sysfs.syncSpeed * 1024
+        let speed = action == "idle" ? 0 : sysfs.syncSpeed.multipliedSaturating(by: 1024)
         var status = MirrorStatus(
             state: state, source: source ?? "", target: target, size: size, regionSize: regionSize, regionsTotal: regionsTotal,
             regionsDirty: regionsDirty, bytesCopied: bytesCopied, speedBytesPerSecond: speed,

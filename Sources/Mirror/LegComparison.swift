@@ -40,7 +40,7 @@ public enum LegComparison {
     /// Mismatch offsets are relative to `offset` (the array's view when `offset` skips a superblock).
     public static func verify(_ first: BlockDevice, _ second: BlockDevice, offset: UInt64 = 0, length: UInt64,
                               regionSize: UInt64 = 1 << 20, concurrency: Int = 8, pool: BufferPool) async -> CheckReport {
-        let regions = Int((length + regionSize - 1) / regionSize)
+        let regions = Int(length.dividedRoundingUp(by: regionSize))
         let progress = Progress(CheckReport(repair: false, regionsTotal: regions))
         await withTaskGroup(of: Void.self) { group in
             for _ in 0..<max(1, concurrency) {

@@ -1,3 +1,5 @@
+import BlockIO
+
 /// Where a mirror stands, as `status` and `detail` report it.
 public enum MirrorState: String, Sendable, Equatable, Codable {
     /// Serving from the source alone; no target attached (`--target missing`).
@@ -102,7 +104,7 @@ public struct CheckReport: Sendable, Equatable, Codable {
     /// Adds mismatching ranges found in one region.
     public mutating func record(_ ranges: [Mismatch]) {
         for range in ranges {
-            mismatchedSectors += (range.length + UInt64(SectorComparison.sectorSize) - 1) / UInt64(SectorComparison.sectorSize)
+            mismatchedSectors += range.length.dividedRoundingUp(by: UInt64(SectorComparison.sectorSize))
             if mismatches.count < Self.maximumListed { mismatches.append(range) }
         }
     }

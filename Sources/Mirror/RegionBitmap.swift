@@ -19,7 +19,7 @@ public struct RegionBitmap: Sendable, Equatable {
         precondition(regionSize > 0 && regionSize & (regionSize - 1) == 0, "region size must be a power of two")
         self.regionSize = regionSize
         self.deviceSize = deviceSize
-        regionCount = Int((deviceSize + regionSize - 1) / regionSize)
+        regionCount = Int(deviceSize.dividedRoundingUp(by: regionSize))
         words = Array(repeating: 0, count: (regionCount + 63) / 64)
         dirtyCount = 0
         if allDirty { setAll() }
@@ -110,7 +110,7 @@ public struct RegionBitmap: Sendable, Equatable {
         guard offset < deviceSize else { return 0..<0 }
         let (sum, overflow) = offset.addingReportingOverflow(length)
         let end = overflow ? deviceSize : sum
-        let first = Int((offset + regionSize - 1) / regionSize)
+        let first = Int(offset.dividedRoundingUp(by: regionSize))
         let last = end >= deviceSize ? regionCount : Int(end / regionSize)
         return first < last ? first..<last : first..<first
     }

@@ -1,4 +1,5 @@
 import BlockIO
+import Foundation
 import Testing
 @testable import Mirror
 
@@ -26,6 +27,23 @@ import Testing
             #expect(throws: BitmapFileFormat.Invalid.self) { try BitmapFileFormat.decodeHeader(damaged) }
         }
         #expect(throws: BitmapFileFormat.Invalid.self) { try BitmapFileFormat.decodeHeader(Array(bytes.prefix(4000))) }
+    }
+
+    /// A header whose geometry passes its own checks but reaches 2^64 (device size 2^64 − 1 in
+    /// regions of 2^63 bytes: the bitmap fuzz target's input) is read, not trapped on.
+    @Test func aGeometryNear2To64IsReadWithoutATrap() throws {
+        var near = header(generation: 8)  // even: slot 0
+        near.deviceSize = .max
+        near.regionSize = 1 << 63
+        let file = try BitmapFileFormat.encode(near) + [UInt8](repeating: 0, count: BitmapFileFormat.headerSlotSize)
+            + BitmapFileFormat.encodePage(index: 0, words: [0b10], generation: near.generation, fileID: fileID)
+        let path = "/var/tmp/bitmap-near-2-64-\(UUID().uuidString)"
+        defer { unlink(path) }
+        #expect(FileManager.default.createFile(atPath: path, contents: Data(file)))
+        let examined = try WriteIntentLog.examine(path: path)
+        #expect(examined.header.deviceSize == .max)
+        #expect(examined.bitmap.regionCount == 2)
+        #expect(examined.bitmap.dirtyCount == 1)
     }
 
     @Test func aRecordTooLongForTheHeaderIsAnError() {

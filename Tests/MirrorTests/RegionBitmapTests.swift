@@ -55,4 +55,17 @@ import Testing
         #expect(bitmap.regionsFullyCovered(offset: 9 << 20, length: .max) == 9..<10)
         #expect(bitmap.regionsFullyCovered(offset: .max - 1, length: 4).isEmpty)
     }
+
+    /// A geometry near 2^64 (as a bitmap file may claim; the bitmap fuzz target found the trap in
+    /// rounding the region count up) is counted without overflow.
+    @Test func aDeviceSizeNear2To64IsCountedWithoutOverflow() {
+        let bitmap = RegionBitmap(deviceSize: .max, regionSize: 1 << 63, allDirty: true)
+        #expect(bitmap.regionCount == 2)
+        #expect(bitmap.dirtyCount == 2)
+        #expect(bitmap.regionsFullyCovered(offset: .max - 1, length: 1) == 2..<2)
+        #expect(bitmap.regionsFullyCovered(offset: 1, length: .max) == 1..<2)
+        #expect(UInt64.max.dividedRoundingUp(by: 512) == 1 << 55)
+        #expect(UInt64(1 << 20).dividedRoundingUp(by: 1 << 20) == 1)
+        #expect(UInt64(0).dividedRoundingUp(by: 512) == 0)
+    }
 }
