@@ -66,7 +66,9 @@ echo "fuzz: built ${targets[*]} in $(($(date +%s) - started)) s"
 # Longest input per target: the largest seed (a bitmap file of four pages is 48 KiB) and room to grow.
 declare -A max_len=([nbd-handshake]=16384 [nbd-transmission]=8192 [control]=4096 [bitmap]=53248)
 export SWIFT_BACKTRACE=enable=no   # libFuzzer reports crashes; Swift's backtracer would wait on them
-tmp=$(mktemp -d /tmp/blockmirror-fuzz.XXXXXX)
+# The targets write their inputs to files (the bitmap reader opens a path): in memory where it can.
+tmpbase=/tmp; [[ -d /dev/shm && -w /dev/shm ]] && tmpbase=/dev/shm
+tmp=$(mktemp -d "$tmpbase/blockmirror-fuzz.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 failed=()
 printf '%-18s %12s %9s %7s %7s %8s %s\n' target executions exec/s cov ft corpus result > "$tmp/summary"
