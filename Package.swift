@@ -9,6 +9,8 @@ let package = Package(
         .library(name: "BlockIO", targets: ["BlockIO"]),
         .library(name: "BlockExport", targets: ["BlockExport"]),
         .library(name: "NBD", targets: ["NBD"]),
+        .library(name: "Mirror", targets: ["Mirror"]),
+        .library(name: "Control", targets: ["Control"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.81.0"),
