@@ -10,9 +10,10 @@ public final class InFlightTracker: Sendable {
     private struct State {
         var count = 0
         var closing = false
-        var waiters: [CheckedContinuation<Void, Never>] = []
     }
     private let state = Mutex(State())
+    /// Fulfilled when draining has begun and nothing is in flight.
+    private let drained = OneShot<Void>()
     /// One latency timer per command, and one for FLUSH (no command).
     private let timers: [ExportCommand: CoreMetrics.Timer]
     private let flushTimer: CoreMetrics.Timer
@@ -36,26 +37,21 @@ public final class InFlightTracker: Sendable {
 
     /// Marks an operation finished.
     public func leave() {
-        let waiters: [CheckedContinuation<Void, Never>] = state.withLock { state in
+        let last = state.withLock { state in
             state.count -= 1
-            guard state.closing && state.count == 0 else { return [] }
-            defer { state.waiters = [] }
-            return state.waiters
+            return state.closing && state.count == 0
         }
-        for waiter in waiters { waiter.resume() }
+        if last { drained.fulfil() }
     }
 
     /// Refuses new operations and returns when the last one in flight has finished.
     public func drain() async {
-        await withCheckedContinuation { continuation in
-            let done: Bool = state.withLock { state in
-                state.closing = true
-                if state.count == 0 { return true }
-                state.waiters.append(continuation)
-                return false
-            }
-            if done { continuation.resume() }
+        let idle = state.withLock { state in
+            state.closing = true
+            return state.count == 0
         }
+        if idle { drained.fulfil() }
+        await drained.wait()
     }
 
     /// Operations in flight now.

@@ -11,11 +11,7 @@ import Glibc
 final class SignalWaiter: @unchecked Sendable {
     /// Kept alive here; only `install` (called once, before any `wait`) touches it.
     private var sources: [any DispatchSourceSignal] = []
-    private struct State {
-        var received: Int32?
-        var waiter: CheckedContinuation<Int32, Never>?
-    }
-    private let state = Mutex(State())
+    private let received = OneShot<Int32>()
     private let queue = DispatchQueue(label: "blockmirror.signals")
 
     /// Ignores the default action of `signals` and starts recording them.
@@ -23,29 +19,12 @@ final class SignalWaiter: @unchecked Sendable {
         for number in signals {
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
-            source.setEventHandler { [self] in
-                let waiter: CheckedContinuation<Int32, Never>? = state.withLock { state in
-                    guard state.received == nil else { return nil }
-                    state.received = number
-                    defer { state.waiter = nil }
-                    return state.waiter
-                }
-                waiter?.resume(returning: number)
-            }
+            source.setEventHandler { [received] in received.fulfil(number) }
             source.resume()
             sources.append(source)
         }
     }
 
     /// Returns the first signal received (at once if one already was).
-    func wait() async -> Int32 {
-        await withCheckedContinuation { continuation in
-            let received: Int32? = state.withLock { state in
-                if let received = state.received { return received }
-                state.waiter = continuation
-                return nil
-            }
-            if let received { continuation.resume(returning: received) }
-        }
-    }
+    func wait() async -> Int32 { await received.wait() }
 }

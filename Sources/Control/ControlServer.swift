@@ -48,10 +48,10 @@ public final class ControlServer: Sendable {
         var connections: [ObjectIdentifier: Connection] = [:]
         /// Requests started whose answer has not been written yet.
         var pending = 0
-        /// `shutdown`, waiting for `pending` to reach 0.
-        var idleWaiter: CheckedContinuation<Void, Never>?
     }
     private let state = Mutex(State())
+    /// Fulfilled once `shutdown` began and `pending` is 0 (true), or its wait timed out (false).
+    private let drained = OneShot<Bool>()
 
     public init(path: String, name: String, group: any EventLoopGroup, logger: Logger, limits: Limits = Limits(), handler: @escaping Handler) {
         self.path = path; self.name = name; self.group = group; self.logger = logger; self.limits = limits; self.handler = handler
@@ -111,25 +111,15 @@ public final class ControlServer: Sendable {
         }
         try? await listener?.close()
         unlink(path)
-        await withCheckedContinuation { continuation in
-            let idle = state.withLock { state in
-                if state.pending == 0 { return true }
-                state.idleWaiter = continuation
-                return false
-            }
-            if idle { return continuation.resume() }
-            // The export is closed by now, so requests end soon; one wedged (in a system call, say)
-            // must not keep the daemon alive.
-            group.next().scheduleTask(in: limits.shutdownDrainTimeout) { [self] in
-                let (waiter, running) = state.withLock { state in
-                    defer { state.idleWaiter = nil }
-                    return (state.idleWaiter, state.pending)
-                }
-                guard let waiter else { return }
-                logger.warning("\(running) control request(s) still running at shutdown: not waiting for them")
-                waiter.resume()
-            }
+        if state.withLock({ $0.pending == 0 }) { drained.fulfil(true) }
+        // The export is closed by now, so requests end soon; one wedged (in a system call, say)
+        // must not keep the daemon alive.
+        let deadline = group.next().scheduleTask(in: limits.shutdownDrainTimeout) { [self] in
+            guard drained.fulfil(false) else { return }
+            logger.warning("\(state.withLock { $0.pending }) control request(s) still running at shutdown: not waiting for them")
         }
+        _ = await drained.wait()
+        deadline.cancel()
         let connections = state.withLock { Array($0.connections.values) }
         await withTaskGroup(of: Void.self) { group in
             for connection in connections {
@@ -165,14 +155,12 @@ public final class ControlServer: Sendable {
 
     /// The answer of a begun request was written (`write`) on `channel`, or the client is gone.
     fileprivate func finish(_ write: EventLoopFuture<Void>?, on channel: any Channel) {
-        let waiter: CheckedContinuation<Void, Never>? = state.withLock { state in
+        let idle = state.withLock { state in
             if let write { state.connections[ObjectIdentifier(channel)]?.lastWrite = write }
             state.pending -= 1
-            guard state.pending == 0 else { return nil }
-            defer { state.idleWaiter = nil }
-            return state.idleWaiter
+            return !state.accepting && state.pending == 0
         }
-        waiter?.resume()
+        if idle { drained.fulfil(true) }
     }
 
     /// The answer to one line, encoded.

@@ -61,8 +61,11 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         var cursor = 0
         var copying = 0
         var bytesCopied: UInt64 = 0
-        var waitersForSync: [CheckedContinuation<MirrorStatus, Never>] = []
-        var waitersForCopier: [CheckedContinuation<Void, Never>] = []
+        /// Awaited by `waitUntilSettled` while recovering (made by the first waiter, fulfilled
+        /// and cleared by `settle`).
+        var settled: OneShot<MirrorStatus>?
+        /// Awaited by `close` until neither copies nor check workers run.
+        var backgroundIdle: OneShot<Void>?
         /// What the bitmap file holds (a superset of what may differ).
         var persisted: RegionBitmap
         /// Modifying requests in flight per region: their bits stay set on disk.
@@ -278,15 +281,14 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
 
     /// Returns when the target is in sync, has failed, or the mirror is stopping.
     public func waitUntilSettled() async -> MirrorStatus {
-        await withCheckedContinuation { continuation in
-            let settled: MirrorStatus? = shared.withLock { shared in
-                let status = Self.status(of: shared)
-                guard status.state == .recovering else { return status }
-                shared.waitersForSync.append(continuation)
-                return nil
-            }
-            if let settled { continuation.resume(returning: settled) }
+        let (status, settled) = shared.withLock { shared -> (MirrorStatus, OneShot<MirrorStatus>?) in
+            let status = Self.status(of: shared)
+            guard status.state == .recovering else { return (status, nil) }
+            if shared.settled == nil { shared.settled = OneShot() }
+            return (status, shared.settled)
         }
+        guard let settled else { return status }
+        return await settled.wait()
     }
 
     // MARK: Target failure
@@ -348,13 +350,14 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
 
     /// Wakes `waitUntilSettled` callers when the state is no longer `recovering`.
     func settle() {
-        let (waiters, status): ([CheckedContinuation<MirrorStatus, Never>], MirrorStatus) = shared.withLock { shared in
+        let (settled, status) = shared.withLock { shared -> (OneShot<MirrorStatus>?, MirrorStatus?) in
+            guard shared.settled != nil else { return (nil, nil) }
             let status = Self.status(of: shared)
-            guard status.state != .recovering else { return ([], status) }
-            defer { shared.waitersForSync = [] }
-            return (shared.waitersForSync, status)
+            guard status.state != .recovering else { return (nil, status) }
+            defer { shared.settled = nil }
+            return (shared.settled, status)
         }
-        for waiter in waiters { waiter.resume(returning: status) }
+        if let settled, let status { settled.fulfil(status) }
     }
 
     // MARK: Background copy
@@ -529,12 +532,12 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
 
     /// Wakes `close` when neither copies nor check workers run.
     func wakeBackgroundWaiters() {
-        let waiters: [CheckedContinuation<Void, Never>] = shared.withLock { shared in
-            guard shared.copying == 0, shared.checking == 0 else { return [] }
-            defer { shared.waitersForCopier = [] }
-            return shared.waitersForCopier
+        let idle: OneShot<Void>? = shared.withLock { shared in
+            guard shared.copying == 0, shared.checking == 0 else { return nil }
+            defer { shared.backgroundIdle = nil }
+            return shared.backgroundIdle
         }
-        for waiter in waiters { waiter.resume() }
+        idle?.fulfil()
     }
 
     // MARK: Export operations
@@ -830,14 +833,12 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         shared.withLock { $0.stopping = true }
         housekeepingTimer?.cancel()
         settle()
-        await withCheckedContinuation { continuation in
-            let idle = shared.withLock { shared -> Bool in
-                if shared.copying == 0 && shared.checking == 0 { return true }
-                shared.waitersForCopier.append(continuation)
-                return false
-            }
-            if idle { continuation.resume() }
+        let busy: OneShot<Void>? = shared.withLock { shared in
+            guard shared.copying > 0 || shared.checking > 0 else { return nil }
+            if shared.backgroundIdle == nil { shared.backgroundIdle = OneShot() }
+            return shared.backgroundIdle
         }
+        await busy?.wait()
         await tracker.drain()
         let target = shared.withLock { $0.failure == nil ? $0.target : nil }
         try await source.flush()
