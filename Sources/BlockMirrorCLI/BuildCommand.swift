@@ -136,7 +136,7 @@ struct BuildCommand: AsyncParsableCommand {
             let mirror = MirrorExport(source: sourceDevice, regionSize: log?.regionSize ?? regionSize?.bytes ?? Self.defaultRegionSize,
                                       limits: SpeedLimits(minimum: speedMin, maximum: speedMax), pool: BufferPool(), logger: logger,
                                       intentLog: log, resuming: resumed)
-            if let targetDevice { try mirror.attach(target: targetDevice, verifyClean: verifyClean) }
+            if let targetDevice { try await mirror.attach(target: targetDevice, verifyClean: verifyClean) }
             Task {
                 let settled = await mirror.waitUntilSettled()
                 switch settled.state {

@@ -35,7 +35,7 @@ enum ExportDaemon {
     /// `stop` request). Errors exit with status 1.
     static func run<Export: BlockExport>(
         name: String, listen addresses: [ListenAddress], limits: NBDServerLimits, logger: Logger, control: Control<Export>? = nil,
-        metrics: Metrics<Export>? = nil, open: (AIOEngine) throws -> Export, report: (Export) -> String? = { _ in nil }
+        metrics: Metrics<Export>? = nil, open: (AIOEngine) async throws -> Export, report: (Export) -> String? = { _ in nil }
     ) async throws {
         let aio: AIOEngine
         do { aio = try AIOEngine(depth: 512) } catch {
@@ -60,7 +60,7 @@ enum ExportDaemon {
         do {
             try control?.directory.prepare()
             try await aio.bind(to: group)
-            export = try open(aio)
+            export = try await open(aio)
         } catch {
             await tearDown()
             throw exitWithError(error)

@@ -16,7 +16,7 @@ enum MirrorControl {
             do {
                 try MirrorExport.refuseSource(path, of: mirror.source)
                 let target = try BlockDevice.open(path: path, readOnly: false, aio: aio, logger: logger)
-                regions = try mirror.attach(target: target)
+                regions = try await mirror.attach(target: target)
             } catch {
                 // The path came from a client: escaped wherever it appears.
                 return .failure(name, UntrustedText.escape("cannot add \(path): \(error)", limit: 2048))
@@ -46,7 +46,7 @@ enum MirrorControl {
             return ControlResponse(ok: true, name: name, message: "marked \(mirror.status.target ?? "the target") faulty", status: mirror.status)
         case .remove:
             do {
-                let removed = try mirror.removeTarget()
+                let removed = try await mirror.removeTarget()
                 return ControlResponse(ok: true, name: name, message: "removed \(removed)", status: mirror.status)
             } catch {
                 return .failure(name, "cannot remove the target: \(error)")

@@ -201,9 +201,12 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     /// are refused; a larger one is fine (the export keeps the source's size). Returns the number of
     /// regions to copy.
     @discardableResult
-    public func attach(target: BlockDevice, verifyClean: Bool = false) throws(TargetError) -> Int {
+    public func attach(target: BlockDevice, verifyClean: Bool = false) async throws(TargetError) -> Int {
         try Self.refuse(target.identity, asTargetOf: source)
-        let verdict = intentLog.map { log in intentQueue.sync { log.verdict(forTarget: target.identity, trace: target.writeTrace()) } }
+        var verdict: BitmapTrust.Verdict?
+        if let intentLog {
+            verdict = await onIntentQueue { intentLog.verdict(forTarget: target.identity, trace: target.writeTrace()) }
+        }
         // Clean regions in doubt: all of them if asked, else those a sparse target lacks outright.
         let resumed = shared.withLock { $0.bitmap }
         var doubtful = RegionBitmap(deviceSize: resumed.deviceSize, regionSize: resumed.regionSize, allDirty: verifyClean)
@@ -240,7 +243,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         }
         if let intentLog {
             // The bitmap file names the new target and marks everything to copy before any copy.
-            let result = intentQueue.sync { () -> Result<Void, WriteIntentLog.Failure> in
+            let result = await onIntentQueue { [self] () -> Result<Void, WriteIntentLog.Failure> in
                 let (queued, persisted) = shared.withLock { ($0.queueIntent(bitmap), $0.persisted) }
                 return Result { () throws(WriteIntentLog.Failure) in
                     try intentLog.attach(target: target.identity, bitmap: persisted)
@@ -325,7 +328,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     /// Detaches a failed target (`mdadm --remove`): the mirror is degraded and a new target can be
     /// added. An active target must be failed first, as md requires. Returns the removed path.
     @discardableResult
-    public func removeTarget() throws(TargetError) -> String {
+    public func removeTarget() async throws(TargetError) -> String {
         let removed: String = try shared.withLock { shared throws(TargetError) in
             guard let target = shared.target else { throw TargetError(description: "no target to remove") }
             guard shared.failure != nil else {
@@ -339,7 +342,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         }
         if let intentLog {
             // Never trusted again by these bits: what it holds from now on is unknown.
-            let result = intentQueue.sync { () -> Result<Void, WriteIntentLog.Failure> in
+            let result = await onIntentQueue { [self] () -> Result<Void, WriteIntentLog.Failure> in
                 Result { () throws(WriteIntentLog.Failure) in try intentLog.detachTarget(bitmap: shared.withLock { $0.persisted }) }
             }
             if case .failure(let failure) = result { logger.error("cannot record the removal in the bitmap", metadata: ["error": "\(failure)"]) }
@@ -392,6 +395,12 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
                 return
             }
         }
+    }
+
+    /// Runs `body` on the bitmap's serial queue (behind the saves and intent writes queued there)
+    /// and returns its result, suspending the caller instead of blocking its thread.
+    private func onIntentQueue<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { continuation in intentQueue.async { continuation.resume(returning: body()) } }
     }
 
     /// Runs `pump` again after a delay; the flag `pumpScheduled` was set by the caller.

@@ -76,7 +76,7 @@ import Testing
                         var buffer = ByteBufferAllocator().buffer(capacity: write.bytes.count)
                         buffer.writeBytes(write.bytes)
                         try await mirror.write(offset: UInt64(write.offset), data: buffer, fua: index % 50 == 0, on: loop).get()
-                        if lane == 0 && index == 10 { try mirror.attach(target: try rig.open(rig.targetPath)) }
+                        if lane == 0 && index == 10 { try await mirror.attach(target: try rig.open(rig.targetPath)) }
                     }
                 }
             }
@@ -105,7 +105,7 @@ import Testing
         sourceFD.close()
         try randomBytes(Self.size).write(to: URL(fileURLWithPath: rig.targetPath))
         let mirror = MirrorExport(source: try rig.open(rig.sourcePath), regionSize: 1 << 20, pool: BufferPool(), logger: Logger(label: "mirror"))
-        try mirror.attach(target: try rig.open(rig.targetPath))
+        try await mirror.attach(target: try rig.open(rig.targetPath))
         #expect(await mirror.waitUntilSettled().state == .inSync)
         try await mirror.close()
         let source = try Data(contentsOf: URL(fileURLWithPath: rig.sourcePath))
@@ -115,11 +115,11 @@ import Testing
     }
 
     /// Sizes: a target smaller than the source is refused, naming both paths and sizes.
-    @Test func smallerTargetIsRefused() throws {
+    @Test func smallerTargetIsRefused() async throws {
         let rig = try Rig(targetSize: Self.size - 4096)
         defer { rig.tearDown() }
         let mirror = MirrorExport(source: try rig.open(rig.sourcePath), pool: BufferPool(), logger: Logger(label: "mirror"))
-        let error = #expect(throws: MirrorExport.TargetError.self) { try mirror.attach(target: try rig.open(rig.targetPath)) }
+        let error = await #expect(throws: MirrorExport.TargetError.self) { try await mirror.attach(target: try rig.open(rig.targetPath)) }
         #expect(error?.description.contains(rig.targetPath) == true)
         #expect(error?.description.contains("\(Self.size)") == true)
         #expect(mirror.status.state == .degraded)
@@ -179,7 +179,7 @@ func randomBytes(_ count: Int) throws -> Data {
         // the file below cannot clear them early.
         let mirror = MirrorExport(source: source, regionSize: 1 << 20, pool: BufferPool(), logger: Logger(label: "mirror"), intentLog: log,
                                   writeHoldNanos: 10_000_000_000)
-        try mirror.attach(target: try rig.open(rig.targetPath))
+        try await mirror.attach(target: try rig.open(rig.targetPath))
         #expect(await mirror.waitUntilSettled().state == .inSync)
         let loop = rig.group.next()
         try await mirror.flush(on: loop).get()
@@ -216,7 +216,7 @@ func randomBytes(_ count: Int) throws -> Data {
         let mirror = MirrorExport(source: try rig.open(rig.sourcePath), regionSize: 1 << 20, pool: BufferPool(),
                                   logger: Logger(label: "mirror"))
         await #expect(throws: MirrorExport.CheckError.self) { try await mirror.check(repair: false) }  // degraded
-        try mirror.attach(target: try rig.open(rig.targetPath))
+        try await mirror.attach(target: try rig.open(rig.targetPath))
         #expect(await mirror.waitUntilSettled().state == .inSync)
         #expect(try await mirror.check(repair: false).mismatchedSectors == 0)
 

@@ -43,12 +43,12 @@ import Testing
                                   pool: BufferPool(), logger: Logger(label: "mirror"))
         // Held to 8 MiB/s so that copies are still in flight when the target is failed.
         mirror.setSpeedLimits(SpeedLimits(minimum: 1, maximum: 8192))
-        try mirror.attach(target: try rig.open(rig.targetPath))
+        try await mirror.attach(target: try rig.open(rig.targetPath))
         await Self.waitForCopies(mirror)
         try Self.fail(mirror)
-        try mirror.removeTarget()
+        try await mirror.removeTarget()
         mirror.setSpeedLimits(SpeedLimits())
-        try mirror.attach(target: try rig.open(second))
+        try await mirror.attach(target: try rig.open(second))
         let settled = await mirror.waitUntilSettled()
         try await mirror.close()
         #expect(settled.state == .inSync)
@@ -71,11 +71,11 @@ import Testing
         Self.makeFile(second, size: MirrorExportTests.size)
         let mirror = MirrorExport(source: try rig.open(rig.sourcePath), regionSize: 1 << 20, copiesInFlight: 8,
                                   pool: BufferPool(), logger: Logger(label: "mirror"))
-        try mirror.attach(target: try rig.open(failing))
+        try await mirror.attach(target: try rig.open(failing))
         await Self.waitForCopies(mirror)
         try Self.fail(mirror)
-        try mirror.removeTarget()
-        try mirror.attach(target: try rig.open(second))
+        try await mirror.removeTarget()
+        try await mirror.attach(target: try rig.open(second))
         let settled = await mirror.waitUntilSettled()
         try await mirror.close()
         #expect(settled.state == .inSync, "\(settled.failure ?? "")")
@@ -88,7 +88,7 @@ import Testing
         defer { rig.tearDown() }
         let mirror = MirrorExport(source: try rig.open(rig.sourcePath), regionSize: 1 << 20, copiesInFlight: 8,
                                   pool: BufferPool(), logger: Logger(label: "mirror"))
-        try mirror.attach(target: try rig.open(rig.targetPath))
+        try await mirror.attach(target: try rig.open(rig.targetPath))
         #expect(await mirror.waitUntilSettled().state == .inSync)
         mirror.setSpeedLimits(SpeedLimits(minimum: 1, maximum: 64))
         let check = Task { try await mirror.check(repair: false) }
