@@ -91,7 +91,7 @@ if ((${#missing[@]})); then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-fio --enghelp 2>/dev/null | grep -qw nbd || die "this fio has no nbd engine (Debian's fio package has it)"
+fio --enghelp 2>/dev/null | grep -w nbd >/dev/null || die "this fio has no nbd engine (Debian's fio package has it)"
 
 # ---------------------------------------------------------------- work dir and cleanup
 mkdir -p "$WORKDIR_BASE"

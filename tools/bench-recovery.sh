@@ -128,8 +128,8 @@ fi
 for cmd in "${need_cmds[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || die "$cmd is still missing (package ${PKG_FOR[$cmd]})"
 done
-fio --enghelp 2>/dev/null | grep -qw nbd || die "this fio has no nbd engine (Debian's fio package has it)"
-fio --enghelp 2>/dev/null | grep -qw libaio || die "this fio has no libaio engine"
+fio --enghelp 2>/dev/null | grep -w nbd >/dev/null || die "this fio has no nbd engine (Debian's fio package has it)"
+fio --enghelp 2>/dev/null | grep -w libaio >/dev/null || die "this fio has no libaio engine"
 
 # ---------------------------------------------------------------- work dir, processes, cleanup
 mkdir -p "$WORKDIR_BASE"
@@ -223,7 +223,9 @@ if want blockmirror; then
         "$BLOCKMIRROR_BIN" "$verb" --help >/dev/null 2>&1 \
             || die "$BLOCKMIRROR_BIN has no '$verb' verb (this benchmark needs build, status --json and stop; or leave blockmirror out of TARGETS)"
     done
-    "$BLOCKMIRROR_BIN" build --help 2>&1 | grep -q -- '--run-dir' \
+    # Not `| grep -q`: it exits at the first match, and the help's writer then dies of SIGPIPE,
+    # which pipefail turns into a failure now and then.
+    [[ $("$BLOCKMIRROR_BIN" build --help 2>&1) == *--run-dir* ]] \
         || die "$BLOCKMIRROR_BIN build has no --run-dir option (the control socket is needed for status and stop)"
     if [[ -z $BM_START ]]; then
         if "$BLOCKMIRROR_BIN" add --help >/dev/null 2>&1; then BM_START=add; else BM_START=build; fi

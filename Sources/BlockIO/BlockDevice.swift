@@ -325,7 +325,7 @@ public final class BlockDevice: Sendable {
     /// a block device reports everything as data. At most `maxExtents` extents are returned; they
     /// start at `offset` and cover at most `length` bytes.
     public func allocationMap(offset: UInt64, length: UInt64, maxExtents: Int) throws(BlockIOError) -> [Extent] {
-        let end = min(offset + length, size)
+        let end = offset >= size ? offset : offset + min(length, size - offset)
         guard kind == .file, offset < end else { return [Extent(length: end - offset, isHole: false)] }
         var extents: [Extent] = []
         var at = offset

@@ -421,26 +421,37 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
                 ($0.bitmap.isDirty(region), $0.bitmap.byteRange(of: region))
             }
             guard stillDirty else { return copied(region, target: target, bytes: 0, clean: false) }
-            if let map = try? source.allocationMap(offset: range.offset, length: range.length, maxExtents: 1),
-               map.count == 1, map[0].isHole, map[0].length == range.length {
-                // A hole of a sparse source: zero the target's region without reading anything.
-                return target.writeZeroes(offset: range.offset, length: range.length, mayDeallocate: true, fastOnly: false) { [self] in
-                    targetWritten(region, target: target, bytes: range.length, $0)
+            // The lock may have been granted on an event loop; SEEK_DATA/SEEK_HOLE can wait on the
+            // filesystem, so a file source is asked from another thread.
+            guard source.kind == .file else { return copyData(region, range: range, to: target) }
+            DispatchQueue.global().async { [self] in
+                if let map = try? source.allocationMap(offset: range.offset, length: range.length, maxExtents: 1),
+                   map.count == 1, map[0].isHole, map[0].length == range.length {
+                    // A hole of a sparse source: zero the target's region without reading anything.
+                    return target.writeZeroes(offset: range.offset, length: range.length, mayDeallocate: true, fastOnly: false) { [self] in
+                        targetWritten(region, target: target, bytes: range.length, $0)
+                    }
                 }
+                copyData(region, range: range, to: target)
             }
-            let length = Int(range.length)
-            let buffer = pool.take(capacity: length)
-            if shared.withLock({ $0.verifying?.isDirty(region) ?? false }) {
-                return verifyThenCopy(region, range: range, buffer: buffer, to: target)
+        }
+    }
+
+    /// Copies a region that holds data, under its exclusive lock (taken by `copy(region:to:)`):
+    /// verified first when it is in doubt, else read from the source and written to the target.
+    private func copyData(_ region: Int, range: (offset: UInt64, length: UInt64), to target: BlockDevice) {
+        let length = Int(range.length)
+        let buffer = pool.take(capacity: length)
+        if shared.withLock({ $0.verifying?.isDirty(region) ?? false }) {
+            return verifyThenCopy(region, range: range, buffer: buffer, to: target)
+        }
+        source.read(into: buffer.baseAddress, count: length, offset: range.offset) { [self] result in
+            if case .failure(let error) = result {
+                pool.recycle(buffer)
+                logger.error("copier cannot read the source; region stays dirty", metadata: ["error": "\(error)"])
+                return copied(region, target: target, bytes: 0, clean: false, stall: true)
             }
-            source.read(into: buffer.baseAddress, count: length, offset: range.offset) { [self] result in
-                if case .failure(let error) = result {
-                    pool.recycle(buffer)
-                    logger.error("copier cannot read the source; region stays dirty", metadata: ["error": "\(error)"])
-                    return copied(region, target: target, bytes: 0, clean: false, stall: true)
-                }
-                write(region, range: range, from: buffer, to: target)
-            }
+            write(region, range: range, from: buffer, to: target)
         }
     }
 
