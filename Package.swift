@@ -39,11 +39,16 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
+        /// What a mirror reports (state, status, check report, speed limits), apart from the engine
+        /// so that the control socket and the md backend do not link it.
+        .target(
+            name: "MirrorModel",
+            dependencies: ["BlockIO"]),
         /// The mirror engine: dirty-region bitmap, write fan-out, background copy, write-intent log.
         .target(
             name: "Mirror",
             dependencies: [
-                "BlockIO", "BlockExport",
+                "BlockIO", "BlockExport", "MirrorModel",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -59,12 +64,12 @@ let package = Package(
         /// Kernel md through mdadm and /proc/mdstat and sysfs: parsers and the md backend.
         .target(
             name: "MDBackend",
-            dependencies: ["BlockIO", "Mirror"]),
+            dependencies: ["BlockIO", "MirrorModel"]),
         /// The control socket of a mirror daemon: line-delimited JSON requests and responses.
         .target(
             name: "Control",
             dependencies: [
-                "BlockIO", "Mirror",
+                "BlockIO", "MirrorModel",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -73,7 +78,7 @@ let package = Package(
         .target(
             name: "BlockMirrorCLI",
             dependencies: [
-                "BlockIO", "BlockExport", "NBD", "Mirror", "Control", "MDBackend",
+                "BlockIO", "BlockExport", "NBD", "Mirror", "MirrorModel", "Control", "MDBackend",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -89,18 +94,18 @@ let package = Package(
         .testTarget(
             name: "MirrorTests",
             dependencies: [
-                "Mirror", "BlockIO", "BlockExport",
+                "Mirror", "MirrorModel", "BlockIO", "BlockExport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]),
         .testTarget(
             name: "MDBackendTests",
-            dependencies: ["MDBackend", "Mirror"],
+            dependencies: ["MDBackend", "MirrorModel"],
             resources: [.copy("Fixtures")]),
         .testTarget(
             name: "ControlTests",
             dependencies: [
-                "Control", "Mirror", "BlockIO",
+                "Control", "BlockIO",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -115,6 +120,6 @@ let package = Package(
             ]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["blockmirror", "NBD", "Mirror"]),
+            dependencies: ["blockmirror", "NBD", "Mirror", "MirrorModel"]),
     ]
 )

@@ -6,6 +6,7 @@ import Foundation
 import Logging
 import MDBackend
 import Mirror
+import MirrorModel
 import NBD
 
 /// `blockmirror build NAME --source OLD --target NEW|missing --listen …`: runs a mirror in the

@@ -2,6 +2,7 @@ import ArgumentParser
 import Control
 import Foundation
 import Mirror
+import MirrorModel
 
 /// `blockmirror add NAME NEW`: attaches a target to a running mirror; the recovery starts.
 struct AddCommand: ParsableCommand {

@@ -1,6 +1,7 @@
 import Control
 import Foundation
 import Mirror
+import MirrorModel
 
 /// Renders a mirror for people in the shape of `mdadm --detail`: sizes, state, device counts,
 /// rebuild status, and each device with its role.

@@ -2,6 +2,7 @@ import Control
 import Foundation
 import MDBackend
 import Mirror
+import MirrorModel
 
 /// What the verbs need from a mirror, whichever backend runs it: the engine's daemon (over its
 /// control socket) or a kernel md array (through mdadm, /proc/mdstat and sysfs). Both answer with

@@ -1,6 +1,7 @@
 import BlockIO
 import Metrics
 import Mirror
+import MirrorModel
 
 /// The mirror's figures as swift-metrics, sampled from its status at each scrape: copy progress,
 /// speed, dirty regions, client requests in flight, state, last check's mismatches.

@@ -1,4 +1,5 @@
 import Mirror
+import MirrorModel
 
 /// Renders a mirror's status for people, in the shape of /proc/mdstat.
 enum StatusText {

@@ -1,6 +1,6 @@
 import BlockIO
 import Foundation
-import Mirror
+import MirrorModel
 
 /// A request on a mirror daemon's control socket: one JSON object on one line (docs/CONTROL.md).
 public struct ControlRequest: Codable, Sendable, Equatable {

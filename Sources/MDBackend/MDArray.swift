@@ -1,5 +1,5 @@
 import Foundation
-import Mirror
+import MirrorModel
 
 /// One kernel md RAID1 array driven as a mirror: the verbs run mdadm, the status reads
 /// /proc/mdstat, sysfs and `mdadm --detail`.

@@ -1,5 +1,5 @@
 import BlockIO
-import Mirror
+import MirrorModel
 
 /// A kernel md RAID1 array seen as a mirror: the same `MirrorStatus` the engine reports, so
 /// `status`, `detail` and `--json` read the same for both backends.

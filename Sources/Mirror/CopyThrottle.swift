@@ -1,4 +1,5 @@
 import BlockIO
+import MirrorModel
 
 /// Paces the background copy (and check): a token bucket for `SpeedLimits.maximum`, a moving
 /// average of the copy speed, and the yield rule under foreground I/O.

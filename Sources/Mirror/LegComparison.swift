@@ -1,4 +1,5 @@
 import BlockIO
+import MirrorModel
 
 /// Two copies of the same bytes compared region by region: the mirror's check, and `verify` of
 /// two legs of any mirror (a kernel md array's, say).

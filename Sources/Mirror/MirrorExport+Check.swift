@@ -1,4 +1,5 @@
 import BlockIO
+import MirrorModel
 
 extension MirrorExport {
     /// Why a check cannot run.

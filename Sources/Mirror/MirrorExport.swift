@@ -2,6 +2,7 @@ import BlockExport
 import BlockIO
 import Dispatch
 import Logging
+import MirrorModel
 import NIOCore
 import struct Synchronization.Atomic
 

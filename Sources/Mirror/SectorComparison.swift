@@ -1,9 +1,10 @@
 import Glibc
+import MirrorModel
 
 /// Compares two copies of the same bytes sector by sector, as a check counts mismatches.
 public enum SectorComparison {
-    /// The unit mismatches are counted in (md's `mismatch_cnt` counts 512-byte sectors).
-    public static let sectorSize = 512
+    /// The unit mismatches are counted in: `CheckReport.sectorSize`.
+    public static let sectorSize = CheckReport.sectorSize
 
     /// The ranges (relative to the buffers' start, plus `base`) where `a` and `b` differ, whole
     /// sectors, adjacent sectors merged. Empty when the buffers are equal.

@@ -1,6 +1,5 @@
 import Control
 import Foundation
-import Mirror
 import Testing
 
 @Suite struct ControlCodecTests {

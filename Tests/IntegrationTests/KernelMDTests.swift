@@ -1,5 +1,6 @@
 import Foundation
 import Mirror
+import MirrorModel
 import Testing
 
 /// The md backend against a real kernel md: this host's kernel has no md, so tools/md-vm.sh boots

@@ -1,5 +1,6 @@
 import Foundation
 import Mirror
+import MirrorModel
 import Testing
 
 /// A mirror daemon started by a test (`blockmirror build NAME …` with its own runtime directory),

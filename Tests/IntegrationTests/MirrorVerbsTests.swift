@@ -1,5 +1,6 @@
 import Foundation
 import Mirror
+import MirrorModel
 import Testing
 
 #if canImport(Glibc)

@@ -1,5 +1,6 @@
 import Foundation
 import Mirror
+import MirrorModel
 import Testing
 
 /// `blockmirror verify LEG1 LEG2`: two legs compared outside any mirror, with check's report.

@@ -1,5 +1,5 @@
 import MDBackend
-import Mirror
+import MirrorModel
 import Testing
 
 /// Every state captured from a real kernel md (Fixtures/README.md): mdstat, sysfs and

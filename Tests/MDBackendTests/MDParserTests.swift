@@ -1,6 +1,6 @@
 import Foundation
 import MDBackend
-import Mirror
+import MirrorModel
 import Testing
 
 /// The md parsers on real outputs (the seed article's run, and captures from the kernel-md VM:

@@ -3,6 +3,7 @@ import BlockIO
 import CLibAIO
 import Foundation
 import Logging
+import MirrorModel
 import NIOCore
 import NIOPosix
 import Testing

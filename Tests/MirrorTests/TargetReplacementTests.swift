@@ -2,6 +2,7 @@ import BlockExport
 import BlockIO
 import Foundation
 import Logging
+import MirrorModel
 import NIOCore
 import NIOPosix
 import Testing

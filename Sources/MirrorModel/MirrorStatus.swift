@@ -58,6 +58,20 @@ public struct MirrorStatus: Sendable, Equatable, Codable {
 
     /// Bytes the target still lacks (whole regions; the last may be partial).
     public var bytesDirty: UInt64 { min(UInt64(regionsDirty) * regionSize, size) }
+
+    /// A status with every field; what a backend does not know stays nil.
+    public init(state: MirrorState, source: String, target: String?, size: UInt64, regionSize: UInt64, regionsTotal: Int,
+                regionsDirty: Int, bytesCopied: UInt64, speedBytesPerSecond: UInt64, etaSeconds: Double? = nil,
+                speedLimits: SpeedLimits, foregroundInFlight: Int, check: CheckReport? = nil, lastCheck: CheckReport? = nil,
+                failure: String?, bitmap: String? = nil, sourceProblem: String? = nil, regionsVerifying: Int? = nil,
+                verifiedDiffering: Int? = nil, syncAction: String? = nil) {
+        self.state = state; self.source = source; self.target = target; self.size = size; self.regionSize = regionSize
+        self.regionsTotal = regionsTotal; self.regionsDirty = regionsDirty; self.bytesCopied = bytesCopied
+        self.speedBytesPerSecond = speedBytesPerSecond; self.etaSeconds = etaSeconds; self.speedLimits = speedLimits
+        self.foregroundInFlight = foregroundInFlight; self.check = check; self.lastCheck = lastCheck; self.failure = failure
+        self.bitmap = bitmap; self.sourceProblem = sourceProblem; self.regionsVerifying = regionsVerifying
+        self.verifiedDiffering = verifiedDiffering; self.syncAction = syncAction
+    }
 }
 
 /// What a check found (md's `check` and `repair` actions): source and target compared region by
@@ -95,6 +109,8 @@ public struct CheckReport: Sendable, Equatable, Codable {
 
     /// How many mismatching ranges a report lists.
     public static let maximumListed = 64
+    /// The unit mismatches are counted in (md's `mismatch_cnt` counts 512-byte sectors).
+    public static let sectorSize = 512
 
     public init(repair: Bool, regionsTotal: Int) {
         self.repair = repair
@@ -104,20 +120,8 @@ public struct CheckReport: Sendable, Equatable, Codable {
     /// Adds mismatching ranges found in one region.
     public mutating func record(_ ranges: [Mismatch]) {
         for range in ranges {
-            mismatchedSectors += range.length.dividedRoundingUp(by: UInt64(SectorComparison.sectorSize))
+            mismatchedSectors += range.length.dividedRoundingUp(by: UInt64(Self.sectorSize))
             if mismatches.count < Self.maximumListed { mismatches.append(range) }
         }
-    }
-}
-
-extension MirrorStatus {
-    /// A status built by another backend (kernel md) from what it reads.
-    public init(state: MirrorState, source: String, target: String?, size: UInt64, regionSize: UInt64, regionsTotal: Int,
-                regionsDirty: Int, bytesCopied: UInt64, speedBytesPerSecond: UInt64, speedLimits: SpeedLimits,
-                foregroundInFlight: Int, failure: String?) {
-        self.init(state: state, source: source, target: target, size: size, regionSize: regionSize, regionsTotal: regionsTotal,
-                  regionsDirty: regionsDirty, bytesCopied: bytesCopied, speedBytesPerSecond: speedBytesPerSecond, etaSeconds: nil,
-                  speedLimits: speedLimits, foregroundInFlight: foregroundInFlight, check: nil, lastCheck: nil, failure: failure,
-                  bitmap: nil)
     }
 }
