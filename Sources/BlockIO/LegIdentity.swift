@@ -16,7 +16,16 @@ import Glibc
 /// an md array's UUID, a loop device's backing file, a disk's WWID or serial, a partition's parent
 /// and start; without any of them, only the device number (weak: see docs/INVARIANTS.md).
 public struct LegIdentity: Sendable, Equatable, Codable {
-    public enum Kind: String, Sendable, Codable { case file, blockDevice = "block-device" }
+    public enum Kind: String, Sendable, Codable {
+        case file, blockDevice = "block-device"
+        /// The kind in words, for messages.
+        public var name: String {
+            switch self {
+            case .file: "file"
+            case .blockDevice: "block device"
+            }
+        }
+    }
 
     public var kind: Kind
     /// The path it was opened by (for people: the same leg may be reached by another path).

@@ -13,7 +13,7 @@ public enum LegComparison {
 
     /// Reads `length` bytes at `offset` from both devices at once (into the two buffers) and
     /// compares them sector by sector; mismatches are reported at `offset + reportBase`.
-    public static func compare(_ first: BlockDevice, _ second: BlockDevice, offset: UInt64, length: Int,
+    public static func compare(_ first: any Leg, _ second: any Leg, offset: UInt64, length: Int,
                                into buffers: (AlignedBuffer, AlignedBuffer), reportBase: Int64 = 0) async -> Outcome {
         let (firstRead, secondRead) = await withCheckedContinuation { continuation in
             // The second completion resumes, decided under the lock: completions may run on two
@@ -39,7 +39,7 @@ public enum LegComparison {
     /// Compares `length` bytes of two devices from `offset` on, `regionSize` at a time with
     /// `concurrency` regions in flight: the report `check` gives, for two legs outside any mirror.
     /// Mismatch offsets are relative to `offset` (the array's view when `offset` skips a superblock).
-    public static func verify(_ first: BlockDevice, _ second: BlockDevice, offset: UInt64 = 0, length: UInt64,
+    public static func verify(_ first: any Leg, _ second: any Leg, offset: UInt64 = 0, length: UInt64,
                               regionSize: UInt64 = 1 << 20, concurrency: Int = 8, pool: BufferPool) async -> CheckReport {
         let regions = Int(length.dividedRoundingUp(by: regionSize))
         let progress = Progress(CheckReport(repair: false, regionsTotal: regions))

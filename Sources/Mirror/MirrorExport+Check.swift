@@ -16,7 +16,7 @@ extension MirrorExport {
     /// early (with `interrupted` saying why) when the mirror stops or the target fails.
     public func check(repair: Bool) async throws(CheckError) -> CheckReport {
         let workers = copiesInFlight
-        let target: BlockDevice = try shared.withLock { shared throws(CheckError) in
+        let target: any Leg = try shared.withLock { shared throws(CheckError) in
             guard !shared.stopping else { throw CheckError(description: "the mirror is stopping") }
             guard let target = shared.target, shared.failure == nil else {
                 throw CheckError(description: "no healthy target to compare with (state \(Self.status(of: shared).state.rawValue))")
@@ -59,7 +59,7 @@ extension MirrorExport {
     }
 
     /// One check worker: takes the next region until none is left or the check must end.
-    private func checkRegions(against target: BlockDevice, repair: Bool) async {
+    private func checkRegions(against target: any Leg, repair: Bool) async {
         let regionSize = shared.withLock { Int($0.bitmap.regionSize) }
         let sourceBuffer = pool.take(capacity: regionSize), targetBuffer = pool.take(capacity: regionSize)
         defer {
@@ -115,7 +115,7 @@ extension MirrorExport {
     }
 
     /// Reads one region from both legs, compares, and rewrites the target's copy if asked.
-    private func compare(_ offset: UInt64, _ length: Int, target: BlockDevice, repair: Bool,
+    private func compare(_ offset: UInt64, _ length: Int, target: any Leg, repair: Bool,
                          sourceBuffer: AlignedBuffer, targetBuffer: AlignedBuffer, skip: Bool) async -> RegionComparison {
         // A region still to be copied is known to differ; the copier will handle it.
         guard !skip else { return .skipped }

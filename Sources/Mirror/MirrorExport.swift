@@ -22,7 +22,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         public let description: String
     }
 
-    public let source: BlockDevice
+    public let source: any Leg
     public let capabilities: ExportCapabilities
     public var size: UInt64 { source.size }
     public var exportDescription: String { "mirror of \(source.path)" }
@@ -55,7 +55,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     private static let regionsPerSave = 256
 
     struct Shared {
-        var target: BlockDevice?
+        var target: (any Leg)?
         var bitmap: RegionBitmap
         var failure: String?
         var stopping = false
@@ -123,7 +123,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     /// A mirror over `source`, degraded until `attach` gives it a target. With `intentLog`, the
     /// bitmap is persisted there; `resuming` is the bitmap read back from it after a crash or stop
     /// (otherwise every region starts dirty).
-    public init(source: BlockDevice, regionSize: UInt64 = 1 << 20, copiesInFlight: Int = 8, limits: SpeedLimits = SpeedLimits(),
+    public init(source: any Leg, regionSize: UInt64 = 1 << 20, copiesInFlight: Int = 8, limits: SpeedLimits = SpeedLimits(),
                 pool: BufferPool, logger: Logger, intentLog: WriteIntentLog? = nil, resuming: RegionBitmap? = nil,
                 writeHoldNanos: UInt64 = 2_000_000_000) {
         self.source = source
@@ -202,7 +202,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     /// are refused; a larger one is fine (the export keeps the source's size). Returns the number of
     /// regions to copy.
     @discardableResult
-    public func attach(target: BlockDevice, verifyClean: Bool = false) async throws(TargetError) -> Int {
+    public func attach(target: any Leg, verifyClean: Bool = false) async throws(TargetError) -> Int {
         try Self.refuse(target.identity, asTargetOf: source)
         var verdict: BitmapTrust.Verdict?
         if let intentLog {
@@ -211,7 +211,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         // Clean regions in doubt: all of them if asked, else those a sparse target lacks outright.
         let resumed = shared.withLock { $0.bitmap }
         var doubtful = RegionBitmap(deviceSize: resumed.deviceSize, regionSize: resumed.regionSize, allDirty: verifyClean)
-        if !verifyClean, target.kind == .file, case .trust = verdict {
+        if !verifyClean, target.identity.kind == .file, case .trust = verdict {
             doubtful = resumed.holes(of: target).subtracting(resumed.holes(of: source))
         }
         let bitmap: RegionBitmap = try shared.withLock { shared throws(TargetError) in
@@ -273,13 +273,13 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     /// Refuses a would-be target that is the source itself, by whatever path (symlink, hard link,
     /// `/proc/PID/fd`, a loop device over the source file): before it is opened, which would
     /// otherwise fail as "in use" by this very mirror.
-    public static func refuseSource(_ path: String, of source: BlockDevice) throws(TargetError) {
+    public static func refuseSource(_ path: String, of source: any Leg) throws(TargetError) {
         if case .success(let identity) = LegIdentity.probe(path) { try refuse(identity, asTargetOf: source) }
     }
 
-    private static func refuse(_ identity: LegIdentity, asTargetOf source: BlockDevice) throws(TargetError) {
+    private static func refuse(_ identity: LegIdentity, asTargetOf source: any Leg) throws(TargetError) {
         guard identity.sharesStorage(with: source.identity) else { return }
-        throw TargetError(description: "\(identity.path) is the source \(source.path) (the same \(source.kind.rawValue)): "
+        throw TargetError(description: "\(identity.path) is the source \(source.path) (the same \(source.identity.kind.name)): "
                           + "a mirror needs a second device")
     }
 
@@ -298,14 +298,14 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     // MARK: Target failure
 
     /// Marks the target failed after an I/O error on it: writes continue on the source alone.
-    func targetFailed(_ error: BlockIOError, on device: BlockDevice) {
+    func targetFailed(_ error: BlockIOError, on device: any Leg) {
         if markFailed(error.description, on: device) {
             logger.error("target failed, mirror degraded: serving from the source alone", metadata: ["error": "\(error)"])
         }
     }
 
     /// Records the target's failure (the first reason wins); true if it was healthy until now.
-    private func markFailed(_ reason: String, on device: BlockDevice) -> Bool {
+    private func markFailed(_ reason: String, on device: any Leg) -> Bool {
         let first: Bool = shared.withLock { shared in
             guard shared.failure == nil, shared.target === device else { return false }
             shared.failure = reason
@@ -370,7 +370,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     /// Starts copies up to the throttle's depth while dirty regions remain; when the speed limit
     /// holds the copy back, schedules itself for when it may go on.
     func pump() {
-        enum Step { case copy(Int, BlockDevice), wait(UInt64), idle }
+        enum Step { case copy(Int, any Leg), wait(UInt64), idle }
         while true {
             let now = Self.now()
             let last = lastForeground.load(ordering: .relaxed)
@@ -416,7 +416,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     private static let readRetryNanos: UInt64 = 5_000_000_000
 
     /// Copies one region under its exclusive lock; clears its bit only if the copy completed.
-    private func copy(region: Int, to target: BlockDevice) {
+    private func copy(region: Int, to target: any Leg) {
         locks.lock(region..<(region + 1), .exclusive) { [self] in
             let (stillDirty, range): (Bool, (offset: UInt64, length: UInt64)) = shared.withLock {
                 ($0.bitmap.isDirty(region), $0.bitmap.byteRange(of: region))
@@ -424,7 +424,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
             guard stillDirty else { return copied(region, target: target, bytes: 0, clean: false) }
             // The lock may have been granted on an event loop; SEEK_DATA/SEEK_HOLE can wait on the
             // filesystem, so a file source is asked from another thread.
-            guard source.kind == .file else { return copyData(region, range: range, to: target) }
+            guard source.identity.kind == .file else { return copyData(region, range: range, to: target) }
             DispatchQueue.global().async { [self] in
                 if let map = try? source.allocationMap(offset: range.offset, length: range.length, maxExtents: 1),
                    map.count == 1, map[0].isHole, map[0].length == range.length {
@@ -440,7 +440,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
 
     /// Copies a region that holds data, under its exclusive lock (taken by `copy(region:to:)`):
     /// verified first when it is in doubt, else read from the source and written to the target.
-    private func copyData(_ region: Int, range: (offset: UInt64, length: UInt64), to target: BlockDevice) {
+    private func copyData(_ region: Int, range: (offset: UInt64, length: UInt64), to target: any Leg) {
         let length = Int(range.length)
         let buffer = pool.take(capacity: length)
         if shared.withLock({ $0.verifying?.isDirty(region) ?? false }) {
@@ -457,7 +457,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     }
 
     /// Writes a region read from the source (in `buffer`, given back here) onto the target.
-    private func write(_ region: Int, range: (offset: UInt64, length: UInt64), from buffer: AlignedBuffer, to target: BlockDevice) {
+    private func write(_ region: Int, range: (offset: UInt64, length: UInt64), from buffer: AlignedBuffer, to target: any Leg) {
         let length = Int(range.length)
         let write: (@escaping @Sendable (Result<Void, BlockIOError>) -> Void) -> Void
         if UnsafeRawBufferPointer(start: buffer.baseAddress, count: length).allSatisfy({ $0 == 0 }) {
@@ -474,7 +474,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
 
     /// A region the bitmap called clean, in doubt: both legs are read and compared; the target is
     /// written only where they differ.
-    private func verifyThenCopy(_ region: Int, range: (offset: UInt64, length: UInt64), buffer: AlignedBuffer, to target: BlockDevice) {
+    private func verifyThenCopy(_ region: Int, range: (offset: UInt64, length: UInt64), buffer: AlignedBuffer, to target: any Leg) {
         let targetBuffer = pool.take(capacity: Int(range.length))
         Task { [self] in
             let outcome = await LegComparison.compare(source, target, offset: range.offset, length: Int(range.length),
@@ -500,7 +500,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     }
 
     /// Ends a copy whose target write finished: clean on success, target failed otherwise.
-    private func targetWritten(_ region: Int, target: BlockDevice, bytes: UInt64, _ result: Result<Void, BlockIOError>) {
+    private func targetWritten(_ region: Int, target: any Leg, bytes: UInt64, _ result: Result<Void, BlockIOError>) {
         switch result {
         case .success: copied(region, target: target, bytes: bytes, clean: true)
         case .failure(let error):
@@ -510,7 +510,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     }
 
     /// Ends one copy: clears the bit if asked, releases the region, starts the next copies.
-    private func copied(_ region: Int, target: BlockDevice, bytes: UInt64, clean: Bool, stall: Bool = false) {
+    private func copied(_ region: Int, target: any Leg, bytes: UInt64, clean: Bool, stall: Bool = false) {
         var verified: Int?
         let (idle, save): (Bool, Bool) = shared.withLock { shared in
             // Only a copy onto the current, healthy target cleans its region.
@@ -568,7 +568,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     /// the target (nil when degraded) and must complete the promise exactly once.
     private func locked<T: Sendable>(
         _ command: ExportCommand?, offset: UInt64, length: UInt64, lockingRegions: Bool = true, on eventLoop: any EventLoop,
-        _ body: @escaping @Sendable (_ target: BlockDevice?, _ promise: EventLoopPromise<T>) -> Void
+        _ body: @escaping @Sendable (_ target: (any Leg)?, _ promise: EventLoopPromise<T>) -> Void
     ) -> EventLoopFuture<T> {
         let regions = lockingRegions ? shared.withLock { $0.bitmap.regions(offset: offset, length: length) } : 0..<0
         let modifies = command?.modifies ?? false
@@ -729,8 +729,8 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     /// did. A source failure fails the request; a target failure degrades the mirror. When both
     /// succeeded, the regions the range covers whole hold the same bytes on both legs: clean;
     /// without a healthy target, the regions it touched are dirty.
-    private func fanOut(offset: UInt64, length: UInt64, target: BlockDevice?, promise: EventLoopPromise<Void>,
-                        _ operation: @escaping @Sendable (BlockDevice, @escaping @Sendable (Result<Void, BlockIOError>) -> Void) -> Void) {
+    private func fanOut(offset: UInt64, length: UInt64, target: (any Leg)?, promise: EventLoopPromise<Void>,
+                        _ operation: @escaping @Sendable (any Leg, @escaping @Sendable (Result<Void, BlockIOError>) -> Void) -> Void) {
         let outcome = Mutex<(pending: Int, source: Result<Void, BlockIOError>?, targetOK: Bool)>((target == nil ? 1 : 2, nil, target != nil))
         let finish: @Sendable () -> Void = { [self] in
             let (sourceResult, targetOK) = outcome.withLock { ($0.source!, $0.targetOK) }

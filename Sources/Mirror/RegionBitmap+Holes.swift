@@ -3,7 +3,7 @@ import BlockIO
 extension RegionBitmap {
     /// The regions that are holes of `device` from end to end (`SEEK_DATA`/`SEEK_HOLE` on a file; a
     /// block device reports none), in a bitmap of this geometry. Empty when the map cannot be read.
-    func holes(of device: BlockDevice) -> RegionBitmap {
+    func holes(of device: any Leg) -> RegionBitmap {
         var holes = RegionBitmap(deviceSize: deviceSize, regionSize: regionSize, allDirty: false)
         var at: UInt64 = 0
         let end = min(deviceSize, device.size)

@@ -1,7 +1,7 @@
 import BlockIO
 import NIOCore
 
-extension BlockDevice {
+extension Leg {
     /// Reads `length` bytes at `offset` through an aligned buffer from `pool`, copies them into a
     /// buffer from `allocator` (the reply's) and completes `promise` with it, or with the error.
     public func read(offset: UInt64, length: Int, allocator: ByteBufferAllocator, pool: BufferPool,
