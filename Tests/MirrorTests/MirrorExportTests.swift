@@ -126,23 +126,6 @@ import Testing
         #expect(mirror.status.state == .degraded)
     }
 
-    /// The first byte where `a` and `b` differ (memcmp by 4 KiB block, then byte by byte).
-    func firstDifference(_ a: Data, _ b: Data) -> Int? {
-        if a.count != b.count { return min(a.count, b.count) }
-        return a.withUnsafeBytes { x in
-            b.withUnsafeBytes { y in
-                var block = 0
-                while block < a.count {
-                    let n = min(4096, a.count - block)
-                    if memcmp(x.baseAddress! + block, y.baseAddress! + block, n) != 0 {
-                        return (block..<(block + n)).first { x[$0] != y[$0] }
-                    }
-                    block += n
-                }
-                return nil
-            }
-        }
-    }
 }
 
 /// Polls `condition` every 50 ms until it holds or `timeout` seconds passed; says whether it held.
@@ -249,7 +232,7 @@ func randomBytes(_ count: Int) throws -> Data {
         try await mirror.close()
         let source = try Data(contentsOf: URL(fileURLWithPath: rig.sourcePath))
         let target = try Data(contentsOf: URL(fileURLWithPath: rig.targetPath))
-        #expect(MirrorExportTests().firstDifference(source, target.prefix(source.count)) == nil)
+        #expect(firstDifference(source, target.prefix(source.count)) == nil)
     }
 }
 
@@ -263,4 +246,22 @@ func corrupt(_ path: String, offset: UInt64, count: Int, onlyLastByte: Bool = fa
     try handle.seek(toOffset: offset)
     try handle.write(contentsOf: data)
     try handle.synchronize()
+}
+
+/// The first byte where `a` and `b` differ (memcmp by 4 KiB block, then byte by byte).
+func firstDifference(_ a: Data, _ b: Data) -> Int? {
+    if a.count != b.count { return min(a.count, b.count) }
+    return a.withUnsafeBytes { x in
+        b.withUnsafeBytes { y in
+            var block = 0
+            while block < a.count {
+                let n = min(4096, a.count - block)
+                if memcmp(x.baseAddress! + block, y.baseAddress! + block, n) != 0 {
+                    return (block..<(block + n)).first { x[$0] != y[$0] }
+                }
+                block += n
+            }
+            return nil
+        }
+    }
 }

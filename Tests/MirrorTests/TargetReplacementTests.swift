@@ -55,7 +55,7 @@ import Testing
         #expect(settled.state == .inSync)
         let source = try Data(contentsOf: URL(fileURLWithPath: rig.sourcePath))
         let target = try Data(contentsOf: URL(fileURLWithPath: second))
-        #expect(MirrorExportTests().firstDifference(source, target) == nil, "the new target lacks regions the old one was copying")
+        #expect(firstDifference(source, target) == nil, "the new target lacks regions the old one was copying")
     }
 
     /// The old target fails late (it is a sparse file on a 2 MiB tmpfs: ENOSPC) after it was
