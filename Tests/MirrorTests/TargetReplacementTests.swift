@@ -26,7 +26,7 @@ import Testing
         }
     }
 
-    /// `failTarget`, unless the target already failed by itself (a full tmpfs fails fast).
+    /// `failTarget`, unless the target already failed by itself (a leg that fails every write fails fast).
     static func fail(_ mirror: MirrorExport) throws {
         do { try mirror.failTarget() } catch {
             #expect(mirror.status.state == .targetFailed, "\(error)")
@@ -58,21 +58,21 @@ import Testing
         #expect(firstDifference(source, target) == nil, "the new target lacks regions the old one was copying")
     }
 
-    /// The old target fails late (it is a sparse file on a 2 MiB tmpfs: ENOSPC) after it was
-    /// replaced: the new, healthy target is not marked failed.
+    /// The old target fails late after it was replaced: every write to it fails with ENOSPC half a
+    /// second after it was issued (`FaultInjectingLeg`), so its errors arrive once the new target is
+    /// attached; the new, healthy target is not marked failed.
     @Test func aReplacedTargetsLateErrorDoesNotFailTheNewOne() async throws {
         let rig = try MirrorExportTests.Rig()
         defer { rig.tearDown() }
-        let tiny = rig.dir + "/tiny"
-        try FileManager.default.createDirectory(atPath: tiny, withIntermediateDirectories: true)
-        try Self.command("/bin/mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", tiny)
-        defer { try? Self.command("/bin/umount", "-l", tiny) }
-        let failing = tiny + "/t1.img", second = rig.dir + "/new2.img"
-        Self.makeFile(failing, size: MirrorExportTests.size)
+        let failingPath = rig.dir + "/t1.img", second = rig.dir + "/new2.img"
+        Self.makeFile(failingPath, size: MirrorExportTests.size)
         Self.makeFile(second, size: MirrorExportTests.size)
+        let failing = FaultInjectingLeg(try rig.open(failingPath))
+        failing.inject(.init([.write, .zero], errno: .noSpace))
+        failing.setLatency(nanoseconds: 500_000_000)
         let mirror = MirrorExport(source: try rig.open(rig.sourcePath), regionSize: 1 << 20, copiesInFlight: 8,
                                   pool: BufferPool(), logger: Logger(label: "mirror"))
-        try await mirror.attach(target: try rig.open(failing))
+        try await mirror.attach(target: failing)
         await Self.waitForCopies(mirror)
         try Self.fail(mirror)
         try await mirror.removeTarget()
@@ -80,6 +80,7 @@ import Testing
         let settled = await mirror.waitUntilSettled()
         try await mirror.close()
         #expect(settled.state == .inSync, "\(settled.failure ?? "")")
+        #expect(failing.injected > 0, "the old target's writes were to fail after the replacement")
     }
 
     /// A stop during a check held to 64 KiB/s ends the check (interrupted) instead of waiting
@@ -97,14 +98,5 @@ import Testing
         try await mirror.close()
         let report = try await check.value
         #expect(report.interrupted != nil && report.regionsChecked < report.regionsTotal, "\(report)")
-    }
-
-    static func command(_ arguments: String...) throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: arguments[0])
-        process.arguments = Array(arguments.dropFirst())
-        try process.run()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { throw CocoaError(.executableLoad) }
     }
 }
