@@ -10,8 +10,8 @@ import NIOEmbedded
 /// (and, for the client's side, as a `ControlResponse`).
 ///
 /// Checks: the framing gives the same lines whatever the reads' sizes, and refuses exactly the
-/// lines longer than its limit; a request that decodes is encoded back to one line that decodes to
-/// the same request; a refusal's description is one safe line (`SafeText`: no control characters,
+/// lines longer than its limit; of the first lines (`maximumLinesDecoded`), a request that decodes
+/// is encoded back to one line that decodes to the same request; a refusal's description is one safe line (`SafeText`: no control characters,
 /// no bidi overrides, bounded), as is the daemon's answer to it, which decodes back the same.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzControl(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
@@ -19,9 +19,14 @@ public func fuzzControl(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let whole = frame(input, chunkSize: max(1, size), limit: 1 << 20)
     fuzzCheck(!whole.tooLong, "a line shorter than the limit was refused")
     checkChunkedFraming(input, whole: whole.lines)
-    for line in whole.lines { decode(line) }
+    // Lines decode independently of each other, so the first few carry all there is to fuzz in
+    // the codec; decoding every line of a 4 KiB input of short lines made the target 5x slower.
+    for line in whole.lines.prefix(maximumLinesDecoded) { decode(line) }
     return 0
 }
+
+/// Lines of one input given to the request and response decoders (all of them are framed).
+private let maximumLinesDecoded = 4
 
 /// The lines `LineFrameDecoder(maximumLength: limit)` gives for `input` read `chunkSize` bytes at a
 /// time, and whether it refused a line as too long.
