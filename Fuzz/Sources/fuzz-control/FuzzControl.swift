@@ -11,8 +11,9 @@ import NIOEmbedded
 ///
 /// Checks: the framing gives the same lines whatever the reads' sizes, and refuses exactly the
 /// lines longer than its limit; of the first lines (`maximumLinesDecoded`), a request that decodes
-/// is encoded back to one line that decodes to the same request; a refusal's description is one safe line (`SafeText`: no control characters,
-/// no bidi overrides, bounded), as is the daemon's answer to it, which decodes back the same.
+/// is encoded back to one line that decodes to the same request; a refusal's description is one
+/// safe line (`SafeText`: no control characters, no bidi overrides, bounded), as is the daemon's
+/// answer to it, which decodes back the same.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzControl(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let input = Array(UnsafeBufferPointer(start: data, count: size))
