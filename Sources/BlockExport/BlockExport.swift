@@ -1,10 +1,10 @@
 import NIOCore
 
-/// Something that can be served as a block device: a file, the mirror, a test-only fault injector.
+/// Something that can be served as a block device: a file (`FileExport`) or the mirror.
 ///
-/// The NBD server serves any conforming type, and exports stack like nbdkit's plugins and filters:
-/// a wrapper holds an inner export and forwards what it does not change. Every operation is
-/// asynchronous and completes its future on any thread; callers hop where they need to.
+/// The NBD server serves any conforming type. Every operation is asynchronous and completes its
+/// future on any thread; callers hop where they need to. (The devices under an export stack like
+/// nbdkit's filters: see `Leg` and `LegFilter`, with the fault injector and the power cut.)
 ///
 /// Implementations check ranges with `checkRange(offset:length:for:)` and fail with
 /// `BlockExportError`, whose kind the NBD server maps to the wire's error numbers.
