@@ -46,6 +46,8 @@ public final class FaultInjectingLeg: LegFilter {
         var latencyNanoseconds: UInt64 = 0
         var vanished: String?
         var injected = 0
+        /// Completions held back by `holdCompletions`, in the order they came.
+        var held: [@Sendable () -> Void]?
     }
     private let state = Mutex(State())
 
@@ -67,6 +69,19 @@ public final class FaultInjectingLeg: LegFilter {
             state.faults = []
             state.latencyNanoseconds = 0
         }
+    }
+
+    /// A stalled leg: from now on requests still complete (or fail) below, but their completions
+    /// are held back until `releaseCompletions`, so a test can decide when they arrive.
+    public func holdCompletions() { state.withLock { if $0.held == nil { $0.held = [] } } }
+
+    /// Delivers the held completions, in order, and stops holding them.
+    public func releaseCompletions() {
+        let held = state.withLock { state in
+            defer { state.held = nil }
+            return state.held ?? []
+        }
+        for completion in held { completion() }
     }
 
     /// Requests failed on purpose so far.
@@ -110,39 +125,48 @@ public final class FaultInjectingLeg: LegFilter {
         }
     }
 
-    /// Runs `forward` (or fails `completion` with the injected error) after the latency.
+    /// Runs `forward` (or fails `completion` with the injected error) after the latency; the
+    /// completion is held back while `holdCompletions` is in force.
     private func run(_ operation: Operation, offset: UInt64?, length: UInt64?,
                      completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void,
-                     forward: @escaping @Sendable () -> Void) {
+                     forward: @escaping @Sendable (_ completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void) -> Void) {
         let (error, delay) = decide(operation, offset: offset, length: length)
-        let go: @Sendable () -> Void = { if let error { completion(.failure(error)) } else { forward() } }
+        let deliver: @Sendable (Result<Void, BlockIOError>) -> Void = { [self] result in
+            let held = state.withLock { state -> Bool in
+                guard state.held != nil else { return false }
+                state.held?.append { completion(result) }
+                return true
+            }
+            if !held { completion(result) }
+        }
+        let go: @Sendable () -> Void = { if let error { deliver(.failure(error)) } else { forward(deliver) } }
         if delay > 0 {
             DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(clamping: delay)), execute: go)
         } else if error != nil {
             DispatchQueue.global().async(execute: go)
         } else {
-            forward()
+            forward(deliver)
         }
     }
 
     public func read(into buffer: UnsafeMutableRawPointer, count: Int, offset: UInt64,
                      completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void) {
         let address = UInt(bitPattern: buffer)
-        run(.read, offset: offset, length: UInt64(count), completion: completion) { [next] in
-            next.read(into: UnsafeMutableRawPointer(bitPattern: address)!, count: count, offset: offset, completion: completion)
+        run(.read, offset: offset, length: UInt64(count), completion: completion) { [next] done in
+            next.read(into: UnsafeMutableRawPointer(bitPattern: address)!, count: count, offset: offset, completion: done)
         }
     }
 
     public func write(from buffer: UnsafeRawPointer, count: Int, offset: UInt64, durable: Bool,
                       completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void) {
         let address = UInt(bitPattern: buffer)
-        run(.write, offset: offset, length: UInt64(count), completion: completion) { [next] in
-            next.write(from: UnsafeRawPointer(bitPattern: address)!, count: count, offset: offset, durable: durable, completion: completion)
+        run(.write, offset: offset, length: UInt64(count), completion: completion) { [next] done in
+            next.write(from: UnsafeRawPointer(bitPattern: address)!, count: count, offset: offset, durable: durable, completion: done)
         }
     }
 
     public func flush(completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void) {
-        run(.flush, offset: nil, length: nil, completion: completion) { [next] in next.flush(completion: completion) }
+        run(.flush, offset: nil, length: nil, completion: completion) { [next] done in next.flush(completion: done) }
     }
 
     public func flushNow() throws(BlockIOError) {
@@ -153,15 +177,15 @@ public final class FaultInjectingLeg: LegFilter {
     }
 
     public func discard(offset: UInt64, length: UInt64, completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void) {
-        run(.discard, offset: offset, length: length, completion: completion) { [next] in
-            next.discard(offset: offset, length: length, completion: completion)
+        run(.discard, offset: offset, length: length, completion: completion) { [next] done in
+            next.discard(offset: offset, length: length, completion: done)
         }
     }
 
     /// A read fault covers CACHE too (it reads ahead).
     public func prefetch(offset: UInt64, length: UInt64, completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void) {
-        run(.read, offset: offset, length: length, completion: completion) { [next] in
-            next.prefetch(offset: offset, length: length, completion: completion)
+        run(.read, offset: offset, length: length, completion: completion) { [next] done in
+            next.prefetch(offset: offset, length: length, completion: done)
         }
     }
 
@@ -174,8 +198,8 @@ public final class FaultInjectingLeg: LegFilter {
 
     public func writeZeroes(offset: UInt64, length: UInt64, mayDeallocate: Bool, fastOnly: Bool,
                             completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void) {
-        run(.zero, offset: offset, length: length, completion: completion) { [next] in
-            next.writeZeroes(offset: offset, length: length, mayDeallocate: mayDeallocate, fastOnly: fastOnly, completion: completion)
+        run(.zero, offset: offset, length: length, completion: completion) { [next] done in
+            next.writeZeroes(offset: offset, length: length, mayDeallocate: mayDeallocate, fastOnly: fastOnly, completion: done)
         }
     }
 }

@@ -89,10 +89,14 @@ public final class PowerCutLeg: LegFilter {
     }
 
     /// The end of a request passed on: its result, or a failure when the power went meanwhile.
+    /// `update` runs (before the cut only) with whether the request succeeded.
     private func leave(_ result: Result<Void, BlockIOError>, _ operation: BlockOperation, _ offset: UInt64?, _ length: UInt64?,
-                       update: (inout State) -> Void = { _ in }) -> Result<Void, BlockIOError> {
+                       update: (inout State, _ succeeded: Bool) -> Void = { _, _ in }) -> Result<Void, BlockIOError> {
         let (cut, drained): (Bool, OneShot<Void>?) = state.withLock { state in
-            if !state.cut, case .success = result { update(&state) }
+            if !state.cut {
+                let succeeded = if case .success = result { true } else { false }
+                update(&state, succeeded)
+            }
             state.inFlight -= 1
             return (state.cut, state.inFlight == 0 ? state.drained : nil)
         }
@@ -121,7 +125,9 @@ public final class PowerCutLeg: LegFilter {
                 return state.nextID
             }
             change { [self] result in
-                completion(leave(result, operation, offset, length) { state in
+                // Completed, failed or not: a flush from now on covers it (a failed write leaves its
+                // range unspecified, and its undo must not outlive a later durable write there).
+                completion(leave(result, operation, offset, length) { state, _ in
                     if let index = state.undo.firstIndex(where: { $0.id == id }) { state.undo[index].completed = true }
                 })
             }
@@ -157,7 +163,9 @@ public final class PowerCutLeg: LegFilter {
         }
         guard enter() else { return DispatchQueue.global().async { completion(.failure(self.powerCut(.write, offset, UInt64(count)))) } }
         next.write(from: buffer, count: count, offset: offset, durable: true) { [self] result in
-            completion(leave(result, .write, offset, UInt64(count)) { Self.trim(&$0.undo, offset: offset, length: UInt64(count)) })
+            completion(leave(result, .write, offset, UInt64(count)) { state, succeeded in
+                if succeeded { Self.trim(&state.undo, offset: offset, length: UInt64(count)) }
+            })
         }
     }
 
@@ -174,6 +182,16 @@ public final class PowerCutLeg: LegFilter {
         }
     }
 
+    public func prefetch(offset: UInt64, length: UInt64, completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void) {
+        guard enter() else { return DispatchQueue.global().async { completion(.failure(self.powerCut(.read, offset, length))) } }
+        next.prefetch(offset: offset, length: length) { [self] result in completion(leave(result, .read, offset, length)) }
+    }
+
+    public func allocationMap(offset: UInt64, length: UInt64, maxExtents: Int) throws(BlockIOError) -> [BlockDevice.Extent] {
+        guard !isCut else { throw powerCut(.seek, offset, length) }
+        return try next.allocationMap(offset: offset, length: length, maxExtents: maxExtents)
+    }
+
     public func read(into buffer: UnsafeMutableRawPointer, count: Int, offset: UInt64,
                      completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void) {
         guard enter() else { return DispatchQueue.global().async { completion(.failure(self.powerCut(.read, offset, UInt64(count)))) } }
@@ -187,7 +205,9 @@ public final class PowerCutLeg: LegFilter {
         guard enter() else { return DispatchQueue.global().async { completion(.failure(self.powerCut(.fdatasync, nil, nil))) } }
         let covered = state.withLock { Set($0.undo.filter(\.completed).map(\.id)) }
         next.flush { [self] result in
-            completion(leave(result, .fdatasync, nil, nil) { $0.undo.removeAll { covered.contains($0.id) } })
+            completion(leave(result, .fdatasync, nil, nil) { state, succeeded in
+                if succeeded { state.undo.removeAll { covered.contains($0.id) } }
+            })
         }
     }
 
@@ -201,6 +221,8 @@ public final class PowerCutLeg: LegFilter {
         } catch {
             result = .failure(error)
         }
-        try leave(result, .fdatasync, nil, nil) { $0.undo.removeAll { covered.contains($0.id) } }.get()
+        try leave(result, .fdatasync, nil, nil) { state, succeeded in
+            if succeeded { state.undo.removeAll { covered.contains($0.id) } }
+        }.get()
     }
 }

@@ -76,8 +76,9 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         var copiedSinceSave = 0
         /// A delayed `pump` is scheduled (the speed limit holds the copy back, or a read failed).
         var pumpScheduled = false
-        /// A target is being attached: no copy starts until its bitmap file names it.
-        var attaching = false
+        /// Attaches in progress: no copy starts until the bitmap file names the new target (a count:
+        /// an attach that failed midway must not clear the flag of the one after it).
+        var attaching = 0
         /// An fdatasync error of the source met by a bitmap save, not yet reported to a client:
         /// the next FLUSH fails with it (the kernel reports a writeback error once per file).
         var unreportedSourceError: BlockIOError?
@@ -212,7 +213,12 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         let resumed = shared.withLock { $0.bitmap }
         var doubtful = RegionBitmap(deviceSize: resumed.deviceSize, regionSize: resumed.regionSize, allDirty: verifyClean)
         if !verifyClean, target.identity.kind == .file, case .trust = verdict {
-            doubtful = resumed.holes(of: target).subtracting(resumed.holes(of: source))
+            // SEEK_DATA/SEEK_HOLE over both legs can take a while: not on a cooperative thread.
+            doubtful = await withCheckedContinuation { [source] continuation in
+                DispatchQueue.global().async {
+                    continuation.resume(returning: resumed.holes(of: target).subtracting(resumed.holes(of: source)))
+                }
+            }
         }
         let bitmap: RegionBitmap = try shared.withLock { shared throws(TargetError) in
             guard !shared.stopping else { throw TargetError(description: "the mirror is stopping") }
@@ -235,11 +241,11 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
                 shared.bitmap.setAll()
             }
             shared.cursor = 0
-            shared.attaching = true
+            shared.attaching += 1
             return shared.bitmap
         }
         defer {
-            shared.withLock { $0.attaching = false }
+            shared.withLock { $0.attaching -= 1 }
             pump()
         }
         if let intentLog {
@@ -252,7 +258,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
                 }
             }
             if case .failure(let failure) = result {
-                shared.withLock { $0.failure = "\(failure)" }
+                _ = markFailed("\(failure)", on: target)
                 throw TargetError(description: "\(failure)")
             }
         }
@@ -376,7 +382,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
             let last = lastForeground.load(ordering: .relaxed)
             let busy = tracker.count > 0 || last > now || now - last < Self.busyWindowNanos
             let step: Step = shared.withLock { shared in
-                guard !shared.stopping, shared.failure == nil, !shared.pumpScheduled, !shared.attaching, let target = shared.target,
+                guard !shared.stopping, shared.failure == nil, !shared.pumpScheduled, shared.attaching == 0, let target = shared.target,
                       shared.bitmap.dirtyCount > shared.copying,
                       shared.copying < throttle.depth(full: copiesInFlight, foregroundBusy: busy, now: now) else { return .idle }
                 if let wait = throttle.admit(shared.bitmap.regionSize, now: now) {

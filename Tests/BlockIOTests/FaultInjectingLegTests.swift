@@ -66,6 +66,28 @@ import Testing
         #expect(await outcome { leg.flush(completion: $0) } == nil)
     }
 
+    /// A stalled leg: the write reaches the file, its completion only comes on release.
+    @Test func heldCompletionsArriveWhenReleased() async throws {
+        let path = try files.scratchFile(size: 1 << 20)
+        defer { unlink(path) }
+        let aio = try AIOEngine()
+        defer { aio.shutdown() }
+        let leg = FaultInjectingLeg(try BlockDevice.open(path: path, readOnly: false, aio: aio, logger: files.logger))
+        let buffer = AlignedBuffer(capacity: 4096)
+        buffer.bytes.initializeMemory(as: UInt8.self, repeating: 0x3C)
+        leg.holdCompletions()
+        let completed = OneShot<Bool>()
+        leg.write(from: buffer.baseAddress, count: 4096, offset: 8192, durable: true) { completed.fulfil((try? $0.get()) != nil) }
+        let deadline = ContinuousClock.now + .seconds(30)
+        while (try? Data(contentsOf: URL(fileURLWithPath: path)))?[8192] != 0x3C, ContinuousClock.now < deadline {
+            try await Task.sleep(nanoseconds: 10_000_000)
+        }
+        #expect((try Data(contentsOf: URL(fileURLWithPath: path)))[8192] == 0x3C, "the write never reached the file")
+        #expect(completed.value == nil, "the completion was not held")
+        leg.releaseCompletions()
+        #expect(await completed.wait())
+    }
+
     @Test func aVanishedLegFailsEveryCallAndSaysSo() async throws {
         let path = try files.scratchFile(size: 1 << 20)
         defer { unlink(path) }

@@ -38,7 +38,7 @@ import Testing
         let target = FaultInjectingLeg(try rig.open(rig.targetPath))
         target.inject(.init([.write, .zero], range: (5 << 20)..<((5 << 20) + 1), errno: .noSpace))
         try await mirror.attach(target: target)
-        let settled = await mirror.waitUntilSettled()
+        let settled = try await settled(mirror)
         #expect(settled.state == .targetFailed)
         let failure = settled.failure ?? ""
         #expect(failure.contains(rig.targetPath) && failure.contains("offset \(5 << 20)") && failure.contains("injected"), "\(failure)")
@@ -56,7 +56,7 @@ import Testing
         let mirror = mirror(rig, source: try rig.open(rig.sourcePath))
         let target = FaultInjectingLeg(try rig.open(rig.targetPath))
         try await mirror.attach(target: target)
-        #expect(await mirror.waitUntilSettled().state == .inSync)
+        #expect(try await settled(mirror).state == .inSync)
         target.vanish()
         try await write(mirror, rig, byte: 0x7E, at: 3 << 20)
         let status = mirror.status
@@ -77,7 +77,7 @@ import Testing
         source.inject(.init([.read], range: (7 << 20)..<((7 << 20) + 1), times: 1))
         let mirror = mirror(rig, source: source)
         try await mirror.attach(target: try rig.open(rig.targetPath))
-        let settled = await mirror.waitUntilSettled()
+        let settled = try await settled(mirror)
         try await mirror.close()
         #expect(settled.state == .inSync, "\(settled.failure ?? "")")
         #expect(source.injected == 1)

@@ -265,3 +265,13 @@ func firstDifference(_ a: Data, _ b: Data) -> Int? {
         }
     }
 }
+
+/// The mirror's status once it is no longer recovering: `waitUntilSettled`, but a test fails
+/// (after `seconds`) instead of hanging when the recovery never ends.
+func settled(_ mirror: MirrorExport, within seconds: Int = 120) async throws -> MirrorStatus {
+    let deadline = ContinuousClock.now + .seconds(seconds)
+    while mirror.status.state == .recovering, ContinuousClock.now < deadline { try await Task.sleep(nanoseconds: 20_000_000) }
+    let status = mirror.status
+    #expect(status.state != .recovering, "still recovering after \(seconds) s")
+    return status
+}

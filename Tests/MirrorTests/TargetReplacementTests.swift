@@ -58,9 +58,9 @@ import Testing
         #expect(firstDifference(source, target) == nil, "the new target lacks regions the old one was copying")
     }
 
-    /// The old target fails late after it was replaced: every write to it fails with ENOSPC half a
-    /// second after it was issued (`FaultInjectingLeg`), so its errors arrive once the new target is
-    /// attached; the new, healthy target is not marked failed.
+    /// The old target fails late after it was replaced: every write to it fails with ENOSPC, and
+    /// its completions are held back (`FaultInjectingLeg`) until the new target is attached; the
+    /// new, healthy target is not marked failed.
     @Test func aReplacedTargetsLateErrorDoesNotFailTheNewOne() async throws {
         let rig = try MirrorExportTests.Rig()
         defer { rig.tearDown() }
@@ -69,18 +69,21 @@ import Testing
         Self.makeFile(second, size: MirrorExportTests.size)
         let failing = FaultInjectingLeg(try rig.open(failingPath))
         failing.inject(.init([.write, .zero], errno: .noSpace))
-        failing.setLatency(nanoseconds: 500_000_000)
+        failing.holdCompletions()
         let mirror = MirrorExport(source: try rig.open(rig.sourcePath), regionSize: 1 << 20, copiesInFlight: 8,
                                   pool: BufferPool(), logger: Logger(label: "mirror"))
         try await mirror.attach(target: failing)
-        await Self.waitForCopies(mirror)
+        // Until the copier has written to the old target (the writes fail, unheard of yet).
+        let deadline = ContinuousClock.now + .seconds(60)
+        while failing.injected == 0, ContinuousClock.now < deadline { try await Task.sleep(nanoseconds: 1_000_000) }
         try Self.fail(mirror)
         try await mirror.removeTarget()
         try await mirror.attach(target: try rig.open(second))
+        #expect(failing.injected > 0, "no write of the old target was in flight at the replacement")
+        failing.releaseCompletions()
         let settled = await mirror.waitUntilSettled()
         try await mirror.close()
         #expect(settled.state == .inSync, "\(settled.failure ?? "")")
-        #expect(failing.injected > 0, "the old target's writes were to fail after the replacement")
     }
 
     /// A stop during a check held to 64 KiB/s ends the check (interrupted) instead of waiting
