@@ -8,6 +8,24 @@ import Testing
 @Suite struct FaultInjectingLegTests {
     let files = BlockDeviceTests()
 
+    /// A 1 MiB scratch file opened through libaio, under a fault injector.
+    struct Scratch {
+        let path: String
+        let aio: AIOEngine
+        let leg: FaultInjectingLeg
+
+        init(_ files: BlockDeviceTests) throws {
+            path = try files.scratchFile(size: 1 << 20)
+            aio = try AIOEngine()
+            leg = FaultInjectingLeg(try BlockDevice.open(path: path, readOnly: false, aio: aio, logger: files.logger))
+        }
+
+        func remove() {
+            aio.shutdown()
+            unlink(path)
+        }
+    }
+
     /// The result of one asynchronous call: nil on success, else the error.
     func outcome(_ body: (@escaping @Sendable (Result<Void, BlockIOError>) -> Void) -> Void) async -> BlockIOError? {
         do {
@@ -22,11 +40,9 @@ import Testing
     }
 
     @Test func faultsFailExactlyTheRequestsTheyName() async throws {
-        let path = try files.scratchFile(size: 1 << 20)
-        defer { unlink(path) }
-        let aio = try AIOEngine()
-        defer { aio.shutdown() }
-        let leg = FaultInjectingLeg(try BlockDevice.open(path: path, readOnly: false, aio: aio, logger: files.logger))
+        let scratch = try Scratch(files)
+        defer { scratch.remove() }
+        let (path, leg) = (scratch.path, scratch.leg)
         let buffer = AlignedBuffer(capacity: 4096)
         buffer.bytes.initializeMemory(as: UInt8.self, repeating: 0xA5)
         func write(at offset: UInt64) async -> BlockIOError? {
@@ -68,11 +84,9 @@ import Testing
 
     /// A stalled leg: the write reaches the file, its completion only comes on release.
     @Test func heldCompletionsArriveWhenReleased() async throws {
-        let path = try files.scratchFile(size: 1 << 20)
-        defer { unlink(path) }
-        let aio = try AIOEngine()
-        defer { aio.shutdown() }
-        let leg = FaultInjectingLeg(try BlockDevice.open(path: path, readOnly: false, aio: aio, logger: files.logger))
+        let scratch = try Scratch(files)
+        defer { scratch.remove() }
+        let (path, leg) = (scratch.path, scratch.leg)
         let buffer = AlignedBuffer(capacity: 4096)
         buffer.bytes.initializeMemory(as: UInt8.self, repeating: 0x3C)
         leg.holdCompletions()
@@ -89,11 +103,9 @@ import Testing
     }
 
     @Test func aVanishedLegFailsEveryCallAndSaysSo() async throws {
-        let path = try files.scratchFile(size: 1 << 20)
-        defer { unlink(path) }
-        let aio = try AIOEngine()
-        defer { aio.shutdown() }
-        let leg = FaultInjectingLeg(try BlockDevice.open(path: path, readOnly: false, aio: aio, logger: files.logger))
+        let scratch = try Scratch(files)
+        defer { scratch.remove() }
+        let leg = scratch.leg
         #expect(leg.replacement() == nil)
         leg.vanish()
         let buffer = AlignedBuffer(capacity: 4096)
