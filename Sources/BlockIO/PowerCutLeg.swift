@@ -37,9 +37,6 @@ public final class PowerCutLeg: LegFilter {
     /// Whether the power is off.
     public var isCut: Bool { state.withLock { $0.cut } }
 
-    /// Bytes that would be lost if the power went now.
-    public var volatileBytes: Int { state.withLock { $0.undo.reduce(0) { $0 + $1.bytes.count } } }
-
     /// Turns the power off: no call succeeds from now on (requests already passed on still
     /// complete, as failures). `discardVolatileWrites` then makes the leg what the disk kept.
     public func cut() { state.withLock { $0.cut = true } }

@@ -207,18 +207,14 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         try Self.refuse(target.identity, asTargetOf: source)
         var verdict: BitmapTrust.Verdict?
         if let intentLog {
-            verdict = await onIntentQueue { intentLog.verdict(forTarget: target.identity, trace: target.writeTrace()) }
+            verdict = await on(intentQueue) { intentLog.verdict(forTarget: target.identity, trace: target.writeTrace()) }
         }
         // Clean regions in doubt: all of them if asked, else those a sparse target lacks outright.
         let resumed = shared.withLock { $0.bitmap }
         var doubtful = RegionBitmap(deviceSize: resumed.deviceSize, regionSize: resumed.regionSize, allDirty: verifyClean)
         if !verifyClean, target.identity.kind == .file, case .trust = verdict {
             // SEEK_DATA/SEEK_HOLE over both legs can take a while: not on a cooperative thread.
-            doubtful = await withCheckedContinuation { [source] continuation in
-                DispatchQueue.global().async {
-                    continuation.resume(returning: resumed.holes(of: target).subtracting(resumed.holes(of: source)))
-                }
-            }
+            doubtful = await on(.global()) { [source] in resumed.holes(of: target).subtracting(resumed.holes(of: source)) }
         }
         let bitmap: RegionBitmap = try shared.withLock { shared throws(TargetError) in
             guard !shared.stopping else { throw TargetError(description: "the mirror is stopping") }
@@ -250,7 +246,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         }
         if let intentLog {
             // The bitmap file names the new target and marks everything to copy before any copy.
-            let result = await onIntentQueue { [self] () -> Result<Void, WriteIntentLog.Failure> in
+            let result = await on(intentQueue) { [self] () -> Result<Void, WriteIntentLog.Failure> in
                 let (queued, persisted) = shared.withLock { ($0.queueIntent(bitmap), $0.persisted) }
                 return Result { () throws(WriteIntentLog.Failure) in
                     try intentLog.attach(target: target.identity, bitmap: persisted)
@@ -349,7 +345,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         }
         if let intentLog {
             // Never trusted again by these bits: what it holds from now on is unknown.
-            let result = await onIntentQueue { [self] () -> Result<Void, WriteIntentLog.Failure> in
+            let result = await on(intentQueue) { [self] () -> Result<Void, WriteIntentLog.Failure> in
                 Result { () throws(WriteIntentLog.Failure) in try intentLog.detachTarget(bitmap: shared.withLock { $0.persisted }) }
             }
             if case .failure(let failure) = result { logger.error("cannot record the removal in the bitmap", metadata: ["error": "\(failure)"]) }
@@ -404,10 +400,11 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         }
     }
 
-    /// Runs `body` on the bitmap's serial queue (behind the saves and intent writes queued there)
-    /// and returns its result, suspending the caller instead of blocking its thread.
-    private func onIntentQueue<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
-        await withCheckedContinuation { continuation in intentQueue.async { continuation.resume(returning: body()) } }
+    /// Runs `body` on `queue` and returns its result, suspending the caller instead of blocking its
+    /// thread: on the bitmap's serial queue (`intentQueue`, behind the saves and intent writes queued
+    /// there), or on a global queue for system calls that may wait.
+    private func on<T: Sendable>(_ queue: DispatchQueue, _ body: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { continuation in queue.async { continuation.resume(returning: body()) } }
     }
 
     /// Runs `pump` again after a delay; the flag `pumpScheduled` was set by the caller.
