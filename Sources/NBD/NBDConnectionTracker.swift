@@ -41,9 +41,7 @@ final class NBDConnectionTracker: Sendable {
     func closeAll() async {
         let open = state.withLock { $0.entries.values.map(\.channel) }
         for channel in open {
-            channel.eventLoop.execute {
-                try? channel.pipeline.syncOperations.handler(type: NBDConnectionHandler.self).beginClose()
-            }
+            channel.pipeline.fireUserInboundEventTriggered(NBDConnectionEvent.finish)
         }
         for channel in open { try? await channel.closeFuture.get() }
     }

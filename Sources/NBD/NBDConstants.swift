@@ -64,10 +64,20 @@ public struct NBDOption: RawRepresentable, Hashable, Sendable, CustomStringConve
     public static let setMetaContext = NBDOption(rawValue: 10)
 
     public var description: String {
-        let names: [UInt32: String] = [1: "EXPORT_NAME", 2: "ABORT", 3: "LIST", 4: "PEEK_EXPORT", 5: "STARTTLS",
-                                       6: "INFO", 7: "GO", 8: "STRUCTURED_REPLY", 9: "LIST_META_CONTEXT",
-                                       10: "SET_META_CONTEXT", 11: "EXTENDED_HEADERS"]
-        return names[rawValue] ?? "option \(rawValue)"
+        switch rawValue {
+        case 1: "EXPORT_NAME"
+        case 2: "ABORT"
+        case 3: "LIST"
+        case 4: "PEEK_EXPORT"
+        case 5: "STARTTLS"
+        case 6: "INFO"
+        case 7: "GO"
+        case 8: "STRUCTURED_REPLY"
+        case 9: "LIST_META_CONTEXT"
+        case 10: "SET_META_CONTEXT"
+        case 11: "EXTENDED_HEADERS"
+        default: "option \(rawValue)"
+        }
     }
 }
 
@@ -160,9 +170,18 @@ public struct NBDErrorCode: RawRepresentable, Hashable, Sendable, CustomStringCo
     public static let shutdown = NBDErrorCode(rawValue: 108)
 
     public var description: String {
-        let names: [UInt32: String] = [0: "OK", 1: "EPERM", 5: "EIO", 12: "ENOMEM", 22: "EINVAL", 28: "ENOSPC",
-                                       75: "EOVERFLOW", 95: "ENOTSUP", 108: "ESHUTDOWN"]
-        return names[rawValue] ?? "error \(rawValue)"
+        switch rawValue {
+        case 0: "OK"
+        case 1: "EPERM"
+        case 5: "EIO"
+        case 12: "ENOMEM"
+        case 22: "EINVAL"
+        case 28: "ENOSPC"
+        case 75: "EOVERFLOW"
+        case 95: "ENOTSUP"
+        case 108: "ESHUTDOWN"
+        default: "error \(rawValue)"
+        }
     }
 }
 

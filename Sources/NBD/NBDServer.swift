@@ -66,7 +66,7 @@ public final class NBDServer: Sendable {
                 var connectionLogger = logger
                 connectionLogger[metadataKey: "connection"] = "\(UInt(bitPattern: ObjectIdentifier(channel).hashValue) % 100000)"
                 return channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(NBDConnectionHandler(environment: environment, logger: connectionLogger))
+                    try NBDConnectionPipeline.configure(channel, environment: environment, logger: connectionLogger)
                 }
             }
         let channel: any Channel

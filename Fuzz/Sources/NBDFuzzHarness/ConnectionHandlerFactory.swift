@@ -2,16 +2,16 @@ import Logging
 import NIOCore
 @testable import NBD
 
-/// The handler `NBDServer` puts on each accepted connection, made the way `NBDServer.init` and
-/// `NBDServer.listen` make it (default limits). The only place the fuzz targets use the NBD
-/// module's internals (`@testable`): when the handler's initialiser changes, this is the code to
+/// The handlers `NBDServer` puts on each accepted connection (`NBDConnectionPipeline`), with the
+/// environment `NBDServer.init` makes (default limits). The only place the fuzz targets use the NBD
+/// module's internals (`@testable`): when the pipeline's set-up changes, this is the code to
 /// follow it.
 enum ConnectionHandlerFactory {
-    static func makeHandler(registry: NBDExportRegistry, logger: Logger) -> any ChannelHandler {
+    static func configure(_ channel: any Channel, registry: NBDExportRegistry, logger: Logger) throws {
         let limits = NBDServerLimits()
         let environment = NBDConnectionEnvironment(
             registry: registry, limits: limits, tracker: NBDConnectionTracker(limit: limits.maximumConnections),
             budget: NBDPayloadBudget(limit: limits.maximumPayloadBytes), logLimiter: NBDLogLimiter(logger: logger))
-        return NBDConnectionHandler(environment: environment, logger: logger)
+        try NBDConnectionPipeline.configure(channel, environment: environment, logger: logger)
     }
 }

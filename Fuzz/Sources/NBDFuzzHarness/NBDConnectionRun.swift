@@ -17,8 +17,7 @@ public enum NBDConnectionRun {
     public static func serve(_ input: [UInt8], chunkSize: Int, registry: NBDExportRegistry) -> (output: [UInt8], closed: Bool) {
         let channel = EmbeddedChannel()
         do {
-            try channel.pipeline.syncOperations.addHandler(
-                ConnectionHandlerFactory.makeHandler(registry: registry, logger: CheckingLogHandler.logger(label: "nbd")))
+            try ConnectionHandlerFactory.configure(channel, registry: registry, logger: CheckingLogHandler.logger(label: "nbd"))
             try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 10809)).wait()
         } catch {
             fuzzCheck(false, "cannot set up the embedded connection: \(error)")

@@ -1,0 +1,106 @@
+import NIOCore
+
+/// A message from an NBD client, as `NBDFrameDecoder` frames its byte stream.
+enum NBDClientMessage: Sendable, Equatable {
+    /// The client's flags: its first 4 bytes.
+    case clientFlags(NBDClientFlags)
+    /// An option request with all its data.
+    case option(NBDOptionHeader, data: ByteBuffer)
+    /// A transmission request header; a WRITE's payload follows as `.payload` pieces.
+    case request(NBDRequest)
+    /// The next piece of the payload of the WRITE decoded last, as it arrived (never empty);
+    /// `last` on the piece that completes it.
+    case payload(ByteBuffer, last: Bool)
+}
+
+/// Frames a client's byte stream: the client flags, then option requests until the negotiation
+/// calls `startTransmission()` (a GO or EXPORT_NAME selected an export), then requests and their
+/// payload. Formats are `NBDCodec`'s; this type only knows what comes next and the framing limits.
+///
+/// An option is passed on whole, once its data has arrived; its header is checked first, so option
+/// data beyond `maximumOptionLength` (or more than `maximumOptions` options) is refused before a
+/// byte of it is waited for. A WRITE's payload is passed on in the pieces it arrives in, so the
+/// transmission handler can reserve its memory before it is read and gather it in one buffer of
+/// its size (a whole payload already read is one piece, sliced, not copied).
+///
+/// A class, so the negotiation handler can switch it to transmission while it handles the option
+/// that starts it: `ByteToMessageHandler` calls `decode` again only after that message's
+/// `fireChannelRead` returned, so the bytes that follow the option are read as requests.
+final class NBDFrameDecoder: ByteToMessageDecoder {
+    typealias InboundOut = NBDClientMessage
+
+    /// Option data beyond this closes the connection: no legitimate option comes near it.
+    static let maximumOptionLength: UInt32 = 64 << 10
+    /// Options one negotiation may send; real clients send a handful. Bounds the replies a client
+    /// can queue by pipelining options without reading.
+    static let maximumOptions = 256
+
+    private enum Expecting {
+        case clientFlags
+        case optionHeader
+        case optionData(NBDOptionHeader)
+        case request
+        case payload(remaining: Int)
+    }
+
+    private var expecting = Expecting.clientFlags
+    private var optionsReceived = 0
+    /// Told of every read: bytes in are the client's progress, whole messages or not.
+    private let clock: NBDConnectionClock?
+
+    init(clock: NBDConnectionClock? = nil) {
+        self.clock = clock
+    }
+
+    /// From the next message on, the stream holds transmission requests.
+    func startTransmission() {
+        expecting = .request
+    }
+
+    func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        clock?.progressed()
+        guard let message = try next(from: &buffer) else { return .needMoreData }
+        context.fireChannelRead(wrapInboundOut(message))
+        return .continue
+    }
+
+    /// At the end of the stream a partial message is dropped: the connection is gone.
+    func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+        .needMoreData
+    }
+
+    /// The next message `buffer` holds (consumed from it), or nil if it does not hold one whole yet
+    /// (option headers are consumed as soon as they are whole and checked).
+    func next(from buffer: inout ByteBuffer) throws(NBDProtocolError) -> NBDClientMessage? {
+        while true {
+            switch expecting {
+            case .clientFlags:
+                guard let flags = try NBDCodec.readClientFlags(from: &buffer) else { return nil }
+                expecting = .optionHeader
+                return .clientFlags(flags)
+            case .optionHeader:
+                guard let header = try NBDCodec.readOptionHeader(from: &buffer) else { return nil }
+                guard header.length <= Self.maximumOptionLength else {
+                    throw .optionTooLong(option: header.option, length: header.length, limit: Self.maximumOptionLength)
+                }
+                optionsReceived += 1
+                guard optionsReceived <= Self.maximumOptions else { throw .tooManyOptions(limit: Self.maximumOptions) }
+                expecting = .optionData(header)
+            case .optionData(let header):
+                guard let data = buffer.readSlice(length: Int(header.length)) else { return nil }
+                expecting = .optionHeader
+                return .option(header, data: data)
+            case .request:
+                guard let request = try NBDCodec.readRequest(from: &buffer) else { return nil }
+                if request.hasPayload && request.length > 0 { expecting = .payload(remaining: Int(request.length)) }
+                return .request(request)
+            case .payload(let remaining):
+                guard buffer.readableBytes > 0 else { return nil }
+                let piece = buffer.readSlice(length: min(remaining, buffer.readableBytes))!
+                let left = remaining - piece.readableBytes
+                expecting = left == 0 ? .request : .payload(remaining: left)
+                return .payload(piece, last: left == 0)
+            }
+        }
+    }
+}
