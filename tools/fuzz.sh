@@ -66,6 +66,11 @@ echo "fuzz: built ${targets[*]} in $(($(date +%s) - started)) s"
 # Longest input per target: the largest seed (a bitmap file of four pages is 48 KiB) and room to grow.
 declare -A max_len=([nbd-handshake]=16384 [nbd-transmission]=8192 [control]=4096 [bitmap]=53248)
 export SWIFT_BACKTRACE=enable=no   # libFuzzer reports crashes; Swift's backtracer would wait on them
+# AddressSanitizer still catches every bad access, but records no stack for each allocation: that
+# unwinding was 40% of an execution here (the bitmap target runs 1.7x faster without it). A report
+# then names where the access happened, not where the memory was allocated or freed; for those,
+# replay the input with ASAN_OPTIONS=malloc_context_size=30.
+export ASAN_OPTIONS=${ASAN_OPTIONS:-malloc_context_size=0}
 # The targets write their inputs to files (the bitmap reader opens a path): in memory where it can.
 tmpbase=/tmp; [[ -d /dev/shm && -w /dev/shm ]] && tmpbase=/dev/shm
 tmp=$(mktemp -d "$tmpbase/blockmirror-fuzz.XXXXXX")
