@@ -84,10 +84,21 @@ public struct LegWriteTrace: Sendable, Equatable, Codable {
         Int64(info.st_ctim.tv_sec) &* 1_000_000_000 &+ Int64(info.st_ctim.tv_nsec)
     }
 
-    private static func format(_ nanoseconds: Int64) -> String {
-        let date = Date(timeIntervalSince1970: Double(nanoseconds / 1_000_000_000))
-        let formatter = ISO8601DateFormatter()
-        return formatter.string(from: date).replacingOccurrences(of: "Z", with: ".\(String(format: "%09lld", nanoseconds % 1_000_000_000))Z")
+    /// `nanoseconds` since 1970 as a UTC time with nanoseconds, "2026-12-01T15:38:51.123456789Z"
+    /// (`gmtime_r(3)`: a formatter object costs more than the whole comparison); a time beyond what
+    /// it represents is given as the count.
+    static func format(_ nanoseconds: Int64) -> String {
+        var (seconds, fraction) = nanoseconds.quotientAndRemainder(dividingBy: 1_000_000_000)
+        if fraction < 0 { (seconds, fraction) = (seconds - 1, fraction + 1_000_000_000) }
+        var time = time_t(seconds)
+        var fields = tm()
+        guard gmtime_r(&time, &fields) != nil else { return "\(nanoseconds) ns after 1970-01-01T00:00:00Z" }
+        func padded(_ value: some BinaryInteger, _ width: Int) -> String {
+            let digits = String(value)
+            return String(repeating: "0", count: max(0, width - digits.count)) + digits
+        }
+        return "\(padded(Int(fields.tm_year) + 1900, 4))-\(padded(fields.tm_mon + 1, 2))-\(padded(fields.tm_mday, 2))"
+            + "T\(padded(fields.tm_hour, 2)):\(padded(fields.tm_min, 2)):\(padded(fields.tm_sec, 2)).\(padded(fraction, 9))Z"
     }
 
     /// This boot's id (`/proc/sys/kernel/random/boot_id`).

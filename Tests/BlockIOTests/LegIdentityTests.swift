@@ -81,6 +81,21 @@ import Glibc
         }
     }
 
+    /// A change time is told in UTC with its nanoseconds, across the whole range of the count.
+    @Test func changeTimesAreToldInUTC() {
+        #expect(LegWriteTrace.format(0) == "1970-01-01T00:00:00.000000000Z")
+        #expect(LegWriteTrace.format(-1) == "1969-12-31T23:59:59.999999999Z")
+        #expect(LegWriteTrace.format(1_796_141_746_448_123_456) == "2026-12-01T16:15:46.448123456Z")
+        #expect(LegWriteTrace.format(.max) == "2262-04-11T23:47:16.854775807Z")
+        #expect(LegWriteTrace.format(.min) == "1677-09-21T00:12:43.145224192Z")
+        var now = LegWriteTrace(size: 4096)
+        now.changed = 1_000_000_001
+        var recorded = now
+        recorded.changed = 0
+        #expect(now.compared(with: recorded)
+                    == .written("its change time moved from 1970-01-01T00:00:00.000000000Z to 1970-01-01T00:00:01.000000001Z"))
+    }
+
     /// A block device's counters compare within one boot and one attachment only.
     @Test func blockDeviceCountersCompareWithinABootOnly() {
         let recorded = LegWriteTrace(size: 1 << 30, bootID: "boot-a", diskSequence: 7, writeRequests: 100, sectorsWritten: 800)
