@@ -67,12 +67,8 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         var settled: OneShot<MirrorStatus>?
         /// Awaited by `close` until neither copies nor check workers run.
         var backgroundIdle: OneShot<Void>?
-        /// What the bitmap file holds (a superset of what may differ).
-        var persisted: RegionBitmap
-        /// Modifying requests in flight per region: their bits stay set on disk.
-        var active: [Int: Int] = [:]
-        /// When each recently written region last had no write in flight (monotonic nanoseconds).
-        var lastWrite: [Int: UInt64] = [:]
+        /// What the bitmap file holds and must hold (invariant 4).
+        var intent: WriteIntentState
         var copiedSinceSave = 0
         /// A delayed `pump` is scheduled (the speed limit holds the copy back, or a read failed).
         var pumpScheduled = false
@@ -94,25 +90,6 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         var verifiedDiffering = 0
         /// The source's path no longer names the file or device served (deleted, replaced).
         var sourceProblem: String?
-        /// Regions whose bit is set in `persisted` but whose page write is still queued (or failed):
-        /// a request into one of them waits for the write, or writes it itself.
-        var intentQueued = Set<Int>()
-
-        /// Sets `bits` in `persisted` ahead of the page writes that make them durable; the regions
-        /// newly set are `intentQueued` (returned) until those writes succeed.
-        mutating func queueIntent(_ bits: RegionBitmap) -> Set<Int> {
-            let new = bits.subtracting(persisted)
-            persisted.formUnion(bits)
-            var regions = Set<Int>()
-            var next = new.nextDirty(from: 0)
-            while let region = next {
-                regions.insert(region)
-                next = new.nextDirty(from: region + 1)
-            }
-            intentQueued.formUnion(regions)
-            return regions
-        }
-
         /// A region now holds the same bytes on both legs.
         mutating func markClean(_ region: Int) {
             bitmap.setClean(region)
@@ -139,7 +116,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
             blockSizes: BlockSizeConstraints(minimum: 1, preferred: UInt32(max(4096, source.alignment)),
                                              maximum: BlockSizeConstraints.maximumPayload))
         let bitmap = resuming ?? RegionBitmap(deviceSize: source.size, regionSize: regionSize, allDirty: true)
-        shared = Mutex(Shared(bitmap: bitmap, persisted: bitmap))
+        shared = Mutex(Shared(bitmap: bitmap, intent: WriteIntentState(persisted: bitmap)))
         let timer = DispatchSource.makeTimerSource(queue: intentQueue)
         timer.schedule(deadline: .now() + 1, repeating: 1)
         timer.setEventHandler { [weak self] in
@@ -247,10 +224,10 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         if let intentLog {
             // The bitmap file names the new target and marks everything to copy before any copy.
             let result = await on(intentQueue) { [self] () -> Result<Void, WriteIntentLog.Failure> in
-                let (queued, persisted) = shared.withLock { ($0.queueIntent(bitmap), $0.persisted) }
+                let (queued, persisted) = shared.withLock { ($0.intent.queue(bitmap), $0.intent.persisted) }
                 return Result { () throws(WriteIntentLog.Failure) in
                     try intentLog.attach(target: target.identity, bitmap: persisted)
-                    shared.withLock { $0.intentQueued.subtract(queued) }
+                    shared.withLock { $0.intent.written(queued) }
                 }
             }
             if case .failure(let failure) = result {
@@ -346,7 +323,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         if let intentLog {
             // Never trusted again by these bits: what it holds from now on is unknown.
             let result = await on(intentQueue) { [self] () -> Result<Void, WriteIntentLog.Failure> in
-                Result { () throws(WriteIntentLog.Failure) in try intentLog.detachTarget(bitmap: shared.withLock { $0.persisted }) }
+                Result { () throws(WriteIntentLog.Failure) in try intentLog.detachTarget(bitmap: shared.withLock { $0.intent.persisted }) }
             }
             if case .failure(let failure) = result { logger.error("cannot record the removal in the bitmap", metadata: ["error": "\(failure)"]) }
         }
@@ -583,38 +560,20 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
                 // Write intent before write (invariant 4): while this request is in flight its
                 // regions stay set on disk; a clear bit is set durably before any data moves — also
                 // when another request set it a moment ago and its page write is still queued.
-                let waitsForIntent: Bool = shared.withLock { shared in
-                    var waits = false
-                    for region in regions {
-                        shared.active[region, default: 0] += 1
-                        if shared.persisted.setDirty(region) { shared.intentQueued.insert(region) }
-                        if shared.intentQueued.contains(region) { waits = true }
-                    }
-                    return waits
-                }
+                let waitsForIntent = shared.withLock { $0.intent.begin(regions) }
                 promise.futureResult.whenComplete { [self] _ in
                     let now = Self.now()
-                    shared.withLock { shared in
-                        for region in regions {
-                            shared.active[region]! -= 1
-                            if shared.active[region] == 0 {
-                                shared.active[region] = nil
-                                shared.lastWrite[region] = now
-                            }
-                        }
-                    }
+                    shared.withLock { $0.intent.end(regions, at: now) }
                 }
                 guard waitsForIntent else { return body(target, promise) }
                 // Behind every page write queued before it: a region still marked queued here had
                 // its write fail (or none yet), so this request writes it.
                 intentQueue.async { [self] in
-                    let (needed, persisted) = shared.withLock { shared in
-                        (regions.filter { shared.intentQueued.contains($0) }, shared.persisted)
-                    }
+                    let (needed, persisted) = shared.withLock { $0.intent.owed(regions) }
                     do {
                         if !needed.isEmpty {
                             try intentLog.persist(regions: needed, of: persisted)
-                            shared.withLock { shared in for region in needed { shared.intentQueued.remove(region) } }
+                            shared.withLock { $0.intent.written(needed) }
                         }
                         eventLoop.execute { body(target, promise) }
                     } catch {
@@ -638,22 +597,13 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         watchLegs()
         guard let intentLog else { return }
         let now = Self.now()
-        var (snapshot, previous, target, healthy, queued) = shared.withLock { shared in
-            var persisted = shared.bitmap
-            for region in shared.active.keys { persisted.setDirty(region) }
-            // A write stamped after `now` was read is recent too.
-            shared.lastWrite = shared.lastWrite.filter { $0.value > now || now - $0.value < writeHoldNanos }
-            if !final { for region in shared.lastWrite.keys { persisted.setDirty(region) } }
-            let previous = shared.persisted
-            // Bits this save sets are not on disk until it is: requests into them wait for it.
-            _ = shared.queueIntent(persisted)
-            let queued = shared.intentQueued
-            shared.persisted = persisted
-            return (persisted, previous, shared.target, shared.failure == nil, queued)
+        let (started, target, healthy) = shared.withLock { shared in
+            (shared.intent.beginSave(dirty: shared.bitmap, now: now, holdNanos: writeHoldNanos, final: final), shared.target,
+             shared.failure == nil)
         }
-        guard snapshot != previous || final else { return }
+        guard var save = started else { return }
         do {
-            if previous.hasBits(clearIn: snapshot) {
+            if save.clears {
                 do { try source.flushNow() } catch {
                     shared.withLock { $0.unreportedSourceError = error }
                     throw error
@@ -667,19 +617,16 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
                         if healthy { targetFailed(error, on: target) }
                     }
                 }
-                if !targetDurable {
-                    snapshot.formUnion(previous)
-                    shared.withLock { $0.persisted.formUnion(previous) }
-                }
+                if !targetDurable { shared.withLock { $0.intent.clearNothing(&save) } }
             }
             if final {
-                try intentLog.saveStopped(snapshot, sourceTrace: source.writeTrace(), targetTrace: target?.writeTrace())
+                try intentLog.saveStopped(save.bits, sourceTrace: source.writeTrace(), targetTrace: target?.writeTrace())
             } else {
-                try intentLog.save(snapshot)
+                try intentLog.save(save.bits)
             }
-            shared.withLock { $0.intentQueued.subtract(queued) }
+            shared.withLock { $0.intent.saved(save) }
         } catch {
-            shared.withLock { $0.persisted.formUnion(previous) }
+            shared.withLock { $0.intent.failed(save) }
             throw error
         }
     }
@@ -709,10 +656,13 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
             intentQueue.async { [self] in
                 let persisted = shared.withLock { shared -> RegionBitmap? in
                     shared.bitmap.setDirty(region)
-                    return shared.persisted.setDirty(region) ? shared.persisted : nil
+                    return shared.intent.set(region)
                 }
                 if let persisted {
-                    do { try intentLog.persist(regions: [region], of: persisted) } catch {
+                    do {
+                        try intentLog.persist(regions: [region], of: persisted)
+                        shared.withLock { $0.intent.written([region]) }
+                    } catch {
                         logger.error("cannot record a mismatching region in the bitmap", metadata: ["error": "\(error)"])
                     }
                 }
