@@ -51,17 +51,14 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     /// Serialises every write of the bitmap file, each from a snapshot taken when it runs, so a
     /// later write of a page never carries fewer set bits than an earlier one did for a writer.
     private let intentQueue = DispatchQueue(label: "blockmirror.write-intent")
-    /// Copied regions between two lazy saves of the bitmap.
-    private static let regionsPerSave = 256
 
     struct Shared {
         var target: (any Leg)?
         var bitmap: RegionBitmap
         var failure: String?
         var stopping = false
-        var cursor = 0
-        var copying = 0
-        var bytesCopied: UInt64 = 0
+        /// The copier's cursor, copies running, delays and lazy saves.
+        var copier = CopierState()
         /// Awaited by `waitUntilSettled` while recovering (made by the first waiter, fulfilled
         /// and cleared by `settle`).
         var settled: OneShot<MirrorStatus>?
@@ -69,9 +66,6 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         var backgroundIdle: OneShot<Void>?
         /// What the bitmap file holds and must hold (invariant 4).
         var intent: WriteIntentState
-        var copiedSinceSave = 0
-        /// A delayed `pump` is scheduled (the speed limit holds the copy back, or a read failed).
-        var pumpScheduled = false
         /// Attaches in progress: no copy starts until the bitmap file names the new target (a count:
         /// an attach that failed midway must not clear the flag of the one after it).
         var attaching = 0
@@ -157,7 +151,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         else { state = .inSync }
         return MirrorStatus(state: state, source: "", target: shared.target?.path, size: shared.bitmap.deviceSize,
                             regionSize: shared.bitmap.regionSize, regionsTotal: shared.bitmap.regionCount,
-                            regionsDirty: shared.bitmap.dirtyCount, bytesCopied: shared.bytesCopied, speedBytesPerSecond: 0,
+                            regionsDirty: shared.bitmap.dirtyCount, bytesCopied: shared.copier.bytesCopied, speedBytesPerSecond: 0,
                             speedLimits: SpeedLimits(), foregroundInFlight: 0, check: shared.check, lastCheck: shared.lastCheck,
                             failure: shared.failure, sourceProblem: shared.sourceProblem,
                             regionsVerifying: shared.verifying?.dirtyCount,
@@ -213,7 +207,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
                 shared.verifying = nil
                 shared.bitmap.setAll()
             }
-            shared.cursor = 0
+            shared.copier.restart()
             shared.attaching += 1
             return shared.bitmap
         }
@@ -345,31 +339,23 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
 
     // MARK: Background copy
 
-    /// Starts copies up to `copiesInFlight` while dirty regions remain.
     /// Starts copies up to the throttle's depth while dirty regions remain; when the speed limit
     /// holds the copy back, schedules itself for when it may go on.
     func pump() {
-        enum Step { case copy(Int, any Leg), wait(UInt64), idle }
         while true {
             let now = Self.now()
             let last = lastForeground.load(ordering: .relaxed)
             let busy = tracker.count > 0 || last > now || now - last < Self.busyWindowNanos
-            let step: Step = shared.withLock { shared in
-                guard !shared.stopping, shared.failure == nil, !shared.pumpScheduled, shared.attaching == 0, let target = shared.target,
-                      shared.bitmap.dirtyCount > shared.copying,
-                      shared.copying < throttle.depth(full: copiesInFlight, foregroundBusy: busy, now: now) else { return .idle }
-                if let wait = throttle.admit(shared.bitmap.regionSize, now: now) {
-                    shared.pumpScheduled = true
-                    return .wait(wait)
-                }
-                guard let region = shared.bitmap.nextDirty(from: shared.cursor) ?? shared.bitmap.nextDirty(from: 0) else { return .idle }
-                shared.cursor = region + 1
-                shared.copying += 1
-                return .copy(region, target)
+            let depth = throttle.depth(full: copiesInFlight, foregroundBusy: busy, now: now)
+            let next: (step: CopierState.Step, target: any Leg)? = shared.withLock { shared in
+                guard !shared.stopping, shared.failure == nil, shared.attaching == 0, let target = shared.target else { return nil }
+                let regionSize = shared.bitmap.regionSize
+                return (shared.copier.next(in: shared.bitmap, depth: depth) { throttle.admit(regionSize, now: now) }, target)
             }
-            switch step {
+            guard let next else { return }
+            switch next.step {
             case .idle: return
-            case .copy(let region, let target): copy(region: region, to: target)
+            case .copy(let region): copy(region: region, to: next.target)
             case .wait(let nanos):
                 pumpLater(afterNanoseconds: min(nanos, 1_000_000_000))
                 return
@@ -384,10 +370,10 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         await withCheckedContinuation { continuation in queue.async { continuation.resume(returning: body()) } }
     }
 
-    /// Runs `pump` again after a delay; the flag `pumpScheduled` was set by the caller.
+    /// Runs `pump` again after a delay; the copier was `delayed` by the caller.
     private func pumpLater(afterNanoseconds nanos: UInt64) {
         DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(nanos))) { [self] in
-            shared.withLock { $0.pumpScheduled = false }
+            shared.withLock { $0.copier.resume() }
             pump()
         }
     }
@@ -496,16 +482,12 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
             // Only a copy onto the current, healthy target cleans its region.
             let clean = clean && shared.target === target && shared.failure == nil
             if clean { shared.markClean(region) }
-            shared.bytesCopied += bytes
-            shared.copying -= 1
-            shared.copiedSinceSave += clean ? 1 : 0
-            let save = shared.copiedSinceSave >= Self.regionsPerSave || (clean && shared.bitmap.dirtyCount == 0)
-            if save { shared.copiedSinceSave = 0 }
+            let (save, idle) = shared.copier.finished(bytes: bytes, cleaned: clean, dirtyLeft: shared.bitmap.dirtyCount)
             if let verifying = shared.verifying, verifying.dirtyCount == 0 {
                 shared.verifying = nil
                 verified = shared.verifiedDiffering
             }
-            return (shared.copying == 0, save)
+            return (idle, save)
         }
         if let verified {
             logger.notice("the regions in doubt were compared: \(verified) differed and were copied, the others were clean")
@@ -521,12 +503,8 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         settle()
         if !stall {
             pump()
-        } else if shared.withLock({ shared in
+        } else if shared.withLock({ $0.copier.delay() }) {
             // A source read failed: try the region again later (the error may be transient), not in a loop.
-            guard !shared.pumpScheduled else { return false }
-            shared.pumpScheduled = true
-            return true
-        }) {
             pumpLater(afterNanoseconds: Self.readRetryNanos)
         }
     }
@@ -534,7 +512,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     /// Wakes `close` when neither copies nor check workers run.
     func wakeBackgroundWaiters() {
         let idle: OneShot<Void>? = shared.withLock { shared in
-            guard shared.copying == 0, shared.checking == 0 else { return nil }
+            guard shared.copier.copying == 0, shared.checking == 0 else { return nil }
             defer { shared.backgroundIdle = nil }
             return shared.backgroundIdle
         }
@@ -808,7 +786,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         housekeepingTimer?.cancel()
         settle()
         let busy: OneShot<Void>? = shared.withLock { shared in
-            guard shared.copying > 0 || shared.checking > 0 else { return nil }
+            guard shared.copier.copying > 0 || shared.checking > 0 else { return nil }
             if shared.backgroundIdle == nil { shared.backgroundIdle = OneShot() }
             return shared.backgroundIdle
         }
