@@ -18,7 +18,7 @@ extension MirrorExport {
         let workers = copiesInFlight
         let target: any Leg = try shared.withLock { shared throws(CheckError) in
             guard !shared.stopping else { throw CheckError(description: "the mirror is stopping") }
-            guard let target = shared.target, shared.failure == nil else {
+            guard let target = shared.target.healthy else {
                 throw CheckError(description: "no healthy target to compare with (state \(Self.status(of: shared).state.rawValue))")
             }
             guard shared.check == nil else { throw CheckError(description: "a check is already running") }
@@ -41,7 +41,7 @@ extension MirrorExport {
         let report: CheckReport = shared.withLock { shared in
             var report = shared.check!
             if report.interrupted == nil, report.regionsChecked + report.regionsSkipped < report.regionsTotal {
-                report.interrupted = shared.stopping ? "the mirror is stopping" : "the target failed: \(shared.failure ?? "")"
+                report.interrupted = shared.stopping ? "the mirror is stopping" : "the target failed: \(shared.target.failure ?? "")"
             }
             shared.check = nil
             shared.lastCheck = report
@@ -69,7 +69,7 @@ extension MirrorExport {
         }
         while true {
             let next: (region: Int, offset: UInt64, length: UInt64)? = shared.withLock { shared in
-                guard !shared.stopping, shared.failure == nil, shared.check?.interrupted == nil,
+                guard !shared.stopping, shared.target.failure == nil, shared.check?.interrupted == nil,
                       shared.checkCursor < shared.bitmap.regionCount else { return nil }
                 let region = shared.checkCursor
                 shared.checkCursor += 1
@@ -78,7 +78,7 @@ extension MirrorExport {
             }
             guard let next else { return }
             while let wait = throttle.admit(next.length, now: Self.now()) {
-                if shared.withLock({ $0.stopping || $0.failure != nil }) { return }
+                if shared.withLock({ $0.stopping || $0.target.failure != nil }) { return }
                 try? await Task.sleep(nanoseconds: min(wait, 100_000_000))
             }
             let regions = next.region..<(next.region + 1)

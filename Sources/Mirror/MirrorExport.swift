@@ -53,9 +53,9 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     private let intentQueue = DispatchQueue(label: "blockmirror.write-intent")
 
     struct Shared {
-        var target: (any Leg)?
+        /// The target and its lifecycle.
+        var target = TargetSlot()
         var bitmap: RegionBitmap
-        var failure: String?
         var stopping = false
         /// The copier's cursor, copies running, delays and lazy saves.
         var copier = CopierState()
@@ -66,9 +66,6 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         var backgroundIdle: OneShot<Void>?
         /// What the bitmap file holds and must hold (invariant 4).
         var intent: WriteIntentState
-        /// Attaches in progress: no copy starts until the bitmap file names the new target (a count:
-        /// an attach that failed midway must not clear the flag of the one after it).
-        var attaching = 0
         /// An fdatasync error of the source met by a bitmap save, not yet reported to a client:
         /// the next FLUSH fails with it (the kernel reports a writeback error once per file).
         var unreportedSourceError: BlockIOError?
@@ -145,15 +142,15 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     static func status(of shared: Shared) -> MirrorStatus {
         let state: MirrorState
         if shared.stopping { state = .stopping }
-        else if shared.failure != nil { state = .targetFailed }
-        else if shared.target == nil { state = .degraded }
+        else if shared.target.failure != nil { state = .targetFailed }
+        else if shared.target.leg == nil { state = .degraded }
         else if shared.bitmap.dirtyCount > 0 { state = .recovering }
         else { state = .inSync }
-        return MirrorStatus(state: state, source: "", target: shared.target?.path, size: shared.bitmap.deviceSize,
+        return MirrorStatus(state: state, source: "", target: shared.target.leg?.path, size: shared.bitmap.deviceSize,
                             regionSize: shared.bitmap.regionSize, regionsTotal: shared.bitmap.regionCount,
                             regionsDirty: shared.bitmap.dirtyCount, bytesCopied: shared.copier.bytesCopied, speedBytesPerSecond: 0,
                             speedLimits: SpeedLimits(), foregroundInFlight: 0, check: shared.check, lastCheck: shared.lastCheck,
-                            failure: shared.failure, sourceProblem: shared.sourceProblem,
+                            failure: shared.target.failure, sourceProblem: shared.sourceProblem,
                             regionsVerifying: shared.verifying?.dirtyCount,
                             verifiedDiffering: shared.verifying == nil ? nil : shared.verifiedDiffering)
     }
@@ -189,15 +186,9 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         }
         let bitmap: RegionBitmap = try shared.withLock { shared throws(TargetError) in
             guard !shared.stopping else { throw TargetError(description: "the mirror is stopping") }
-            guard shared.target == nil || shared.failure != nil else {
-                throw TargetError(description: "a target is already attached (\(shared.target!.path))")
-            }
+            try shared.target.checkAttach(target, sourcePath: source.path, sourceSize: source.size)
             guard shared.check == nil else { throw TargetError(description: "a check is running") }
-            guard target.size >= source.size else {
-                throw TargetError(description: "target \(target.path) has \(target.size) bytes, smaller than source \(source.path) (\(source.size) bytes)")
-            }
-            shared.target = target
-            shared.failure = nil
+            shared.target.attach(target)
             shared.verifiedDiffering = 0
             if case .trust = verdict {
                 let verifying = doubtful.subtracting(shared.bitmap)
@@ -208,11 +199,10 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
                 shared.bitmap.setAll()
             }
             shared.copier.restart()
-            shared.attaching += 1
             return shared.bitmap
         }
         defer {
-            shared.withLock { $0.attaching -= 1 }
+            shared.withLock { $0.target.attached() }
             pump()
         }
         if let intentLog {
@@ -279,11 +269,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
 
     /// Records the target's failure (the first reason wins); true if it was healthy until now.
     private func markFailed(_ reason: String, on device: any Leg) -> Bool {
-        let first: Bool = shared.withLock { shared in
-            guard shared.failure == nil, shared.target === device else { return false }
-            shared.failure = reason
-            return true
-        }
+        let first = shared.withLock { $0.target.fail(reason, on: device) }
         if first { settle() }
         return first
     }
@@ -291,7 +277,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     /// Marks a healthy target faulty on the administrator's word (`mdadm --fail`): writes go to the
     /// source alone from now on and the copy stops; the target keeps what it had.
     public func failTarget() throws(TargetError) {
-        guard let target = shared.withLock({ $0.failure == nil ? $0.target : nil }) else {
+        guard let target = shared.withLock({ $0.target.healthy }) else {
             throw TargetError(description: "no healthy target to fail (state \(status.state.rawValue))")
         }
         if markFailed("\(target.path) marked faulty by the administrator", on: target) {
@@ -304,15 +290,11 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     @discardableResult
     public func removeTarget() async throws(TargetError) -> String {
         let removed: String = try shared.withLock { shared throws(TargetError) in
-            guard let target = shared.target else { throw TargetError(description: "no target to remove") }
-            guard shared.failure != nil else {
-                throw TargetError(description: "\(target.path) is active: fail it first (blockmirror fail)")
-            }
+            let path = try shared.target.checkRemove()
             guard shared.check == nil else { throw TargetError(description: "a check is running") }
-            shared.target = nil
-            shared.failure = nil
+            shared.target.remove()
             shared.verifying = nil
-            return target.path
+            return path
         }
         if let intentLog {
             // Never trusted again by these bits: what it holds from now on is unknown.
@@ -348,7 +330,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
             let busy = tracker.count > 0 || last > now || now - last < Self.busyWindowNanos
             let depth = throttle.depth(full: copiesInFlight, foregroundBusy: busy, now: now)
             let next: (step: CopierState.Step, target: any Leg)? = shared.withLock { shared in
-                guard !shared.stopping, shared.failure == nil, shared.attaching == 0, let target = shared.target else { return nil }
+                guard !shared.stopping, shared.target.attaching == 0, let target = shared.target.healthy else { return nil }
                 let regionSize = shared.bitmap.regionSize
                 return (shared.copier.next(in: shared.bitmap, depth: depth) { throttle.admit(regionSize, now: now) }, target)
             }
@@ -480,7 +462,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         var verified: Int?
         let (idle, save): (Bool, Bool) = shared.withLock { shared in
             // Only a copy onto the current, healthy target cleans its region.
-            let clean = clean && shared.target === target && shared.failure == nil
+            let clean = clean && shared.target.isHealthy(target)
             if clean { shared.markClean(region) }
             let (save, idle) = shared.copier.finished(bytes: bytes, cleaned: clean, dirtyLeft: shared.bitmap.dirtyCount)
             if let verifying = shared.verifying, verifying.dirtyCount == 0 {
@@ -533,7 +515,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         lastForeground.store(Self.now(), ordering: .relaxed)
         return tracker.run(self, command, offset: offset, length: length, on: eventLoop) { (promise: EventLoopPromise<T>) in
             locks.lock(regions, .shared) { [self] in
-                let target = shared.withLock { $0.failure == nil ? $0.target : nil }
+                let target = shared.withLock { $0.target.healthy }
                 guard modifies, let intentLog else { return body(target, promise) }
                 // Write intent before write (invariant 4): while this request is in flight its
                 // regions stay set on disk; a clear bit is set durably before any data moves — also
@@ -576,8 +558,8 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         guard let intentLog else { return }
         let now = Self.now()
         let (started, target, healthy) = shared.withLock { shared in
-            (shared.intent.beginSave(dirty: shared.bitmap, now: now, holdNanos: writeHoldNanos, final: final), shared.target,
-             shared.failure == nil)
+            (shared.intent.beginSave(dirty: shared.bitmap, now: now, holdNanos: writeHoldNanos, final: final), shared.target.leg,
+             shared.target.failure == nil)
         }
         guard var save = started else { return }
         do {
@@ -613,7 +595,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     /// truncated, renamed and re-created), and records it when the source's path does not: NEW
     /// changing under the mirror is never called a complete copy (invariant 8).
     private func watchLegs() {
-        if let target = shared.withLock({ $0.failure == nil ? $0.target : nil }), let why = target.replacement(),
+        if let target = shared.withLock({ $0.target.healthy }), let why = target.replacement(),
            markFailed(why, on: target) {
             logger.error("target failed, mirror degraded: serving from the source alone", metadata: ["reason": "\(why)"])
         }
@@ -668,7 +650,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
             switch sourceResult {
             case .success:
                 shared.withLock { shared in
-                    if targetOK, shared.target === target, shared.failure == nil {
+                    if targetOK, let target, shared.target.isHealthy(target) {
                         for region in shared.bitmap.regionsFullyCovered(offset: offset, length: length) { shared.markClean(region) }
                     } else {
                         // Degraded, or the target failed: the target lacks this write.
@@ -792,7 +774,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         }
         await busy?.wait()
         await tracker.drain()
-        let target = shared.withLock { $0.failure == nil ? $0.target : nil }
+        let target = shared.withLock { $0.target.healthy }
         try await source.flush()
         try await target?.flush()
         try await saveFinalBitmap()
