@@ -3,12 +3,12 @@ import NIOCore
 
 /// The handlers of one client connection, set up the same way by the server and by the fuzz
 /// targets: an `NBDFrameDecoder` framing the byte stream, then the `NBDNegotiationHandler`, which
-/// gives its place to an `NBDTransmissionHandler` once an export is selected. Both share the
-/// connection's `NBDConnectionClock` (the decoder tells it of every read).
+/// gives its place to an `NBDTransmissionHandler` once an export is selected, handing it the
+/// connection's `NBDConnectionClock`.
 enum NBDConnectionPipeline {
     static func configure(_ channel: any Channel, environment: NBDConnectionEnvironment, logger: Logger) throws {
         let clock = NBDConnectionClock(timeouts: environment.timeouts)
-        let decoder = NBDFrameDecoder(clock: clock)
+        let decoder = NBDFrameDecoder()
         let operations = channel.pipeline.syncOperations
         try operations.addHandler(ByteToMessageHandler(decoder))
         try operations.addHandler(NBDNegotiationHandler(environment: environment, decoder: decoder, clock: clock, logger: logger))

@@ -45,12 +45,8 @@ final class NBDFrameDecoder: ByteToMessageDecoder {
 
     private var expecting = Expecting.clientFlags
     private var optionsReceived = 0
-    /// Told of every read: bytes in are the client's progress, whole messages or not.
-    private let clock: NBDConnectionClock?
 
-    init(clock: NBDConnectionClock? = nil) {
-        self.clock = clock
-    }
+    init() {}
 
     /// From the next message on, the stream holds transmission requests.
     func startTransmission() {
@@ -58,10 +54,18 @@ final class NBDFrameDecoder: ByteToMessageDecoder {
     }
 
     func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        clock?.progressed()
         guard let message = try next(from: &buffer) else { return .needMoreData }
         context.fireChannelRead(wrapInboundOut(message))
         return .continue
+    }
+
+    /// Consumed bytes are dropped from the front of the buffer (moving what is left) only once a
+    /// mebibyte of them has gathered. NIO's default, 2 KiB, moved the unread tail after nearly
+    /// every read of a client streaming writes, and copied the whole buffer when a WRITE payload
+    /// sliced from it was still at the disk (perf, 4k random writes: memmove took 2.9% of the
+    /// server's samples with the default, 2.3% with this rule, 2.1% with the framing by hand before).
+    func shouldReclaimBytes(buffer: ByteBuffer) -> Bool {
+        buffer.readerIndex > 1 << 20
     }
 
     /// At the end of the stream a partial message is dropped: the connection is gone.

@@ -111,6 +111,8 @@ final class NBDTransmissionHandler: ChannelInboundHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
+        // Bytes came in (whole messages or not): the client makes progress.
+        clock.progressed()
         // Cleared first: a reply queued while flushing (a release admits a waiting request) schedules its own flush.
         flushScheduled = false
         flushReplies(context: context)
