@@ -21,14 +21,11 @@ extension MirrorExport {
             guard let target = shared.target.healthy else {
                 throw CheckError(description: "no healthy target to compare with (state \(Self.status(of: shared).state.rawValue))")
             }
-            guard shared.check == nil else { throw CheckError(description: "a check is already running") }
-            guard shared.bitmap.dirtyCount == 0 else {
+            if shared.check.running == nil, shared.bitmap.dirtyCount > 0 {
                 throw CheckError(description: "recovery in progress (\(shared.bitmap.dirtyCount) of \(shared.bitmap.regionCount) "
                                  + "regions to copy): check once in sync")
             }
-            shared.check = CheckReport(repair: repair, regionsTotal: shared.bitmap.regionCount)
-            shared.checkCursor = 0
-            shared.checking = workers
+            try shared.check.start(repair: repair, regionsTotal: shared.bitmap.regionCount, workers: workers)
             return target
         }
         logger.info("check started", metadata: ["repair": "\(repair)", "target": "\(target.path)"])
@@ -39,13 +36,7 @@ extension MirrorExport {
             target.flush { c.resume(with: $0.mapError { $0 as any Error }) }
         } }
         let report: CheckReport = shared.withLock { shared in
-            var report = shared.check!
-            if report.interrupted == nil, report.regionsChecked + report.regionsSkipped < report.regionsTotal {
-                report.interrupted = shared.stopping ? "the mirror is stopping" : "the target failed: \(shared.target.failure ?? "")"
-            }
-            shared.check = nil
-            shared.lastCheck = report
-            return report
+            shared.check.finish(interruptedBecause: shared.stopping ? "the mirror is stopping" : "the target failed: \(shared.target.failure ?? "")")!
         }
         wakeBackgroundWaiters()
         logger.info("check ended", metadata: ["mismatched sectors": "\(report.mismatchedSectors)",
@@ -65,14 +56,11 @@ extension MirrorExport {
         defer {
             pool.recycle(sourceBuffer)
             pool.recycle(targetBuffer)
-            shared.withLock { $0.checking -= 1 }
+            shared.withLock { $0.check.workerEnded() }
         }
         while true {
             let next: (region: Int, offset: UInt64, length: UInt64)? = shared.withLock { shared in
-                guard !shared.stopping, shared.target.failure == nil, shared.check?.interrupted == nil,
-                      shared.checkCursor < shared.bitmap.regionCount else { return nil }
-                let region = shared.checkCursor
-                shared.checkCursor += 1
+                guard !shared.stopping, shared.target.failure == nil, let region = shared.check.next() else { return nil }
                 let range = shared.bitmap.byteRange(of: region)
                 return (region, range.offset, range.length)
             }
@@ -91,32 +79,13 @@ extension MirrorExport {
             }
             locks.unlock(regions, .exclusive)
             throttle.completed(next.length, now: Self.now())
-            shared.withLock { shared in
-                switch outcome {
-                case .skipped: shared.check!.regionsSkipped += 1
-                case .compared(let mismatches, let repaired):
-                    shared.check!.regionsChecked += 1
-                    shared.check!.record(mismatches)
-                    if repaired { shared.check!.repairedSectors += mismatches.reduce(0) { $0 + ($1.length + 511) / 512 } }
-                    if !mismatches.isEmpty && !repaired { shared.check!.regionsMarkedDirty += 1 }
-                case .sourceFailed(let error):
-                    shared.check!.interrupted = "cannot read the source: \(error)"
-                case .targetFailed: break
-                }
-            }
+            shared.withLock { $0.check.record(outcome) }
         }
-    }
-
-    private enum RegionComparison {
-        case skipped
-        case compared([CheckReport.Mismatch], repaired: Bool)
-        case sourceFailed(BlockIOError)
-        case targetFailed
     }
 
     /// Reads one region from both legs, compares, and rewrites the target's copy if asked.
     private func compare(_ offset: UInt64, _ length: Int, target: any Leg, repair: Bool,
-                         sourceBuffer: AlignedBuffer, targetBuffer: AlignedBuffer, skip: Bool) async -> RegionComparison {
+                         sourceBuffer: AlignedBuffer, targetBuffer: AlignedBuffer, skip: Bool) async -> CheckState.Outcome {
         // A region still to be copied is known to differ; the copier will handle it.
         guard !skip else { return .skipped }
         let mismatches: [CheckReport.Mismatch]

@@ -70,10 +70,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         /// the next FLUSH fails with it (the kernel reports a writeback error once per file).
         var unreportedSourceError: BlockIOError?
         /// The check running now, its next region and its workers.
-        var check: CheckReport?
-        var checkCursor = 0
-        var checking = 0
-        var lastCheck: CheckReport?
+        var check = CheckState()
         /// Dirty regions the copier compares before copying (the bitmap called them clean, but that
         /// is in doubt: `--verify-clean`, or a hole of the target over the source's data); how many
         /// of them turned out to differ.
@@ -149,7 +146,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         return MirrorStatus(state: state, source: "", target: shared.target.leg?.path, size: shared.bitmap.deviceSize,
                             regionSize: shared.bitmap.regionSize, regionsTotal: shared.bitmap.regionCount,
                             regionsDirty: shared.bitmap.dirtyCount, bytesCopied: shared.copier.bytesCopied, speedBytesPerSecond: 0,
-                            speedLimits: SpeedLimits(), foregroundInFlight: 0, check: shared.check, lastCheck: shared.lastCheck,
+                            speedLimits: SpeedLimits(), foregroundInFlight: 0, check: shared.check.running, lastCheck: shared.check.last,
                             failure: shared.target.failure, sourceProblem: shared.sourceProblem,
                             regionsVerifying: shared.verifying?.dirtyCount,
                             verifiedDiffering: shared.verifying == nil ? nil : shared.verifiedDiffering)
@@ -187,7 +184,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         let bitmap: RegionBitmap = try shared.withLock { shared throws(TargetError) in
             guard !shared.stopping else { throw TargetError(description: "the mirror is stopping") }
             try shared.target.checkAttach(target, sourcePath: source.path, sourceSize: source.size)
-            guard shared.check == nil else { throw TargetError(description: "a check is running") }
+            guard shared.check.running == nil else { throw TargetError(description: "a check is running") }
             shared.target.attach(target)
             shared.verifiedDiffering = 0
             if case .trust = verdict {
@@ -291,7 +288,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     public func removeTarget() async throws(TargetError) -> String {
         let removed: String = try shared.withLock { shared throws(TargetError) in
             let path = try shared.target.checkRemove()
-            guard shared.check == nil else { throw TargetError(description: "a check is running") }
+            guard shared.check.running == nil else { throw TargetError(description: "a check is running") }
             shared.target.remove()
             shared.verifying = nil
             return path
@@ -494,7 +491,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     /// Wakes `close` when neither copies nor check workers run.
     func wakeBackgroundWaiters() {
         let idle: OneShot<Void>? = shared.withLock { shared in
-            guard shared.copier.copying == 0, shared.checking == 0 else { return nil }
+            guard shared.copier.copying == 0, shared.check.workers == 0 else { return nil }
             defer { shared.backgroundIdle = nil }
             return shared.backgroundIdle
         }
@@ -768,7 +765,7 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         housekeepingTimer?.cancel()
         settle()
         let busy: OneShot<Void>? = shared.withLock { shared in
-            guard shared.copier.copying > 0 || shared.checking > 0 else { return nil }
+            guard shared.copier.copying > 0 || shared.check.workers > 0 else { return nil }
             if shared.backgroundIdle == nil { shared.backgroundIdle = OneShot() }
             return shared.backgroundIdle
         }
