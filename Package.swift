@@ -74,12 +74,12 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
-        /// Command-line verbs (library so tests can parse arguments without a process).
+        /// A serving daemon around an export: libaio on the event loops, the NBD listeners, the
+        /// control socket, signals, metrics, a clean stop (a library, so tests can run one in-process).
         .target(
-            name: "BlockMirrorCLI",
+            name: "Daemon",
             dependencies: [
-                "BlockIO", "BlockExport", "NBD", "Mirror", "MirrorModel", "Control", "MDBackend",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "BlockIO", "BlockExport", "NBD", "Mirror", "MirrorModel", "Control",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -87,7 +87,23 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]),
+        /// Command-line verbs (library so tests can parse arguments without a process).
+        .target(
+            name: "BlockMirrorCLI",
+            dependencies: [
+                "BlockIO", "BlockExport", "NBD", "Mirror", "MirrorModel", "Control", "MDBackend", "Daemon",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]),
         .executableTarget(name: "blockmirror", dependencies: ["BlockMirrorCLI"]),
+        .testTarget(
+            name: "DaemonTests",
+            dependencies: [
+                "Daemon", "BlockIO", "BlockExport", "NBD", "Control",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .testTarget(
             name: "BlockIOTests",
             dependencies: ["BlockIO"]),

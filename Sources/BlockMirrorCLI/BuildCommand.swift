@@ -2,6 +2,7 @@ import ArgumentParser
 import BlockExport
 import BlockIO
 import Control
+import Daemon
 import Foundation
 import Logging
 import MDBackend
@@ -116,8 +117,8 @@ struct BuildCommand: AsyncParsableCommand {
             let mirrorMetrics = MirrorMetrics(name: name)
             metricsSettings?.sample = { mirrorMetrics.update(from: $0.status) }
         }
-        try await ExportDaemon.run(name: name, listen: addresses, limits: serverLimits.limits, logger: logger, control: control, metrics: metricsSettings,
-                                   open: { aio in
+        try await ExportDaemon.serve(name: name, listen: addresses, limits: serverLimits.limits, logger: logger, control: control,
+                                     metrics: metricsSettings, open: { aio in
             let sourceDevice = try BlockDevice.open(path: source, readOnly: false, aio: aio, logger: logger)
             if let targetPath { try MirrorExport.refuseSource(targetPath, of: sourceDevice) }
             let targetDevice = try targetPath.map { try BlockDevice.open(path: $0, readOnly: false, aio: aio, logger: logger) }

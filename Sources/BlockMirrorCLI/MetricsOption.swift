@@ -1,5 +1,6 @@
 import ArgumentParser
 import BlockExport
+import Daemon
 import NBD
 import Prometheus
 

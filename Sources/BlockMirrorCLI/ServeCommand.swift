@@ -1,6 +1,7 @@
 import ArgumentParser
 import BlockExport
 import BlockIO
+import Daemon
 import NBD
 
 /// `blockmirror serve PATH --listen …`: exports one file or block device over NBD, unchanged.
@@ -39,7 +40,7 @@ struct ServeCommand: AsyncParsableCommand {
         let logger = makeLogger(label: "blockmirror.serve", level: logging.logLevel.level)
         let addresses = try listen.map { value throws(ListenAddress.ParseError) in try ListenAddress(parsing: value) }
         let metricsSettings: ExportDaemon.Metrics<FileExport>? = try metrics.daemonMetrics()
-        try await ExportDaemon.run(name: name, listen: addresses, limits: serverLimits.limits, logger: logger, metrics: metricsSettings) { aio in
+        try await ExportDaemon.serve(name: name, listen: addresses, limits: serverLimits.limits, logger: logger, metrics: metricsSettings) { aio in
             let device = try BlockDevice.open(path: path, readOnly: readonly, aio: aio, logger: logger)
             logger.info("opened", metadata: ["device": "\(path)", "kind": "\(device.kind.rawValue)", "size": "\(device.size)",
                                              "direct": "\(device.isDirect)", "alignment": "\(device.alignment)"])

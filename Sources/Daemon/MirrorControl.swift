@@ -4,8 +4,8 @@ import Logging
 import Mirror
 
 /// How a mirror daemon answers control requests other than `stop`.
-enum MirrorControl {
-    static func answer(_ request: ControlRequest, name: String, mirror: MirrorExport, aio: AIOEngine,
+public enum MirrorControl {
+    public static func answer(_ request: ControlRequest, name: String, mirror: MirrorExport, aio: AIOEngine,
                        logger: Logger) async -> ControlResponse {
         switch request.verb {
         case .status:

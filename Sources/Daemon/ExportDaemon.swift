@@ -8,38 +8,63 @@ import NIOCore
 import NIOPosix
 import Prometheus
 
+/// A daemon's failure to start or to stop cleanly, described for people (it names the device,
+/// path or address).
+public struct DaemonError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
 /// What every serving verb does around its export: set up libaio on the event loops, open the
-/// export, listen and print the NBD URIs, serve until SIGINT/SIGTERM (or a `stop` request on the
-/// control socket), then answer the requests in flight, close the export (which makes it durable)
-/// and tear everything down.
-enum ExportDaemon {
+/// export, listen and announce the NBD URIs, serve until SIGINT/SIGTERM (or a `stop` request on
+/// the control socket), then answer the requests in flight, close the export (which makes it
+/// durable) and tear everything down. A library, so tests can run a daemon in their own process;
+/// the CLI prints what it announces and reports.
+public enum ExportDaemon {
     /// A control socket for the daemon: where it lives, and how the export answers every verb but
     /// `stop` (which the daemon handles itself).
-    struct Control<Export: BlockExport> {
-        var directory: RuntimeDirectory
-        var answer: @Sendable (_ export: Export, _ aio: AIOEngine, _ request: ControlRequest) async -> ControlResponse
+    public struct Control<Export: BlockExport>: Sendable {
+        public var directory: RuntimeDirectory
+        public var answer: @Sendable (_ export: Export, _ aio: AIOEngine, _ request: ControlRequest) async -> ControlResponse
+
+        public init(directory: RuntimeDirectory,
+                    answer: @escaping @Sendable (_ export: Export, _ aio: AIOEngine, _ request: ControlRequest) async -> ControlResponse) {
+            self.directory = directory
+            self.answer = answer
+        }
     }
 
     /// Prometheus metrics for the daemon (`--metrics HOST:PORT`): request latencies, plus what
     /// `sample` records from the export before each scrape.
-    struct Metrics<Export: BlockExport> {
-        var host: String
-        var port: Int
+    public struct Metrics<Export: BlockExport>: Sendable {
+        public var host: String
+        public var port: Int
         /// The registry `MetricsServer.bootstrap()` made the backend.
-        var registry: PrometheusCollectorRegistry
-        var sample: @Sendable (Export) -> Void = { _ in }
+        public var registry: PrometheusCollectorRegistry
+        public var sample: @Sendable (Export) -> Void = { _ in }
+
+        public init(host: String, port: Int, registry: PrometheusCollectorRegistry) {
+            self.host = host
+            self.port = port
+            self.registry = registry
+        }
     }
 
-    /// Runs the daemon. `open` opens the devices and builds the export; `report` runs after the
-    /// export closed cleanly and says what state it was left in (printed, and the answer to a
-    /// `stop` request). Errors exit with status 1.
-    static func run<Export: BlockExport>(
+    /// Runs the daemon. `open` opens the devices and builds the export; each NBD URI it listens
+    /// on is given to `announce`, and once all are, `ready` is called (the CLI detaches from its
+    /// standard output then). `report` runs after the export closed cleanly and says what state it
+    /// was left in: returned, and the answer to a `stop` request. A failure to start or stop is
+    /// thrown after everything was torn down. With `takeSignals` (a daemon process), SIGINT and
+    /// SIGTERM stop it; a daemon inside another program (a test) leaves the process's signals alone
+    /// and stops on a `stop` request only.
+    public static func run<Export: BlockExport>(
         name: String, listen addresses: [ListenAddress], limits: NBDServerLimits, logger: Logger, control: Control<Export>? = nil,
-        metrics: Metrics<Export>? = nil, open: (AIOEngine) async throws -> Export, report: (Export) -> String? = { _ in nil }
-    ) async throws {
+        metrics: Metrics<Export>? = nil, takeSignals: Bool = true, announce: (String) -> Void, ready: () -> Void = {},
+        open: (AIOEngine) async throws -> Export, report: (Export) -> String? = { _ in nil }
+    ) async throws -> String? {
         let aio: AIOEngine
         do { aio = try AIOEngine(depth: 512) } catch {
-            throw exitWithError(CLIError("cannot set up libaio: \(error) (see /proc/sys/fs/aio-max-nr)"))
+            throw DaemonError("cannot set up libaio: \(error) (see /proc/sys/fs/aio-max-nr)")
         }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         func tearDown() async {
@@ -50,7 +75,7 @@ enum ExportDaemon {
         // Signals are taken over before anything is announced: a SIGTERM right after the URI line
         // must stop the daemon cleanly, not kill it.
         let signals = SignalWaiter()
-        signals.install()
+        if takeSignals { signals.install() }
         let info = Mutex(DaemonInfo(pid: getpid(), exports: [], started: ISO8601DateFormatter().string(from: Date()), backend: "engine"))
         let export: Export
         var controlServer: ControlServer?
@@ -63,7 +88,7 @@ enum ExportDaemon {
             export = try await open(aio)
         } catch {
             await tearDown()
-            throw exitWithError(error)
+            throw error
         }
         let server = NBDServer(registry: NBDExportRegistry([(name, export)]), group: group, logger: logger, limits: limits)
         do {
@@ -82,7 +107,7 @@ enum ExportDaemon {
             }
             for address in addresses {
                 let bound = try await server.listen(on: address)
-                print(bound.uri(exportName: name))
+                announce(bound.uri(exportName: name))
                 info.withLock { $0.exports.append(bound.uri(exportName: name)) }
             }
             if let metrics {
@@ -94,18 +119,17 @@ enum ExportDaemon {
                 info.withLock { $0.metrics = url }
                 logger.notice("serving Prometheus metrics", metadata: ["url": "\(url)"])
             }
-            fflush(nil)
-            Daemonizer.detachStandardOutput()
+            ready()
         } catch {
             await server.shutdown()
             await metricsServer?.shutdown()
             await controlServer?.shutdown()
             try? await export.close()
             await tearDown()
-            throw exitWithError(error)
+            throw error
         }
 
-        Task { stop.fire(.signal(await signals.wait())) }
+        if takeSignals { Task { stop.fire(.signal(await signals.wait())) } }
         let reason = await stop.wait()
         logger.info("stopping", metadata: ["reason": "\(reason)"])
         await server.shutdown()
@@ -117,9 +141,9 @@ enum ExportDaemon {
         await controlServer?.shutdown()
         await metricsServer?.shutdown()
         await tearDown()
-        if let failure { throw exitWithError(failure) }
-        if let text { print(text) }
+        if let failure { throw failure }
         logger.info("stopped")
+        return text
     }
 
     /// Writes this process's pid to `path` (0644, never through a symbolic link) and returns the path.
@@ -128,7 +152,7 @@ enum ExportDaemon {
         defer { fd.close() }
         let text = Array("\(getpid())\n".utf8)
         if case .failure(let error) = text.withUnsafeBytes({ fd.writeAll($0, at: 0) }) {
-            throw CLIError("cannot write the pid file \(path): \(error.description.lowercased())")
+            throw DaemonError("cannot write the pid file \(path): \(error.description.lowercased())")
         }
         return path
     }

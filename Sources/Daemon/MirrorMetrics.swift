@@ -5,7 +5,7 @@ import MirrorModel
 
 /// The mirror's figures as swift-metrics, sampled from its status at each scrape: copy progress,
 /// speed, dirty regions, client requests in flight, state, last check's mismatches.
-final class MirrorMetrics: Sendable {
+public final class MirrorMetrics: Sendable {
     private let dirty: Gauge
     private let total: Gauge
     private let copied: Counter
@@ -15,7 +15,7 @@ final class MirrorMetrics: Sendable {
     private let states: [(MirrorState, Gauge)]
     private let lastCopied = Mutex<UInt64>(0)
 
-    init(name: String) {
+    public init(name: String) {
         let mirror = [("mirror", name)]
         dirty = Gauge(label: "blockmirror_regions_dirty", dimensions: mirror)
         total = Gauge(label: "blockmirror_regions", dimensions: mirror)
@@ -27,7 +27,7 @@ final class MirrorMetrics: Sendable {
         states = all.map { ($0, Gauge(label: "blockmirror_state", dimensions: mirror + [("state", $0.rawValue)])) }
     }
 
-    func update(from status: MirrorStatus) {
+    public func update(from status: MirrorStatus) {
         dirty.record(status.regionsDirty)
         total.record(status.regionsTotal)
         let delta: UInt64 = lastCopied.withLock { last in

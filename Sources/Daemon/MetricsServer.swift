@@ -8,14 +8,14 @@ import Prometheus
 
 /// `--metrics HOST:PORT`: serves the process's swift-metrics as Prometheus text on
 /// `GET /metrics`, refreshing the sampled values (`refresh`) before each scrape.
-final class MetricsServer: Sendable {
+public final class MetricsServer: Sendable {
     private let registry: PrometheusCollectorRegistry
     private let refresh: @Sendable () -> Void
     private let channel: any Channel
 
     /// Makes Prometheus the swift-metrics backend of this process. Call once, before creating any
     /// export (metrics objects bind to the backend when they are created).
-    static func bootstrap() -> PrometheusCollectorRegistry {
+    public static func bootstrap() -> PrometheusCollectorRegistry {
         let registry = PrometheusCollectorRegistry()
         var factory = PrometheusMetricsFactory(registry: registry)
         // Block I/O latencies: 50 µs to 1 s.
