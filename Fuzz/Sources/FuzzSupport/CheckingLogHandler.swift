@@ -22,10 +22,15 @@ public struct CheckingLogHandler: LogHandler {
         let text = "\(event.message)"
         fuzzCheck(SafeText.problem(in: text) == nil,
                   "log line \(SafeText.problem(in: text) ?? ""): \(String(reflecting: String(text.prefix(300))))")
-        for (key, value) in metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 }) {
-            let rendered = "\(value)"
-            fuzzCheck(SafeText.problem(in: rendered) == nil,
-                      "log metadata \(key) \(SafeText.problem(in: rendered) ?? ""): \(String(reflecting: String(rendered.prefix(300))))")
+        // The handler's metadata and the line's, each checked as a real handler would render it.
+        for (key, value) in metadata { check(key, value) }
+        for (key, value) in event.metadata ?? [:] { check(key, value) }
+    }
+
+    private func check(_ key: String, _ value: Logger.MetadataValue) {
+        let rendered = "\(value)"
+        if let problem = SafeText.problem(in: rendered) {
+            fuzzFail("log metadata \(key) \(problem): \(String(reflecting: String(rendered.prefix(300))))")
         }
     }
 }
