@@ -1,0 +1,56 @@
+import ArgumentParser
+import Control
+import Foundation
+import Mirror
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `blockmirror wait NAME`: blocks until the recovery (and any check) is over, like `mdadm --wait`,
+/// with a live progress line on a terminal. Exit status 0 when in sync, 1 otherwise.
+struct WaitCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "wait",
+        abstract: "Wait until a mirror's recovery is over (like mdadm --wait), with a live progress bar on a terminal.",
+        discussion: "Exit status: 0 in sync; 1 the target failed, no target is attached, or the mirror stopped.")
+
+    @Argument(help: "The mirror's name.") var name: String
+    @Option(name: .long, help: "Seconds between polls.") var interval: Double = 0.5
+    @OptionGroup var runtime: RuntimeOptions
+
+    func validate() throws {
+        guard interval >= 0.05, interval <= 3600 else { throw ValidationError("--interval must be from 0.05 to 3600 seconds") }
+    }
+
+    func run() throws {
+        let terminal = isatty(1) != 0
+        var lastPrinted = Date.distantPast
+        var drewLine = false
+        while true {
+            let status = try attempt { try runtime.handle(for: name).status().0 }
+            let busy = status.state == .recovering || status.check != nil
+            if busy, let line = StatusText.progressLine(status) {
+                if terminal {
+                    print("\r\(name): \(line)\u{1B}[K", terminator: "")
+                    drewLine = true
+                } else if Date().timeIntervalSince(lastPrinted) >= 5 {
+                    print("\(name): \(line)")
+                    lastPrinted = Date()
+                }
+                fflush(nil)
+            }
+            if !busy {
+                if drewLine { print() }
+                switch status.state {
+                case .inSync:
+                    print("\(name): in sync")
+                    return
+                case .targetFailed: throw exitWithError(CLIError("\(name): target failed: \(status.failure ?? "")"))
+                case .degraded: throw exitWithError(CLIError("\(name): degraded, no target to wait for"))
+                case .stopping, .recovering: throw exitWithError(CLIError("\(name): stopping"))
+                }
+            }
+            Thread.sleep(forTimeInterval: interval)
+        }
+    }
+}
