@@ -101,7 +101,7 @@ let package = Package(
         .testTarget(
             name: "DaemonTests",
             dependencies: [
-                "Daemon", "BlockIO", "BlockExport", "NBD", "Control",
+                "Daemon", "BlockIO", "BlockExport", "NBD", "Control", "MirrorModel",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(

@@ -13,9 +13,6 @@ import NBD
 /// `blockmirror build NAME --source OLD --target NEW|missing --listen …`: runs a mirror in the
 /// foreground (like `mdadm --build … OLD missing`), exported over NBD.
 struct BuildCommand: AsyncParsableCommand {
-    /// Bytes per region when neither --region-size nor a bitmap file says otherwise.
-    static let defaultRegionSize: UInt64 = 1 << 20
-
     static let configuration = CommandConfiguration(
         commandName: "build",
         abstract: "Run a mirror of OLD onto NEW (or degraded on OLD with --target missing), exported over NBD.",
@@ -107,8 +104,9 @@ struct BuildCommand: AsyncParsableCommand {
         let logger = makeLogger(label: "blockmirror.build", level: logging.logLevel.level)
         let addresses = try listen.map { value throws(ListenAddress.ParseError) in try ListenAddress(parsing: value) }
         // Absolute paths: the bitmap file records them, and status shows them.
-        let source = absolutePath(self.source)
-        let targetPath = target == "missing" ? nil : absolutePath(target)
+        let settings = MirrorDaemon(name: name, source: absolutePath(source), target: target == "missing" ? nil : absolutePath(target),
+                                    bitmap: bitmap, regionSize: regionSize?.bytes, verifyClean: verifyClean,
+                                    limits: SpeedLimits(minimum: speedMin, maximum: speedMax))
         let control = ExportDaemon.Control<MirrorExport>(directory: runtime.directory) { [name] mirror, aio, request in
             await MirrorControl.answer(request, name: name, mirror: mirror, aio: aio, logger: logger)
         }
@@ -118,52 +116,7 @@ struct BuildCommand: AsyncParsableCommand {
             metricsSettings?.sample = { mirrorMetrics.update(from: $0.status) }
         }
         try await ExportDaemon.serve(name: name, listen: addresses, limits: serverLimits.limits, logger: logger, control: control,
-                                     metrics: metricsSettings, open: { aio in
-            let sourceDevice = try BlockDevice.open(path: source, readOnly: false, aio: aio, logger: logger)
-            if let targetPath { try MirrorExport.refuseSource(targetPath, of: sourceDevice) }
-            let targetDevice = try targetPath.map { try BlockDevice.open(path: $0, readOnly: false, aio: aio, logger: logger) }
-            var log: WriteIntentLog?
-            var resumed: RegionBitmap?
-            if let bitmap {
-                let opened = try WriteIntentLog.openOrCreate(path: bitmap, source: sourceDevice.identity,
-                                                             sourceTrace: sourceDevice.writeTrace(), deviceSize: sourceDevice.size,
-                                                             regionSize: regionSize?.bytes, defaultRegionSize: Self.defaultRegionSize)
-                for note in opened.notes { logger.warning("bitmap \(bitmap): \(note)") }
-                if opened.resumed {
-                    logger.info("resuming from the bitmap", metadata: ["bitmap": "\(bitmap)", "dirty": "\(opened.bitmap.dirtyCount)"])
-                    resumed = opened.bitmap
-                }
-                log = opened.log
-            }
-            let mirror = MirrorExport(source: sourceDevice, regionSize: log?.regionSize ?? regionSize?.bytes ?? Self.defaultRegionSize,
-                                      limits: SpeedLimits(minimum: speedMin, maximum: speedMax), pool: BufferPool(), logger: logger,
-                                      intentLog: log, resuming: resumed)
-            if let targetDevice { try await mirror.attach(target: targetDevice, verifyClean: verifyClean) }
-            Task {
-                let settled = await mirror.waitUntilSettled()
-                switch settled.state {
-                case .inSync: logger.notice("recovery complete: target in sync", metadata: ["copied": "\(settled.bytesCopied)"])
-                case .targetFailed: logger.error("target failed: \(settled.failure ?? "")")
-                default: break
-                }
-            }
-            return mirror
-        }, report: { mirror in
-            let status = mirror.status
-            let resume = bitmap.map { " --bitmap \($0)" } ?? ""
-            guard let target = status.target else {
-                return "\(name): degraded: no target attached; \(source) holds every write (add one with --target NEW\(resume))"
-            }
-            let warning = status.sourceProblem.map { "; warning: \($0)" } ?? ""
-            if status.regionsDirty == 0 && status.failure == nil {
-                return "\(name): in sync: \(target) is a complete copy of \(source)\(warning)"
-            }
-            let why = status.failure.map { " (target failed: \($0))" } ?? ""
-            let found = status.lastCheck.flatMap { check in
-                check.regionsMarkedDirty > 0 ? "; the last check found \(check.mismatchedSectors) mismatched sectors" : nil
-            } ?? ""
-            return "\(name): not in sync\(why): \(target) is incomplete (\(status.regionsDirty) of \(status.regionsTotal) regions to copy\(found))"
-                + (bitmap == nil ? "" : "; restart with --target \(target)\(resume) to resume") + warning
-        })
+                                     metrics: metricsSettings, open: { aio in try await settings.open(aio: aio, logger: logger) },
+                                     report: { settings.report($0.status) })
     }
 }

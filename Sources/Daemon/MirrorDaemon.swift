@@ -1,0 +1,89 @@
+import BlockExport
+import BlockIO
+import Logging
+import Mirror
+import MirrorModel
+
+/// What a mirror daemon is asked to run (`blockmirror build`'s settings), and the mirror-specific
+/// parts of running it: opening the legs and the bitmap file, and the final report of a stop.
+public struct MirrorDaemon: Sendable {
+    /// Bytes per region when neither the settings nor a bitmap file say otherwise.
+    public static let defaultRegionSize: UInt64 = 1 << 20
+
+    public var name: String
+    /// The source's absolute path (the bitmap file records it, and status shows it).
+    public var source: String
+    /// The target's absolute path; nil to start degraded.
+    public var target: String?
+    /// The write-intent bitmap file: created if absent, resumed from if present.
+    public var bitmap: String?
+    /// Bytes per region; nil: the bitmap file's, or `defaultRegionSize`.
+    public var regionSize: UInt64?
+    /// Compare the regions a resumed bitmap calls clean before trusting them.
+    public var verifyClean: Bool
+    public var limits: SpeedLimits
+
+    public init(name: String, source: String, target: String?, bitmap: String?, regionSize: UInt64?, verifyClean: Bool,
+                limits: SpeedLimits) {
+        self.name = name
+        self.source = source
+        self.target = target
+        self.bitmap = bitmap
+        self.regionSize = regionSize
+        self.verifyClean = verifyClean
+        self.limits = limits
+    }
+
+    /// Opens the source, the target (refused if it is the source by another path), and the bitmap
+    /// file (its notes logged; resumed from if it holds a previous run), builds the mirror and
+    /// attaches the target. The mirror logs once when its recovery ends.
+    public func open(aio: AIOEngine, logger: Logger) async throws -> MirrorExport {
+        let sourceDevice = try BlockDevice.open(path: source, readOnly: false, aio: aio, logger: logger)
+        if let target { try MirrorExport.refuseSource(target, of: sourceDevice) }
+        let targetDevice = try target.map { try BlockDevice.open(path: $0, readOnly: false, aio: aio, logger: logger) }
+        var log: WriteIntentLog?
+        var resumed: RegionBitmap?
+        if let bitmap {
+            let opened = try WriteIntentLog.openOrCreate(path: bitmap, source: sourceDevice.identity,
+                                                         sourceTrace: sourceDevice.writeTrace(), deviceSize: sourceDevice.size,
+                                                         regionSize: regionSize, defaultRegionSize: Self.defaultRegionSize)
+            for note in opened.notes { logger.warning("bitmap \(bitmap): \(note)") }
+            if opened.resumed {
+                logger.info("resuming from the bitmap", metadata: ["bitmap": "\(bitmap)", "dirty": "\(opened.bitmap.dirtyCount)"])
+                resumed = opened.bitmap
+            }
+            log = opened.log
+        }
+        let mirror = MirrorExport(source: sourceDevice, regionSize: log?.regionSize ?? regionSize ?? Self.defaultRegionSize,
+                                  limits: limits, pool: BufferPool(), logger: logger, intentLog: log, resuming: resumed)
+        if let targetDevice { try await mirror.attach(target: targetDevice, verifyClean: verifyClean) }
+        Task {
+            let settled = await mirror.waitUntilSettled()
+            switch settled.state {
+            case .inSync: logger.notice("recovery complete: target in sync", metadata: ["copied": "\(settled.bytesCopied)"])
+            case .targetFailed: logger.error("target failed: \(settled.failure ?? "")")
+            default: break
+            }
+        }
+        return mirror
+    }
+
+    /// What a stopped mirror left: whether the target is a complete copy of the source, and if not
+    /// why and how to resume (the answer to `stop`, and what the daemon prints).
+    public func report(_ status: MirrorStatus) -> String {
+        let resume = bitmap.map { " --bitmap \($0)" } ?? ""
+        guard let target = status.target else {
+            return "\(name): degraded: no target attached; \(source) holds every write (add one with --target NEW\(resume))"
+        }
+        let warning = status.sourceProblem.map { "; warning: \($0)" } ?? ""
+        if status.regionsDirty == 0 && status.failure == nil {
+            return "\(name): in sync: \(target) is a complete copy of \(source)\(warning)"
+        }
+        let why = status.failure.map { " (target failed: \($0))" } ?? ""
+        let found = status.lastCheck.flatMap { check in
+            check.regionsMarkedDirty > 0 ? "; the last check found \(check.mismatchedSectors) mismatched sectors" : nil
+        } ?? ""
+        return "\(name): not in sync\(why): \(target) is incomplete (\(status.regionsDirty) of \(status.regionsTotal) regions to copy\(found))"
+            + (bitmap == nil ? "" : "; restart with --target \(target)\(resume) to resume") + warning
+    }
+}
