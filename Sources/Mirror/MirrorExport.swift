@@ -349,9 +349,12 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         await withCheckedContinuation { continuation in queue.async { continuation.resume(returning: body()) } }
     }
 
-    /// Runs `pump` again after a delay; the copier was `delayed` by the caller.
+    /// Runs `pump` again after a delay; the copier was `delayed` by the caller. The retry holds the
+    /// mirror weakly: a mirror closed and let go meanwhile frees its devices (and their locks) at
+    /// once, not when the retry was due.
     private func pumpLater(afterNanoseconds nanos: UInt64) {
-        DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(nanos))) { [self] in
+        DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(nanos))) { [weak self] in
+            guard let self else { return }
             shared.withLock { $0.copier.resume() }
             pump()
         }

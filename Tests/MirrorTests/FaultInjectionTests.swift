@@ -86,4 +86,25 @@ import Testing
         let differs = firstDifference(old, new)  // not in #expect: it would render 48 MiB operands on failure
         #expect(differs == nil, "the legs differ at byte \(differs ?? -1)")
     }
+
+    /// A mirror closed while its copier waits to retry a failed source read (5 s) lets go of its
+    /// files as soon as nothing else holds it: they can be opened (and locked) again at once.
+    @Test func aClosedMirrorLetsGoOfItsFilesWhileARetryWaits() async throws {
+        let rig = try Rig()
+        defer { rig.tearDown() }
+        do {
+            let source = FaultInjectingLeg(try rig.open(rig.sourcePath))
+            source.inject(.init([.read], range: (3 << 20)..<((3 << 20) + 1), times: 1))
+            let mirror = mirror(rig, source: source)
+            try await mirror.attach(target: try rig.open(rig.targetPath))
+            let deadline = ContinuousClock.now + .seconds(60)
+            while !mirror.shared.withLock({ $0.copier.delayed }), ContinuousClock.now < deadline {
+                try await Task.sleep(nanoseconds: 1_000_000)
+            }
+            #expect(mirror.shared.withLock { $0.copier.delayed }, "the copier never met the failed read")
+            try await mirror.close()
+        }
+        #expect(throws: Never.self, "the source is still locked by the closed mirror") { _ = try rig.open(rig.sourcePath) }
+        #expect(throws: Never.self, "the target is still locked by the closed mirror") { _ = try rig.open(rig.targetPath) }
+    }
 }

@@ -99,7 +99,7 @@ import Testing
         #expect(undetected.isEmpty, "regions that differ but the bitmap calls clean: \(undetected)")
 
         // The restart on the bitmap as the cut left it, once the old mirror has let go of the
-        // files (a copier retry it scheduled may hold it a few seconds).
+        // files.
         let reopened = try await openWhenReleased(rig, rig.sourcePath)
         let opened = try WriteIntentLog.openOrCreate(path: snapshotPath, source: reopened.identity, sourceTrace: reopened.writeTrace(),
                                                      deviceSize: reopened.size, regionSize: nil, defaultRegionSize: 1 << 20)
