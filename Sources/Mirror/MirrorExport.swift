@@ -516,16 +516,21 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         return tracker.run(self, command, offset: offset, length: length, on: eventLoop) { (promise: EventLoopPromise<T>) in
             locks.lock(regions, .shared) { [self] in
                 let target = shared.withLock { $0.target.healthy }
-                guard modifies, let intentLog else { return body(target, promise) }
                 // Write intent before write (invariant 4): while this request is in flight its
                 // regions stay set on disk; a clear bit is set durably before any data moves — also
                 // when another request set it a moment ago and its page write is still queued.
-                let waitsForIntent = shared.withLock { $0.intent.begin(regions) }
+                let intentLog = modifies ? self.intentLog : nil
+                let waitsForIntent = intentLog != nil && shared.withLock { $0.intent.begin(regions) }
+                // What the request holds (its regions' lock and, if it modifies, their write
+                // intent) is given back once, when it completes.
                 promise.futureResult.whenComplete { [self] _ in
-                    let now = Self.now()
-                    shared.withLock { $0.intent.end(regions, at: now) }
+                    if intentLog != nil {
+                        let now = Self.now()
+                        shared.withLock { $0.intent.end(regions, at: now) }
+                    }
+                    locks.unlock(regions, .shared)
                 }
-                guard waitsForIntent else { return body(target, promise) }
+                guard let intentLog, waitsForIntent else { return body(target, promise) }
                 // Behind every page write queued before it: a region still marked queued here had
                 // its write fail (or none yet), so this request writes it.
                 intentQueue.async { [self] in
@@ -542,7 +547,6 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
                     }
                 }
             }
-            promise.futureResult.whenComplete { [locks] _ in locks.unlock(regions, .shared) }
         }
     }
 

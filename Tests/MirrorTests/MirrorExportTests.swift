@@ -170,19 +170,24 @@ func randomBytes(_ count: Int) throws -> Data {
         #expect(try onDisk().dirtyCount == 0)
 
         // Writes into regions 3 and 10 (partial, so they stay "clean" once done on both legs).
+        let writing = ContinuousClock.now
         for offset in [(3 << 20) + 4096, (10 << 20) + 512] {
             var data = ByteBufferAllocator().buffer(capacity: 4096)
             data.writeBytes([UInt8](repeating: 0x77, count: 4096))
             try await mirror.write(offset: UInt64(offset), data: data, fua: false, on: loop).get()
         }
         let afterCrash = try onDisk()
-        #expect(afterCrash.dirtyCount == 2)
-        #expect(afterCrash.isDirty(3) && afterCrash.isDirty(10))
-
-        // A mirror resumed from what a crash left copies those two regions only.
-        let resumed = MirrorExport(source: source, regionSize: 1 << 20, pool: BufferPool(), logger: Logger(label: "resumed"),
-                                   intentLog: nil, resuming: afterCrash)
-        #expect(resumed.status.regionsDirty == 2)
+        // The bits are held 10 s after each write: only a file read within that time must show
+        // both (a machine stalled longer may rightly have cleared them: then the read tells
+        // nothing, and the test does not fail for the machine's slowness).
+        if ContinuousClock.now - writing < .seconds(10) {
+            #expect(afterCrash.dirtyCount == 2)
+            #expect(afterCrash.isDirty(3) && afterCrash.isDirty(10))
+            // A mirror resumed from what a crash left copies those two regions only.
+            let resumed = MirrorExport(source: source, regionSize: 1 << 20, pool: BufferPool(), logger: Logger(label: "resumed"),
+                                       intentLog: nil, resuming: afterCrash)
+            #expect(resumed.status.regionsDirty == 2)
+        }
 
         try await mirror.flush(on: loop).get()
         let cleared = try await waitUntilAsync(timeout: 60) { try onDisk().dirtyCount == 0 }
