@@ -143,11 +143,16 @@ public enum BitmapFileFormat {
             throw Invalid(description: "device size \(deviceSize) out of range for regions of \(regionSize) bytes")
         }
         guard let state = State(rawValue: get(bytes, at: 56)) else { throw Invalid(description: "unknown state") }
+        // Every save advances the generation by one, and its pages may carry the next: the last
+        // one cannot be advanced (a save would trap) nor be followed by its pages. No file gets
+        // there by saving (one save a second for 5 * 10^11 years).
+        let generation: UInt64 = get(bytes, at: 16)
+        guard generation < .max else { throw Invalid(description: "generation \(generation) cannot advance") }
         let record: Record
         do { record = try JSONDecoder().decode(Record.self, from: Data(bytes[64..<64 + length])) } catch {
             throw Invalid(description: "unreadable record of the legs")
         }
-        return Header(generation: get(bytes, at: 16), fileID: Array(bytes[24..<40]), deviceSize: deviceSize,
+        return Header(generation: generation, fileID: Array(bytes[24..<40]), deviceSize: deviceSize,
                       regionSize: regionSize, state: state, record: record)
     }
 

@@ -7,6 +7,32 @@ import Testing
 /// a bitmap that is damaged, stale, foreign, or whose legs were written or replaced since is
 /// refused or distrusted — never read back as "in sync".
 @Suite struct WriteIntentLogTests {
+    /// A file whose newer header slot claims the last generation (with a valid checksum): that slot
+    /// is refused, the other one is used, and saving goes on from it. Before, the daemon resuming
+    /// from such a file trapped at its first save (the generation overflowed).
+    @Test func aHeaderAtTheLastGenerationIsNotUsed() throws {
+        let legs = try Legs()
+        try legs.cleanStop(dirty: [5])
+        // Slot 1 (odd generations) rewritten with the slot-0 header at generation 2^64 - 1.
+        let file = try FileDescriptor.open(legs.bitmap, flags: O_RDWR).get()
+        defer { file.close() }
+        var slot0 = [UInt8](repeating: 0, count: BitmapFileFormat.headerSlotSize)
+        _ = slot0.withUnsafeMutableBytes { file.read(into: $0, at: 0) }
+        var last = try BitmapFileFormat.decodeHeader(slot0)
+        last.generation = .max
+        let forged = try BitmapFileFormat.encode(last)
+        _ = forged.withUnsafeBytes { file.writeAll($0, at: UInt64(BitmapFileFormat.headerSlotSize)) }
+
+        let valid = try BitmapFileFormat.decodeHeader(slot0).generation
+        #expect(try WriteIntentLog.examine(path: legs.bitmap).header.generation == valid)
+        let opened = try legs.open()
+        #expect(opened.bitmap.isDirty(5), "the bits of the valid slot's generation are read")
+        try opened.log.save(opened.bitmap)
+        let examined = try WriteIntentLog.examine(path: legs.bitmap)
+        #expect(examined.header.generation > valid && examined.header.generation < .max, "the saves went on from the valid slot")
+        #expect(examined.bitmap.isDirty(5) && examined.notes.isEmpty, "\(examined.notes)")
+    }
+
     /// A scratch directory with a source and a target file of `size` bytes.
     final class Legs {
         let dir = "/var/tmp/bitmap-test-\(UUID().uuidString)"

@@ -65,6 +65,11 @@ private func put<T: FixedWidthInteger>(_ value: T, into bytes: inout [UInt8], at
 
 // MARK: Patching
 
+/// The CRC-32C of `bytes[range]`, read in place (a copy of each 16 KiB slot cost more than the sum).
+private func checksum(_ bytes: [UInt8], _ range: Range<Int>) -> UInt32 {
+    bytes.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[range])) }
+}
+
 /// `image` made valid but for the patches `off` names, at least as long as its header slots.
 private func patch(_ image: [UInt8], off: Patches) -> [UInt8] {
     var file = image + [UInt8](repeating: 0, count: max(0, pagesOffset - image.count))
@@ -86,7 +91,7 @@ private func patch(_ image: [UInt8], off: Patches) -> [UInt8] {
         }
         patchGeometry(&file, base: base, keepRegionSize: off.contains(.geometry))
         if !off.contains(.headerChecksum) {
-            put(CRC32C.checksum(Array(file[base..<base + slotSize - 4])), into: &file, at: base + slotSize - 4)
+            put(checksum(file, base..<base + slotSize - 4), into: &file, at: base + slotSize - 4)
         }
     }
     let generation: UInt64 = max(get(file, 16), get(file, slotSize + 16))
@@ -99,7 +104,7 @@ private func patch(_ image: [UInt8], off: Patches) -> [UInt8] {
             file.replaceSubrange(base + 24..<base + 40, with: file[24..<40])
         }
         if !off.contains(.pageChecksum) {
-            put(CRC32C.checksum(Array(file[base + 8..<base + pageSize])), into: &file, at: base + 4)
+            put(checksum(file, base + 8..<base + pageSize), into: &file, at: base + 4)
         }
     }
     return file
