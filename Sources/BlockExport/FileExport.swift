@@ -100,6 +100,7 @@ public final class FileExport: BlockExport {
 
     public func close() async throws {
         await tracker.drain()
+        defer { device.close() }
         if !device.isReadOnly { try await device.flush() }
     }
 }

@@ -1,6 +1,7 @@
 import CLibAIO
 import Foundation
 import Logging
+import struct Synchronization.Atomic
 
 /// An open regular file or block device, ready for asynchronous I/O through libaio.
 ///
@@ -11,7 +12,8 @@ import Logging
 /// keeps the two coherent (a direct read writes back dirty cached pages of its range first).
 ///
 /// Files are locked with `flock` (exclusive when writable) and block devices opened with `O_EXCL`,
-/// so a second BlockMirror cannot open the same device for writing.
+/// so a second BlockMirror cannot open the same device for writing. `close()` lets go of them (and
+/// the lock) once the I/O in flight completed, whoever still holds the object.
 public final class BlockDevice: Sendable {
     /// What the path refers to.
     public enum Kind: String, Sendable { case file, blockDevice = "block device" }
@@ -33,6 +35,10 @@ public final class BlockDevice: Sendable {
     private let direct: FileDescriptor
     private let buffered: FileDescriptor
     private let aio: AIOEngine
+    /// Operations using the descriptors, times 2, plus 1 once `close()` was called: the descriptors
+    /// are closed when it reaches exactly 1, so never under an operation, and a number freed by
+    /// the close is never used by a later one (it fails instead).
+    private let uses = Atomic<Int>(0)
     private static let blockingQueue = DispatchQueue(label: "blockmirror.blocking-io", attributes: .concurrent)
 
     private init(path: String, kind: Kind, size: UInt64, isDirect: Bool, alignment: Int, isReadOnly: Bool,
@@ -43,8 +49,61 @@ public final class BlockDevice: Sendable {
     }
 
     deinit {
+        if uses.load(ordering: .acquiring) & 1 == 0 { closeDescriptors() }
+    }
+
+    /// Closes the file or device: at once if no I/O is in flight on it, else when the last
+    /// completes (before its completion runs). The lock goes with it, so the path can be opened
+    /// again; I/O asked of it afterwards fails ("the device was closed"). Calling it again does
+    /// nothing.
+    public func close() {
+        if uses.bitwiseOr(1, ordering: .acquiringAndReleasing).oldValue == 0 { closeDescriptors() }
+    }
+
+    private func closeDescriptors() {
         if direct != buffered { direct.close() }
         buffered.close()
+    }
+
+    /// Counts one operation on the descriptors, or returns false once the device is closed.
+    private func beginUse() -> Bool {
+        var current = uses.load(ordering: .relaxed)
+        while current & 1 == 0 {
+            let (exchanged, original) = uses.weakCompareExchange(expected: current, desired: current + 2,
+                                                                 successOrdering: .acquiring, failureOrdering: .relaxed)
+            if exchanged { return true }
+            current = original
+        }
+        return false
+    }
+
+    /// Ends an operation counted by `beginUse`; the last one after `close()` closes the descriptors.
+    private func endUse() {
+        if uses.subtract(2, ordering: .acquiringAndReleasing).newValue == 1 { closeDescriptors() }
+    }
+
+    /// Runs `body` with the descriptors open, or returns nil once the device is closed.
+    private func whileOpen<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T? {
+        guard beginUse() else { return nil }
+        defer { endUse() }
+        return try body()
+    }
+
+    /// The error of an operation asked of a closed device.
+    private func closedError(_ op: BlockOperation, _ offset: UInt64?, _ length: UInt64?) -> BlockIOError {
+        BlockIOError(path: path, operation: op, offset: offset, length: length, errno: .badDescriptor, detail: "the device was closed")
+    }
+
+    /// Runs an asynchronous operation counted as a use: `body` gets a completion that ends the use
+    /// before passing the result on; on a closed device the completion gets `closedError` at once.
+    private func inUse(_ op: BlockOperation, _ offset: UInt64?, _ length: UInt64?,
+                       _ completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void,
+                       _ body: (@escaping @Sendable (Result<Void, BlockIOError>) -> Void) -> Void) {
+        guard beginUse() else { return completion(.failure(closedError(op, offset, length))) }
+        body { [self] result in
+            endUse()
+            completion(result)
+        }
     }
 
     /// Opens `path` for I/O through `aio` (each request uses the calling thread's context).
@@ -135,7 +194,7 @@ public final class BlockDevice: Sendable {
     /// What shows writes to this leg now (change time, or the kernel's write counters); a bitmap
     /// file records it at a clean stop.
     public func writeTrace() -> LegWriteTrace {
-        LegWriteTrace.of(buffered, size: currentSize() ?? size)
+        whileOpen { LegWriteTrace.of(buffered, size: currentSize() ?? size) } ?? LegWriteTrace(size: size)
     }
 
     /// The size the file or device has now (it may have changed under the mirror).
@@ -155,6 +214,11 @@ public final class BlockDevice: Sendable {
     /// re-created, a loop device set up again). The mirror fails a target for which this gives a
     /// reason, at every bitmap save and at stop (invariant 8).
     public func replacement() -> String? {
+        guard let why = whileOpen({ currentReplacement() }) else { return "\(path) was closed" }
+        return why
+    }
+
+    private func currentReplacement() -> String? {
         if kind == .file, case .success(let info) = buffered.status() {
             if info.st_nlink == 0 { return "\(path) was deleted while in use" }
         }
@@ -201,15 +265,19 @@ public final class BlockDevice: Sendable {
     /// Short reads are continued; end of device before `count` bytes is an error.
     public func read(into buffer: UnsafeMutableRawPointer, count: Int, offset: UInt64,
                      completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void) {
-        transfer(write: false, buffer: buffer, count: count, offset: offset, durable: false, done: 0, completion: completion)
+        inUse(.read, offset, UInt64(count), completion) { completion in
+            transfer(write: false, buffer: buffer, count: count, offset: offset, durable: false, done: 0, completion: completion)
+        }
     }
 
     /// Writes `count` bytes from `buffer` at `offset`; with `durable`, the data is on stable storage
     /// when the completion runs (`RWF_DSYNC`, NBD's FUA).
     public func write(from buffer: UnsafeRawPointer, count: Int, offset: UInt64, durable: Bool,
                       completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void) {
-        transfer(write: true, buffer: UnsafeMutableRawPointer(mutating: buffer), count: count, offset: offset,
-                 durable: durable, done: 0, completion: completion)
+        inUse(.write, offset, UInt64(count), completion) { completion in
+            transfer(write: true, buffer: UnsafeMutableRawPointer(mutating: buffer), count: count, offset: offset,
+                     durable: durable, done: 0, completion: completion)
+        }
     }
 
     private func transfer(write: Bool, buffer: UnsafeMutableRawPointer, count: Int, offset: UInt64, durable: Bool,
@@ -241,20 +309,25 @@ public final class BlockDevice: Sendable {
 
     /// Makes every completed write durable (`fdatasync`, through libaio).
     public func flush(completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void) {
-        aio.current.submit(.fdatasync(direct)) { [self] result in
-            switch result {
-            case .success: completion(.success(()))
-            case .failure(let errno) where errno == .invalidArgument || errno == .notSupported:
-                // A kernel or filesystem without asynchronous fsync: do it on a blocking thread.
-                blocking(.fdatasync, nil, nil, completion) { self.direct.dataSync() }
-            case .failure(let errno): completion(.failure(error(.fdatasync, nil, nil, errno)))
+        inUse(.fdatasync, nil, nil, completion) { completion in
+            aio.current.submit(.fdatasync(direct)) { [self] result in
+                switch result {
+                case .success: completion(.success(()))
+                case .failure(let errno) where errno == .invalidArgument || errno == .notSupported:
+                    // A kernel or filesystem without asynchronous fsync: do it on a blocking thread.
+                    Self.blockingQueue.async { [self] in
+                        completion(direct.dataSync().mapError { error(.fdatasync, nil, nil, $0) })
+                    }
+                case .failure(let errno): completion(.failure(error(.fdatasync, nil, nil, errno)))
+                }
             }
         }
     }
 
     /// Makes every completed write durable now, blocking the calling thread (`fdatasync`).
     public func flushNow() throws(BlockIOError) {
-        if case .failure(let errno) = direct.dataSync() { throw error(.fdatasync, nil, nil, errno) }
+        guard let synced = whileOpen({ direct.dataSync() }) else { throw closedError(.fdatasync, nil, nil) }
+        if case .failure(let errno) = synced { throw error(.fdatasync, nil, nil, errno) }
     }
 
     /// Discards a range (NBD TRIM): punches a hole in a file, `BLKDISCARD` on a device.
@@ -325,6 +398,12 @@ public final class BlockDevice: Sendable {
     /// a block device reports everything as data. At most `maxExtents` extents are returned; they
     /// start at `offset` and cover at most `length` bytes.
     public func allocationMap(offset: UInt64, length: UInt64, maxExtents: Int) throws(BlockIOError) -> [Extent] {
+        guard let extents = try whileOpen({ () throws(BlockIOError) in try openAllocationMap(offset: offset, length: length, maxExtents: maxExtents) })
+        else { throw closedError(.seek, offset, length) }
+        return extents
+    }
+
+    private func openAllocationMap(offset: UInt64, length: UInt64, maxExtents: Int) throws(BlockIOError) -> [Extent] {
         let end = offset >= size ? offset : offset + min(length, size - offset)
         guard kind == .file, offset < end else { return [Extent(length: end - offset, isHole: false)] }
         var extents: [Extent] = []
@@ -356,8 +435,10 @@ public final class BlockDevice: Sendable {
     private func blocking(_ op: BlockOperation, _ offset: UInt64?, _ length: UInt64?,
                           _ completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void,
                           _ body: @escaping @Sendable () -> Result<Void, Errno>) {
-        Self.blockingQueue.async { [self] in
-            completion(body().mapError { error(op, offset, length.map { Int($0) }, $0) })
+        inUse(op, offset, length, completion) { completion in
+            Self.blockingQueue.async { [self] in
+                completion(body().mapError { error(op, offset, length.map { Int($0) }, $0) })
+            }
         }
     }
 }

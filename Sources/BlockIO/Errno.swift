@@ -30,6 +30,7 @@ public struct Errno: Error, Hashable, Sendable, CustomStringConvertible {
     public static let readOnlyFileSystem = Errno(rawValue: EROFS)
     public static let busy = Errno(rawValue: EBUSY)
     public static let noEntry = Errno(rawValue: ENOENT)
+    public static let badDescriptor = Errno(rawValue: EBADF)
 }
 
 /// Runs a system call, retrying on `EINTR`, and throws the `Errno` when it returns -1.

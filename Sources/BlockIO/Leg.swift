@@ -44,6 +44,10 @@ public protocol Leg: AnyObject, Sendable {
     func prefetch(offset: UInt64, length: UInt64, completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void)
     /// Data and hole extents from `offset` (at most `maxExtents`); a leg that cannot tell reports data.
     func allocationMap(offset: UInt64, length: UInt64, maxExtents: Int) throws(BlockIOError) -> [BlockDevice.Extent]
+    /// Lets go of the file, device or connection once the I/O in flight on it completed, whoever
+    /// still holds the leg: its path can be opened again (a lock released). I/O asked afterwards
+    /// fails. Calling it again does nothing.
+    func close()
 }
 
 extension BlockDevice: Leg {}

@@ -42,4 +42,6 @@ extension LegFilter {
     public func allocationMap(offset: UInt64, length: UInt64, maxExtents: Int) throws(BlockIOError) -> [BlockDevice.Extent] {
         try next.allocationMap(offset: offset, length: length, maxExtents: maxExtents)
     }
+
+    public func close() { next.close() }
 }

@@ -286,13 +286,16 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
     /// added. An active target must be failed first, as md requires. Returns the removed path.
     @discardableResult
     public func removeTarget() async throws(TargetError) -> String {
-        let removed: String = try shared.withLock { shared throws(TargetError) in
+        let (removed, leg): (String, (any Leg)?) = try shared.withLock { shared throws(TargetError) in
             let path = try shared.target.checkRemove()
             guard shared.check.running == nil else { throw TargetError(description: "a check is running") }
+            let leg = shared.target.leg
             shared.target.remove()
             shared.verifying = nil
-            return path
+            return (path, leg)
         }
+        // Closed once the writes still in flight on it end: it can be added again at once.
+        leg?.close()
         if let intentLog {
             // Never trusted again by these bits: what it holds from now on is unknown.
             let result = await on(intentQueue) { [self] () -> Result<Void, WriteIntentLog.Failure> in
@@ -766,8 +769,13 @@ public final class MirrorExport: BlockExport, @unchecked Sendable {
         }
     }
 
-    /// Stops the copier, waits for requests in flight, and makes both legs durable.
+    /// Stops the copier, waits for requests in flight, makes both legs durable, saves the bitmap
+    /// and closes the legs (also when a step failed).
     public func close() async throws {
+        defer {
+            source.close()
+            shared.withLock { $0.target.leg }?.close()
+        }
         shared.withLock { $0.stopping = true }
         housekeepingTimer?.cancel()
         settle()

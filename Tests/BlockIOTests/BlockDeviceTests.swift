@@ -126,6 +126,70 @@ import Testing
         withExtendedLifetime(first) {}
     }
 
+    /// `close()` lets go of the file and its lock while the object is still held (by a straggling
+    /// completion, say): the path opens again for writing at once; I/O asked of the closed device
+    /// fails, naming the path and saying it was closed.
+    @Test func aClosedDeviceLetsGoOfItsLockAndRefusesIO() async throws {
+        let path = try scratchFile(size: 1 << 20)
+        defer { unlink(path) }
+        let aio = try AIOEngine()
+        defer { aio.shutdown() }
+        let first = try BlockDevice.open(path: path, readOnly: false, aio: aio, logger: logger)
+        first.close()
+        let second = try BlockDevice.open(path: path, readOnly: false, aio: aio, logger: logger)
+        let buffer = AlignedBuffer(capacity: 4096)
+        let error = await #expect(throws: BlockIOError.self) {
+            try await self.await { first.read(into: buffer.baseAddress, count: 4096, offset: 0, completion: $0) }
+        }
+        #expect(error?.description.contains(path) == true)
+        #expect(error?.description.contains("closed") == true)
+        #expect(throws: BlockIOError.self) { try first.flushNow() }
+        #expect(first.replacement()?.contains("closed") == true)
+        first.close()  // again: nothing happens
+        try await self.await { second.read(into: buffer.baseAddress, count: 4096, offset: 0, completion: $0) }
+    }
+
+    /// A device closed with I/O in flight (libaio reads and writes, zeroing and punching on the
+    /// blocking queue, a flush) closes when the last completes: every one of them succeeds, none
+    /// meets a closed descriptor; then the path opens again.
+    @Test func closeWaitsForTheIOInFlight() async throws {
+        let path = try scratchFile(size: 8 << 20)
+        defer { unlink(path) }
+        let aio = try AIOEngine()
+        defer { aio.shutdown() }
+        let device = try BlockDevice.open(path: path, readOnly: false, aio: aio, logger: logger)
+        let buffers = (0..<64).map { _ in AlignedBuffer(capacity: 64 << 10) }
+        let results = Mutex<[Result<Void, BlockIOError>]>([])
+        let all = OneShot<Void>()
+        let expected = buffers.count + 9
+        let record: @Sendable (Result<Void, BlockIOError>) -> Void = { result in
+            if results.withLock({ $0.append(result); return $0.count == expected }) { all.fulfil() }
+        }
+        for (index, buffer) in buffers.enumerated() {
+            let offset = UInt64(index) * (64 << 10)
+            if index % 2 == 0 {
+                device.read(into: buffer.baseAddress, count: 64 << 10, offset: offset, completion: record)
+            } else {
+                device.write(from: buffer.baseAddress, count: 64 << 10, offset: offset, durable: false, completion: record)
+            }
+        }
+        for index in 0..<4 {
+            device.writeZeroes(offset: UInt64(4 + index) << 20, length: 1 << 20, mayDeallocate: index % 2 == 0, fastOnly: false,
+                               completion: record)
+            device.discard(offset: UInt64(4 + index) << 20, length: 4096, completion: record)
+        }
+        device.flush(completion: record)
+        device.close()
+        await all.wait()
+        let failures = results.withLock { $0.compactMap { result -> String? in
+            if case .failure(let error) = result { return error.description }
+            return nil
+        } }
+        #expect(failures.isEmpty, "\(failures)")
+        _ = try BlockDevice.open(path: path, readOnly: false, aio: aio, logger: logger)
+        withExtendedLifetime(device) {}
+    }
+
     /// A missing path fails with ENOENT and names the path.
     @Test func missingPathNamesThePath() throws {
         let aio = try AIOEngine()

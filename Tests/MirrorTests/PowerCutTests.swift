@@ -98,14 +98,13 @@ import Testing
         }
         #expect(undetected.isEmpty, "regions that differ but the bitmap calls clean: \(undetected)")
 
-        // The restart on the bitmap as the cut left it, once the old mirror has let go of the
-        // files.
-        let reopened = try await openWhenReleased(rig, rig.sourcePath)
+        // The restart on the bitmap as the cut left it (the old mirror let go of the files).
+        let reopened = try rig.open(rig.sourcePath)
         let opened = try WriteIntentLog.openOrCreate(path: snapshotPath, source: reopened.identity, sourceTrace: reopened.writeTrace(),
                                                      deviceSize: reopened.size, regionSize: nil, defaultRegionSize: 1 << 20)
         let resumed = MirrorExport(source: reopened, regionSize: 1 << 20, pool: BufferPool(), logger: Logger(label: "resumed"),
                                    intentLog: opened.log, resuming: opened.bitmap)
-        try await resumed.attach(target: try await openWhenReleased(rig, rig.targetPath))
+        try await resumed.attach(target: try rig.open(rig.targetPath))
         let settled = try await settled(resumed)
         try await resumed.close()
         #expect(settled.state == .inSync, "\(settled.failure ?? "")")
@@ -115,16 +114,6 @@ import Testing
         #expect(legsDiffer == nil, "after the restart OLD and NEW differ at byte \(legsDiffer ?? -1)")
         let oldChanged = firstDifference(finalOld, Data(old))
         #expect(oldChanged == nil, "the restart changed OLD at byte \(oldChanged ?? -1)")
-    }
-
-    /// Opens `path`, waiting (up to 60 s) while an earlier device of it is still open and locked.
-    func openWhenReleased(_ rig: Rig, _ path: String) async throws -> BlockDevice {
-        let deadline = ContinuousClock.now + .seconds(60)
-        while true {
-            do { return try rig.open(path) } catch let error as BlockIOError where error.errno == .tryAgain && ContinuousClock.now < deadline {
-                try await Task.sleep(nanoseconds: 50_000_000)
-            }
-        }
     }
 
     /// Runs the mirror on power-cut legs under the writer, cuts the power, copies the bitmap

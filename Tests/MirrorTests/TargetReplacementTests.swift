@@ -58,6 +58,28 @@ import Testing
         #expect(firstDifference(source, target) == nil, "the new target lacks regions the old one was copying")
     }
 
+    /// A removed target is closed once its writes in flight end, though its leg object lives on
+    /// (here the test holds it): the same file can be added again at once (`fail`, `remove`, `add`
+    /// of the same path), and the recovery onto it ends in sync.
+    @Test func aRemovedTargetCanBeAddedAgainAtOnce() async throws {
+        let rig = try MirrorExportTests.Rig()
+        defer { rig.tearDown() }
+        let mirror = MirrorExport(source: try rig.open(rig.sourcePath), regionSize: 1 << 20, copiesInFlight: 8,
+                                  pool: BufferPool(), logger: Logger(label: "mirror"))
+        let first = try rig.open(rig.targetPath)
+        try await mirror.attach(target: first)
+        try Self.fail(mirror)
+        try await mirror.removeTarget()
+        try await mirror.attach(target: try rig.open(rig.targetPath))
+        let settled = await mirror.waitUntilSettled()
+        try await mirror.close()
+        #expect(settled.state == .inSync, "\(settled.failure ?? "")")
+        let source = try Data(contentsOf: URL(fileURLWithPath: rig.sourcePath))
+        let target = try Data(contentsOf: URL(fileURLWithPath: rig.targetPath))
+        #expect(firstDifference(source, target) == nil, "the target added again differs from the source")
+        withExtendedLifetime(first) {}
+    }
+
     /// The old target fails late after it was replaced: every write to it fails with ENOSPC, and
     /// its completions are held back (`FaultInjectingLeg`) until the new target is attached; the
     /// new, healthy target is not marked failed.
