@@ -87,6 +87,9 @@ public final class FaultInjectingLeg: LegFilter {
     /// Requests failed on purpose so far.
     public var injected: Int { state.withLock { $0.injected } }
 
+    /// Completions held back now (see `holdCompletions`): requests done below, unheard of above.
+    public var heldCompletions: Int { state.withLock { $0.held?.count ?? 0 } }
+
     public func replacement() -> String? {
         if let vanished = state.withLock({ $0.vanished }) { return "\(path): \(vanished)" }
         return next.replacement()

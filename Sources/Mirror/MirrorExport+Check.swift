@@ -16,10 +16,10 @@ extension MirrorExport {
     /// early (with `interrupted` saying why) when the mirror stops or the target fails.
     public func check(repair: Bool) async throws(CheckError) -> CheckReport {
         let workers = copiesInFlight
-        let target: any Leg = try shared.withLock { shared throws(CheckError) in
+        let target: any Leg = try core.shared.withLock { shared throws(CheckError) in
             guard !shared.stopping else { throw CheckError(description: "the mirror is stopping") }
             guard let target = shared.target.healthy else {
-                throw CheckError(description: "no healthy target to compare with (state \(Self.status(of: shared).state.rawValue))")
+                throw CheckError(description: "no healthy target to compare with (state \(MirrorCore.status(of: shared).state.rawValue))")
             }
             if shared.check.running == nil, shared.bitmap.dirtyCount > 0 {
                 throw CheckError(description: "recovery in progress (\(shared.bitmap.dirtyCount) of \(shared.bitmap.regionCount) "
@@ -35,51 +35,51 @@ extension MirrorExport {
         if repair { try? await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
             target.flush { c.resume(with: $0.mapError { $0 as any Error }) }
         } }
-        let report: CheckReport = shared.withLock { shared in
+        let report: CheckReport = core.shared.withLock { shared in
             shared.check.finish(interruptedBecause: shared.stopping ? "the mirror is stopping" : "the target failed: \(shared.target.failure ?? "")")!
         }
-        wakeBackgroundWaiters()
+        core.wakeBackgroundWaiters()
         logger.info("check ended", metadata: ["mismatched sectors": "\(report.mismatchedSectors)",
                                               "interrupted": "\(report.interrupted ?? "no")"])
         if report.regionsMarkedDirty > 0 {
             logger.warning("check found \(report.mismatchedSectors) mismatched sectors in \(report.regionsMarkedDirty) regions: the mirror is not in sync until they are copied again", metadata: ["target": "\(target.path)"])
-            settle()
-            pump()
+            core.settle()
+            copier.pump()
         }
         return report
     }
 
     /// One check worker: takes the next region until none is left or the check must end.
     private func checkRegions(against target: any Leg, repair: Bool) async {
-        let regionSize = shared.withLock { Int($0.bitmap.regionSize) }
+        let regionSize = core.shared.withLock { Int($0.bitmap.regionSize) }
         let sourceBuffer = pool.take(capacity: regionSize), targetBuffer = pool.take(capacity: regionSize)
         defer {
             pool.recycle(sourceBuffer)
             pool.recycle(targetBuffer)
-            shared.withLock { $0.check.workerEnded() }
+            core.shared.withLock { $0.check.workerEnded() }
         }
         while true {
-            let next: (region: Int, offset: UInt64, length: UInt64)? = shared.withLock { shared in
+            let next: (region: Int, offset: UInt64, length: UInt64)? = core.shared.withLock { shared in
                 guard !shared.stopping, shared.target.failure == nil, let region = shared.check.next() else { return nil }
                 let range = shared.bitmap.byteRange(of: region)
                 return (region, range.offset, range.length)
             }
             guard let next else { return }
-            while let wait = throttle.admit(next.length, now: Self.now()) {
-                if shared.withLock({ $0.stopping || $0.target.failure != nil }) { return }
+            while let wait = copier.throttle.admit(next.length, now: MirrorCore.now()) {
+                if core.shared.withLock({ $0.stopping || $0.target.failure != nil }) { return }
                 try? await Task.sleep(nanoseconds: min(wait, 100_000_000))
             }
             let regions = next.region..<(next.region + 1)
-            await withCheckedContinuation { continuation in locks.lock(regions, .exclusive) { continuation.resume() } }
+            await withCheckedContinuation { continuation in core.locks.lock(regions, .exclusive) { continuation.resume() } }
             let outcome = await compare(next.offset, Int(next.length), target: target, repair: repair,
-                                        sourceBuffer: sourceBuffer, targetBuffer: targetBuffer, skip: shared.withLock { $0.bitmap.isDirty(next.region) })
+                                        sourceBuffer: sourceBuffer, targetBuffer: targetBuffer, skip: core.shared.withLock { $0.bitmap.isDirty(next.region) })
             if case .compared(let mismatches, repaired: false) = outcome, !mismatches.isEmpty {
                 // Dirty on disk before the region is released: a restart must copy it too.
-                await markDiffering(next.region)
+                await recorder.markDiffering(next.region)
             }
-            locks.unlock(regions, .exclusive)
-            throttle.completed(next.length, now: Self.now())
-            shared.withLock { $0.check.record(outcome) }
+            core.locks.unlock(regions, .exclusive)
+            copier.throttle.completed(next.length, now: MirrorCore.now())
+            core.shared.withLock { $0.check.record(outcome) }
         }
     }
 
@@ -93,7 +93,7 @@ extension MirrorExport {
         case .compared(let found): mismatches = found
         case .firstFailed(let error): return .sourceFailed(error)
         case .secondFailed(let error):
-            targetFailed(error, on: target)
+            core.targetFailed(error, on: target)
             return .targetFailed
         }
         guard repair, !mismatches.isEmpty else { return .compared(mismatches, repaired: false) }
@@ -101,7 +101,7 @@ extension MirrorExport {
             target.write(from: sourceBuffer.baseAddress, count: length, offset: offset, durable: false) { continuation.resume(returning: $0) }
         }
         if case .failure(let error) = written {
-            targetFailed(error, on: target)
+            core.targetFailed(error, on: target)
             return .targetFailed
         }
         return .compared(mismatches, repaired: true)

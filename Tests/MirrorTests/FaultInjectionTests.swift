@@ -99,10 +99,10 @@ import Testing
         let mirror = mirror(rig, source: source)
         try await mirror.attach(target: try rig.open(rig.targetPath))
         let deadline = ContinuousClock.now + .seconds(60)
-        while !mirror.shared.withLock({ $0.copier.delayed }), ContinuousClock.now < deadline {
+        while !mirror.core.shared.withLock({ $0.copier.delayed }), ContinuousClock.now < deadline {
             try await Task.sleep(nanoseconds: 1_000_000)
         }
-        #expect(mirror.shared.withLock { $0.copier.delayed }, "the copier never met the failed read")
+        #expect(mirror.core.shared.withLock { $0.copier.delayed }, "the copier never met the failed read")
         try await mirror.close()
         #expect(throws: Never.self, "the source is still locked by the closed mirror") { _ = try rig.open(rig.sourcePath) }
         #expect(throws: Never.self, "the target is still locked by the closed mirror") { _ = try rig.open(rig.targetPath) }

@@ -21,7 +21,7 @@ import Testing
     /// at most 60 s.
     static func waitForCopies(_ mirror: MirrorExport) async {
         let deadline = ContinuousClock.now + .seconds(60)
-        while mirror.shared.withLock({ $0.copier.copying }) == 0, mirror.status.state == .recovering, ContinuousClock.now < deadline {
+        while mirror.core.shared.withLock({ $0.copier.copying }) == 0, mirror.status.state == .recovering, ContinuousClock.now < deadline {
             try? await Task.sleep(nanoseconds: 50_000)
         }
     }
