@@ -1,0 +1,36 @@
+#!/usr/bin/env python3
+"""The benchmarks of BlockMirror, one entry point:
+
+  tools/bench.py passthrough   blockmirror serve vs raw, qemu-nbd, nbdkit (fio through NBD)
+  tools/bench.py recovery      blockmirror build vs a raw copy and qemu-storage-daemon's mirror
+  tools/bench.py crash-cost    regions a restart copies again after kill -9 of an in-sync mirror
+
+Each is set up through environment variables (SIZE=, RUNTIME=, REPEAT=, TARGETS=, ...): see
+tools/bench.py COMMAND --help. tools/bench-passthrough.sh, tools/bench-recovery.sh and
+tools/bench-crash-cost.sh run the same commands.
+"""
+import argparse
+import importlib
+import os
+import sys
+
+sys.dont_write_bytecode = True  # tools/ must stay as it is in git
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+COMMANDS = {"passthrough": "bench.passthrough", "recovery": "bench.recovery", "crash-cost": "bench.crash_cost"}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="tools/bench.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    modules = {name: importlib.import_module(path) for name, path in COMMANDS.items()}
+    for name, module in modules.items():
+        sub.add_parser(name, help=module.SUMMARY, description=module.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    args = parser.parse_args(argv)
+    return modules[args.command].cli()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

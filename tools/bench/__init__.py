@@ -1,0 +1,13 @@
+"""The benchmark harness behind tools/bench.py.
+
+Shared, written once: log.py (messages and errors), settings.py (the environment settings),
+packages.py (tools installed when missing), workdir.py, procs.py (daemons: start, readiness,
+stop), results.py (samples, medians, JSON), run.py (exit status and cleanup), files.py (the
+files measured on). One module per peer: blockmirror.py, qemu.py (qemu-nbd, qemu-storage-daemon),
+nbdkit.py; fio.py is the load generator and the raw peer. One module per measure: passthrough.py,
+recovery.py, crash_cost.py, with the reports of the first two in *_report.py.
+"""
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
+MIB = 1 << 20

@@ -1,0 +1,62 @@
+"""Results: the samples (a TSV in the work dir, kept on failure), medians and min-max, the JSON
+files, and the description of the machine and the build that goes into them.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+
+from . import ROOT
+from .packages import first_line, fs_type
+
+
+class Samples:
+    """The measured values: in memory for the report, and one TSV line each in the work dir (kept
+    with a failed run's logs). A value is a number, None (a failed run) or, with done=False, the
+    time a run was given before it was reported as not done (written ">SECONDS")."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.rows: list[tuple[tuple[str, ...], float | None, bool]] = []
+        open(path, "w").close()
+
+    def add(self, key: tuple[str, ...], value: float | None, done: bool = True) -> None:
+        self.rows.append((key, value, done))
+        shown = "-" if value is None else (f"{value}" if done else f">{value}")
+        with open(self.path, "a") as f:
+            f.write("\t".join((*key, shown)) + "\n")
+
+
+def median_min_max(values: list[float]) -> tuple[float | None, float | None, float | None]:
+    """Median, minimum and maximum of the successful runs (None for all three without one)."""
+    if not values:
+        return None, None, None
+    return statistics.median(values), min(values), max(values)
+
+
+def write_json(path: str, obj) -> None:
+    """JSON with an indent of 2 and a final newline (the results files)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+
+
+def now_iso() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def machine_meta(workdir_base: str) -> dict:
+    """Where the run happened: the work dir's file system, kernel, CPUs."""
+    return {"workdir_fs": fs_type(workdir_base), "kernel": platform.release(), "cpus": os.cpu_count()}
+
+
+def build_meta() -> dict:
+    """What was measured: the commit of this checkout and whether tracked files differ from it."""
+    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True)
+    return {"git_commit": first_line("git", "-C", ROOT, "rev-parse", "HEAD"), "git_dirty": bool(dirty.stdout.strip())}

@@ -1,0 +1,46 @@
+"""Running one benchmark: its exit status, and the cleanup after any exit (an error, a signal,
+the end): every daemon stopped, the work dir finished.
+"""
+from __future__ import annotations
+
+import signal
+from typing import Callable
+
+from .log import BenchError, log, set_log_name
+from .procs import stop_all
+from .workdir import WorkDir
+
+
+class Run:
+    """One benchmark run: its work dir once created (run_main's cleanup finishes it)."""
+    work: WorkDir | None = None
+
+
+def run_main(name: str, body: Callable[[Run], int]) -> int:
+    """Runs a benchmark: SIGTERM and SIGINT end it (143, 130) with the same cleanup as any other
+    exit: every daemon stopped, then the work dir finished (a failed run's logs kept); a
+    BenchError is logged as "error: ..." and exits 1."""
+    set_log_name(name)
+
+    def on_term(_signum, _frame):
+        raise SystemExit(143)
+
+    signal.signal(signal.SIGTERM, on_term)
+    run = Run()
+    rc = 1
+    try:
+        rc = body(run)
+    except BenchError as e:
+        log(f"error: {e}")
+        rc = 1
+    except KeyboardInterrupt:
+        rc = 130
+    except SystemExit as e:
+        rc = e.code if isinstance(e.code, int) else 1
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stop_all()
+        if run.work is not None:
+            run.work.finish(rc != 0)
+    return rc

@@ -1,0 +1,75 @@
+"""Settings read from the environment (as the shell scripts did: unset or empty means the
+default), each checked with an error that names it and what it got.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Iterable
+
+from . import MIB
+from .log import BenchError
+
+
+def env(name: str, default: str) -> str:
+    """An environment setting; unset and empty both mean the default (as ${NAME:-default})."""
+    return os.environ.get(name) or default
+
+
+def positive_int(name: str, value: str, what: str = "a positive integer") -> int:
+    """A setting that must be an integer > 0; the error names it and what it got."""
+    if not re.fullmatch(r"[0-9]+", value) or int(value) == 0:
+        raise BenchError(f"{name} must be {what} (got '{value}')")
+    return int(value)
+
+
+def unsigned_int(name: str, value: str, what: str) -> int:
+    """A setting that must be an integer >= 0."""
+    if not re.fullmatch(r"[0-9]+", value):
+        raise BenchError(f"{name} must be {what} (got '{value}')")
+    return int(value)
+
+
+def seconds(name: str, value: str) -> int | float:
+    """A setting that must be a non-negative number of seconds (int when written as one)."""
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?", value):
+        raise BenchError(f"{name} must be a number of seconds (got '{value}')")
+    return float(value) if "." in value else int(value)
+
+
+def one_of(name: str, value: str, allowed: Iterable[str], message: str) -> str:
+    """A setting that must be one of a few words."""
+    if value not in allowed:
+        raise BenchError(message)
+    return value
+
+
+_IEC = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6}
+
+
+def size_bytes(value: str) -> int:
+    """SIZE as numfmt --from=iec reads it (K/M/G... powers of 1024; a trailing "B" or "iB" is
+    dropped), which must be a positive multiple of 1 MiB."""
+    spec = value[:-2] if value.endswith("iB") else value
+    spec = spec[:-1] if spec.endswith("B") else spec
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)([KMGTPE]?)", spec)
+    if not m:
+        raise BenchError(f"cannot parse SIZE='{value}' (use e.g. 512M, 2G)")
+    number = float(m.group(1)) * 1024 ** _IEC[m.group(2)]
+    nbytes = math.ceil(number) if m.group(2) else number
+    if nbytes <= 0 or nbytes != int(nbytes) or int(nbytes) % MIB:
+        shown = int(nbytes) if nbytes == int(nbytes) else m.group(1)
+        raise BenchError(f"SIZE must be a positive multiple of 1 MiB (got {shown} bytes)")
+    return int(nbytes)
+
+
+def target_list(value: str, known: list[str]) -> list[str]:
+    """TARGETS: raw first (always: it is the reference), then the others once each, in order."""
+    targets = ["raw"]
+    for t in value.split():
+        if t not in known:
+            raise BenchError(f"unknown target '{t}' (known: {' '.join(known)})")
+        if t not in targets:
+            targets.append(t)
+    return targets
