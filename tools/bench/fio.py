@@ -83,12 +83,17 @@ def value(path: str, direction: str, metric: str) -> float:
     return float(f"{v:.1f}")
 
 
-def value_or_note(path: str, direction: str, metric: str) -> float | None:
-    """value(), or None with the reason appended to the run's .err file (shown on failure)."""
+# What reading fio's files may raise: missing or truncated files, unexpected content, an error.
+PARSE_ERRORS = (OSError, ValueError, KeyError, IndexError, FioError)
+
+
+def or_note(err_path: str, parse, *args):
+    """parse(*args), or None with the reason appended to err_path (the run's .err file, whose
+    tail is shown when the run failed)."""
     try:
-        return value(path, direction, metric)
-    except FioError as e:
-        with open(path + ".err", "a") as f:
+        return parse(*args)
+    except PARSE_ERRORS as e:
+        with open(err_path, "a") as f:
             f.write(f"bench: {e}\n")
         return None
 

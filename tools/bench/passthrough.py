@@ -152,7 +152,7 @@ class Bench:
         title, direction, metric = WORKLOADS[workload]
         value = None
         if fio.run(args, out, fio.time_limit(self.s.runtime)):
-            value = fio.value_or_note(out, direction, metric)
+            value = fio.or_note(out + ".err", fio.value, out, direction, metric)
         if value is None:
             log(f"fio failed: {target} {workload} round {rnd}; fio said:")
             echo_err(tail(out + ".err", 10))

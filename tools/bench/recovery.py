@@ -179,7 +179,10 @@ class Bench:
         """NEW must equal OLD (unless VERIFY=0)."""
         if not self.s.verify:
             return
-        difference = same_content(self.old, self.new)
+        try:
+            difference = same_content(self.old, self.new)
+        except OSError as e:
+            difference = f"cannot compare {self.old} with {self.new}: {e}"
         if difference is None:
             log(f"  {what}: NEW equals OLD")
             return
@@ -196,7 +199,7 @@ class Bench:
                 *(fio.on_export(uri) if uri else fio.on_file(self.old))]
         value = None
         if fio.run(args, out, fio.time_limit(self.s.runtime)):
-            value = fio.value_or_note(out, "write", "iops")
+            value = fio.or_note(out + ".err", fio.value, out, "write", "iops")
         if value is None:
             echo_err(tail(out + ".err", 5))
             self.fail(f"{target} 4k randwrite round {rnd}")
@@ -223,20 +226,17 @@ class Bench:
             log("fio (load) ended before the recovery did:")
             echo_err(tail(load.err_path, 5))
         self.stop_load()
-        try:
-            mibs = load.window_mibs(start, end)
-            log(f"  {target} foreground fio 64k randwrite QD8 during the recovery: {mibs} MiB/s")
-            self.sample(rnd, target, "load_fg_mibs", mibs)
-        except (OSError, ValueError, KeyError, IndexError, fio.FioError) as e:
-            with open(load.err_path, "a") as f:
-                f.write(f"bench: {e}\n")
+        mibs = fio.or_note(load.err_path, load.window_mibs, start, end)
+        if mibs is None:
             echo_err(tail(load.err_path, 5))
             self.fail(f"{target}: no result from the load fio in round {rnd}")
-            self.sample(rnd, target, "load_fg_mibs", None)
+        else:
+            log(f"  {target} foreground fio 64k randwrite QD8 during the recovery: {mibs} MiB/s")
+        self.sample(rnd, target, "load_fg_mibs", mibs)
         try:
             self.sample(rnd, target, "load_pre_mibs", load.window_mibs(start - self.s.fio_warmup, start))
-        except (OSError, ValueError, KeyError, IndexError, fio.FioError):
-            pass
+        except fio.PARSE_ERRORS:
+            pass  # no load before the recovery: not a failure
 
     def not_done(self, rnd: int, target: str, secs: float, pct: float | None, copied: float | None) -> None:
         """Samples of a recovery under load that was not done within LOAD_TIMEOUT: the time it
@@ -263,11 +263,7 @@ def raw_round(b: Bench, rnd: int) -> None:
             "--name=read-old", "--rw=read", f"--filename={b.old}", "--name=write-new", "--rw=write", f"--filename={b.new}"]
     secs = None
     if fio.run(args, out, s.sync_timeout + 60):
-        try:
-            secs = fio.copy_time(out, s.size_bytes)
-        except (OSError, ValueError, KeyError, IndexError, fio.FioError) as e:
-            with open(out + ".err", "a") as f:
-                f.write(f"bench: {e}\n")
+        secs = fio.or_note(out + ".err", fio.copy_time, out, s.size_bytes)
     if secs is None:
         echo_err(tail(out + ".err", 5))
         b.fail(f"raw fio copy, round {rnd}")
