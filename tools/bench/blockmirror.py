@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 
@@ -37,7 +38,14 @@ def _build(scratch: str, build_log: str) -> str:
     cmd = ["swift", "build", "-c", "release", "--scratch-path", scratch]
     log(f"building blockmirror: {' '.join(cmd)}")
     with open(build_log, "w") as f:
-        ok = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode == 0
+        # Its own process group: an interrupted harness ends the compilers too, not only swift.
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            ok = proc.wait() == 0
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     if not ok:
         echo_err(tail(build_log, 30))
         raise BenchError("the release build failed (log above)")

@@ -26,7 +26,6 @@ Exit code: 0 if every run succeeded (goal misses are reported, not signalled), 1
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,7 +37,7 @@ from .passthrough_report import WORKLOADS, report
 from .procs import Daemon, NotReady, first_stdout_line, wait_serving
 from .results import Samples, build_meta, machine_meta, now_iso, write_json
 from .run import Run, run_main
-from .settings import env, positive_int, size_bytes, target_list
+from .settings import env, positive_int, results_path, size_bytes, target_list
 from .workdir import WorkDir
 
 SUMMARY = "blockmirror serve vs the raw file, qemu-nbd and nbdkit (fio through NBD)"
@@ -74,7 +73,7 @@ class Settings:
         return cls(size=size, size_bytes=size_bytes(size), runtime=runtime, repeat=repeat,
                    targets=target_list(env("TARGETS", "raw blockmirror qemu-nbd nbdkit"), KNOWN_TARGETS),
                    bin=env("BLOCKMIRROR_BIN", ""), workdir_base=env("WORKDIR_BASE", "/var/tmp"),
-                   results=env("RESULTS", f"/var/tmp/blockmirror-bench-passthrough-{time.strftime('%Y%m%d-%H%M%S')}.json"),
+                   results=results_path("passthrough"),
                    keep_work=env("KEEP_WORK", "0") == "1",
                    ready_timeout=positive_int("READY_TIMEOUT", env("READY_TIMEOUT", "60")),
                    stop_timeout=positive_int("STOP_TIMEOUT", env("STOP_TIMEOUT", "30")))
@@ -164,7 +163,8 @@ class Bench:
             self.stop(target, daemon)
         self.samples.add(key, value)
         unit = "IOPS" if metric == "iops" else "MiB/s"
-        log(f"round {rnd}/{self.s.repeat}  {workload:<11} {target:<11} {'FAILED' if value is None else value} {unit}")
+        shown = "FAILED" if value is None else value
+        log(f"round {rnd}/{self.s.repeat}  {workload:<11} {target:<11} {shown} {unit}")
 
     def run_all(self) -> None:
         """REPEAT rounds of every workload on every target, the target order rotated each round."""

@@ -67,7 +67,7 @@ from .qemu import QMPError, StorageDaemon
 from .recovery_report import report
 from .results import Samples, build_meta, machine_meta, now_iso, write_json
 from .run import Run, run_main
-from .settings import env, one_of, positive_int, seconds, size_bytes, target_list, unsigned_int
+from .settings import env, one_of, positive_int, results_path, seconds, size_bytes, target_list, unsigned_int
 from .workdir import WorkDir
 
 SUMMARY = "blockmirror build's recovery vs a raw copy and qemu-storage-daemon's blockdev-mirror"
@@ -108,9 +108,8 @@ class Settings:
         sync_timeout = positive_int("SYNC_TIMEOUT", env("SYNC_TIMEOUT", "600"))
         qsd_speed = unsigned_int("QSD_SPEED", env("QSD_SPEED", "0"), "a number of bytes/s")
         fio_warmup = seconds("FIO_WARMUP", env("FIO_WARMUP", "1"))
-        bm_start = one_of("BM_START", env("BM_START", ""), ("", "add", "build"), "BM_START must be add or build")
-        copy_mode = one_of("QSD_COPY_MODE", env("QSD_COPY_MODE", "write-blocking"), ("background", "write-blocking"),
-                           "QSD_COPY_MODE must be background or write-blocking")
+        bm_start = one_of("BM_START", env("BM_START", ""), ("add", "build"), empty_ok=True)
+        copy_mode = one_of("QSD_COPY_MODE", env("QSD_COPY_MODE", "write-blocking"), ("background", "write-blocking"))
         size = env("SIZE", "2G")
         nbytes = size_bytes(size)
         workdir_base = env("WORKDIR_BASE", "/var/tmp")
@@ -123,7 +122,7 @@ class Settings:
                    verify=unsigned_int("VERIFY", env("VERIFY", "1"), "0 or 1") != 0,
                    fio_warmup=fio_warmup, bin=env("BLOCKMIRROR_BIN", ""), scratch=env("SCRATCH", ".build-release"),
                    workdir_base=workdir_base,
-                   results=env("RESULTS", f"/var/tmp/blockmirror-bench-recovery-{time.strftime('%Y%m%d-%H%M%S')}.json"),
+                   results=results_path("recovery"),
                    keep_work=env("KEEP_WORK", "0") == "1",
                    ready_timeout=positive_int("READY_TIMEOUT", env("READY_TIMEOUT", "60")),
                    stop_timeout=positive_int("STOP_TIMEOUT", env("STOP_TIMEOUT", "60")))
@@ -260,7 +259,8 @@ def raw_round(b: Bench, rnd: int) -> None:
     out = b.work.file(f"raw.r{rnd}.copy.json")
     b.reset_new()
     args = ["--ioengine=libaio", "--direct=1", "--bs=1M", "--iodepth=16", f"--size={s.size_bytes}",
-            "--name=read-old", "--rw=read", f"--filename={b.old}", "--name=write-new", "--rw=write", f"--filename={b.new}"]
+            "--name=read-old", "--rw=read", f"--filename={b.old}",
+            "--name=write-new", "--rw=write", f"--filename={b.new}"]
     secs = None
     if fio.run(args, out, s.sync_timeout + 60):
         secs = fio.or_note(out + ".err", fio.copy_time, out, s.size_bytes)
@@ -475,7 +475,8 @@ class MirrorRun:
         if rc != 0:
             self.failed(f"blockmirror ({what}) exited with status {rc}")
         if ": in sync" not in tail(self.mirror.out_path):
-            b.fail(f"blockmirror ({what}) did not report in sync when it stopped: {tail(self.mirror.out_path, 1).strip()}")
+            last = tail(self.mirror.out_path, 1).strip()
+            b.fail(f"blockmirror ({what}) did not report in sync when it stopped: {last}")
         b.verify(f"blockmirror {what}")
 
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import Iterable
-
+import time
 from . import MIB
 from .log import BenchError
 
@@ -15,6 +14,11 @@ from .log import BenchError
 def env(name: str, default: str) -> str:
     """An environment setting; unset and empty both mean the default (as ${NAME:-default})."""
     return os.environ.get(name) or default
+
+
+def results_path(measure: str) -> str:
+    """RESULTS, by default /var/tmp/blockmirror-bench-MEASURE-DATE.json."""
+    return env("RESULTS", f"/var/tmp/blockmirror-bench-{measure}-{time.strftime('%Y%m%d-%H%M%S')}.json")
 
 
 def positive_int(name: str, value: str, what: str = "a positive integer") -> int:
@@ -38,10 +42,10 @@ def seconds(name: str, value: str) -> int | float:
     return float(value) if "." in value else int(value)
 
 
-def one_of(name: str, value: str, allowed: Iterable[str], message: str) -> str:
-    """A setting that must be one of a few words."""
-    if value not in allowed:
-        raise BenchError(message)
+def one_of(name: str, value: str, words: tuple[str, ...], empty_ok: bool = False) -> str:
+    """A setting that must be one of a few words (or, with empty_ok, unset: "")."""
+    if value not in words and not (empty_ok and value == ""):
+        raise BenchError(f"{name} must be {' or '.join(words)}")
     return value
 
 
