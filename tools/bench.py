@@ -4,10 +4,12 @@
   tools/bench.py passthrough   blockmirror serve vs raw, qemu-nbd, nbdkit (fio through NBD)
   tools/bench.py recovery      blockmirror build vs a raw copy and qemu-storage-daemon's mirror
   tools/bench.py crash-cost    regions a restart copies again after kill -9 of an in-sync mirror
+  tools/bench.py md-vm build|run [SCENARIO...]|all
+                               kernel md in a qemu VM next to the blockmirror engine
 
 Each is set up through environment variables (SIZE=, RUNTIME=, REPEAT=, TARGETS=, ...): see
-tools/bench.py COMMAND --help. tools/bench-passthrough.sh, tools/bench-recovery.sh and
-tools/bench-crash-cost.sh run the same commands.
+tools/bench.py COMMAND --help. tools/bench-passthrough.sh, tools/bench-recovery.sh,
+tools/bench-crash-cost.sh and tools/md-vm.sh run the same commands.
 """
 import argparse
 import importlib
@@ -17,7 +19,9 @@ import sys
 sys.dont_write_bytecode = True  # tools/ must stay as it is in git
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-COMMANDS = {"passthrough": "bench.passthrough", "recovery": "bench.recovery", "crash-cost": "bench.crash_cost"}
+COMMANDS = {"passthrough": "bench.passthrough", "recovery": "bench.recovery", "crash-cost": "bench.crash_cost",
+            "md-vm": "bench.md_vm"}
+OWN_ARGUMENTS = {"md-vm"}  # commands that read their own arguments (and usage exit status 64)
 
 
 def main(argv: list[str]) -> int:
@@ -25,6 +29,8 @@ def main(argv: list[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     modules = {name: importlib.import_module(path) for name, path in COMMANDS.items()}
+    if argv and argv[0] in OWN_ARGUMENTS:
+        return modules[argv[0]].cli(argv[1:])
     for name, module in modules.items():
         sub.add_parser(name, help=module.SUMMARY, description=module.__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)

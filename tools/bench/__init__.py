@@ -5,7 +5,10 @@ packages.py (tools installed when missing), workdir.py, procs.py (daemons: start
 stop), results.py (samples, medians, JSON), run.py (exit status and cleanup), files.py (the
 files measured on). One module per peer: blockmirror.py, qemu.py (qemu-nbd, qemu-storage-daemon),
 nbdkit.py; fio.py is the load generator and the raw peer. One module per measure: passthrough.py,
-recovery.py, crash_cost.py, with the reports of the first two in *_report.py.
+recovery.py, crash_cost.py, with the reports of the first two in *_report.py. md_vm.py runs kernel
+md in a qemu VM next to the engine: the guest's kernel and initramfs in md_vm_guest.py, its disks
+in md_vm_disks.py, its results and the side-by-side table in md_vm_report.py, the captured md
+outputs in md_vm_fixtures.py.
 """
 import os
 

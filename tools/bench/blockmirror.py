@@ -18,10 +18,12 @@ from .procs import Daemon
 SWIFT_DIRS = ("/opt/swift/usr/bin", "/usr/share/swift/usr/bin")
 
 
-def binary(given: str, setting: str, scratch: str, build_log: str) -> str:
+def binary(given: str, setting: str, scratch: str, build_log: str, reuse: bool = False) -> str:
     """The blockmirror executable: given (the setting's value), or built with
-    `swift build -c release --scratch-path SCRATCH` (the build's output in build_log)."""
-    path = given or _build(scratch, build_log)
+    `swift build -c release --scratch-path SCRATCH` (the build's output in build_log); reuse: a
+    release build already in SCRATCH is taken as it is."""
+    built = os.path.join(ROOT, scratch, "release", "blockmirror")
+    path = given or (built if reuse and os.access(built, os.X_OK) else _build(scratch, build_log))
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
         raise BenchError(f"{setting}={path} is not an executable")
     return path

@@ -1,5 +1,6 @@
 """Messages: "[NAME HH:MM:SS] message" log lines on stderr (NAME is "bench", "bench-recovery",
-...), the tails of server logs shown when something fails, and the error type whose message
+...) or, for a tool whose messages are part of its output (md-vm), "NAME: message" lines on
+stdout; the tails of server logs shown when something fails, and the error type whose message
 names the setting, file or tool that makes a run impossible.
 """
 from __future__ import annotations
@@ -9,21 +10,34 @@ import sys
 import time
 
 _log_name = "bench"
+_plain = False
 
 
 class BenchError(Exception):
     """A setting, file or tool that makes the run impossible: logged as "error: ...", exit 1."""
 
 
-def set_log_name(name: str) -> None:
-    """Names the benchmark in every log line (the old scripts' prefixes are kept)."""
-    global _log_name
-    _log_name = name
+def set_log_name(name: str, plain: bool = False) -> None:
+    """Names the benchmark in every log line (the old scripts' prefixes are kept); plain: the
+    "NAME: message" style on stdout (errors on stderr), for output that callers read."""
+    global _log_name, _plain
+    _log_name, _plain = name, plain
 
 
 def log(message: str) -> None:
-    """One "[NAME HH:MM:SS] message" line on stderr."""
-    print(f"[{_log_name} {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    """One "[NAME HH:MM:SS] message" line on stderr (plain style: "NAME: message" on stdout)."""
+    if _plain:
+        print(f"{_log_name}: {message}", flush=True)
+    else:
+        print(f"[{_log_name} {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def log_error(message: str) -> None:
+    """The error that ends a run: "error: message" as a log line, on stderr in either style."""
+    if _plain:
+        print(f"{_log_name}: error: {message}", file=sys.stderr, flush=True)
+    else:
+        log(f"error: {message}")
 
 
 def echo_err(text: str) -> None:

@@ -14,7 +14,22 @@ from .log import BenchError, log
 def ensure_commands(package_for: dict[str, str], extra_missing: Iterable[str] = ()) -> None:
     """Installs (apt-get, as root) the packages of the commands not on PATH, plus extra_missing
     (packages known to be incomplete); fails if one is still missing afterwards."""
-    missing = [package_for[c] for c in package_for if shutil.which(c) is None] + list(extra_missing)
+    _install([package_for[c] for c in package_for if shutil.which(c) is None] + list(extra_missing))
+    for cmd, pkg in package_for.items():
+        if shutil.which(cmd) is None:
+            raise BenchError(f"{cmd} is still missing (package {pkg})")
+
+
+def ensure_packages(packages: Iterable[str]) -> None:
+    """Installs (apt-get, as root) the packages dpkg does not know as installed: for packages that
+    are not one command (a kernel, libraries) or whose command another package also provides
+    (busybox-static's /bin/busybox)."""
+    _install([p for p in packages if subprocess.run(["dpkg", "-s", p], stdout=subprocess.DEVNULL,
+                                                    stderr=subprocess.DEVNULL).returncode != 0])
+
+
+def _install(missing: list[str]) -> None:
+    """apt-get install of the missing packages (nothing if none); an error unless root."""
     if not missing:
         return
     names = " ".join(missing)
@@ -27,9 +42,6 @@ def ensure_commands(package_for: dict[str, str], extra_missing: Iterable[str] = 
     if subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
                       env=apt_env, stdout=subprocess.DEVNULL).returncode != 0:
         raise BenchError(f"apt-get install {names} failed")
-    for cmd, pkg in package_for.items():
-        if shutil.which(cmd) is None:
-            raise BenchError(f"{cmd} is still missing (package {pkg})")
 
 
 def first_line(*cmd: str) -> str | None:

@@ -21,9 +21,10 @@ def exit_status(returncode: int) -> int:
 
 def run_limited(argv: list[str], limit: float, stdout, stderr) -> int:
     """Runs a command for at most limit seconds (as timeout --kill-after=10 LIMIT): SIGTERM at
-    the limit, SIGKILL 10 s later; returns its exit status (124 when it was stopped)."""
+    the limit, SIGKILL 10 s later; returns its exit status (124 when it was stopped). Its stdin
+    is /dev/null (a VM with its serial console on stdio must not read the harness's)."""
     try:
-        proc = subprocess.Popen(argv, stdout=stdout, stderr=stderr)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
     except OSError as e:
         print(f"cannot run {argv[0]}: {e.strerror}", file=stderr if hasattr(stderr, "write") else sys.stderr)
         return 127

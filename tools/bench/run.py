@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 from typing import Callable
 
-from .log import BenchError, log, set_log_name
+from .log import BenchError, log_error, set_log_name
 from .procs import stop_all
 from .workdir import WorkDir
 
@@ -16,11 +16,12 @@ class Run:
     work: WorkDir | None = None
 
 
-def run_main(name: str, body: Callable[[Run], int]) -> int:
+def run_main(name: str, body: Callable[[Run], int], plain_log: bool = False) -> int:
     """Runs a benchmark: SIGTERM and SIGINT end it (143, 130) with the same cleanup as any other
     exit: every daemon stopped, then the work dir finished (a failed run's logs kept); a
-    BenchError is logged as "error: ..." and exits 1."""
-    set_log_name(name)
+    BenchError is logged as "error: ..." and exits 1. plain_log: messages in the "NAME: ..."
+    style (log.set_log_name)."""
+    set_log_name(name, plain_log)
 
     def on_term(_signum, _frame):
         raise SystemExit(143)
@@ -31,7 +32,7 @@ def run_main(name: str, body: Callable[[Run], int]) -> int:
     try:
         rc = body(run)
     except BenchError as e:
-        log(f"error: {e}")
+        log_error(str(e))
         rc = 1
     except KeyboardInterrupt:
         rc = 130

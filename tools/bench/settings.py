@@ -52,18 +52,27 @@ def one_of(name: str, value: str, words: tuple[str, ...], empty_ok: bool = False
 _IEC = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6}
 
 
-def size_bytes(value: str) -> int:
-    """SIZE as numfmt --from=iec reads it (K/M/G... powers of 1024; a trailing "B" or "iB" is
-    dropped), which must be a positive multiple of 1 MiB."""
+def iec_number(value: str) -> float | None:
+    """A size as numfmt --from=iec reads it (K/M/G... powers of 1024, rounded up to a whole byte;
+    a trailing "B" or "iB" is dropped; a fraction without a suffix stays one), None if it is not
+    one."""
     spec = value[:-2] if value.endswith("iB") else value
     spec = spec[:-1] if spec.endswith("B") else spec
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)([KMGTPE]?)", spec)
     if not m:
-        raise BenchError(f"cannot parse SIZE='{value}' (use e.g. 512M, 2G)")
+        return None
     number = float(m.group(1)) * 1024 ** _IEC[m.group(2)]
-    nbytes = math.ceil(number) if m.group(2) else number
+    return math.ceil(number) if m.group(2) else number
+
+
+def size_bytes(value: str) -> int:
+    """SIZE as numfmt --from=iec reads it (iec_number), which must be a positive multiple of
+    1 MiB."""
+    nbytes = iec_number(value)
+    if nbytes is None:
+        raise BenchError(f"cannot parse SIZE='{value}' (use e.g. 512M, 2G)")
     if nbytes <= 0 or nbytes != int(nbytes) or int(nbytes) % MIB:
-        shown = int(nbytes) if nbytes == int(nbytes) else m.group(1)
+        shown = int(nbytes) if nbytes == int(nbytes) else value
         raise BenchError(f"SIZE must be a positive multiple of 1 MiB (got {shown} bytes)")
     return int(nbytes)
 
