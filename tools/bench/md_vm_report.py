@@ -97,11 +97,11 @@ def _nums(runs: list[dict], key: str) -> list[float]:
 def _cell(runs: list[dict], key: str, fmt: str | None) -> str:
     """A number's median (and min-max, n over several runs), or the distinct texts."""
     if fmt:
-        med, low, high = median_min_max(_nums(runs, key))
+        nums = _nums(runs, key)
+        med, low, high = median_min_max(nums)
         if med is None:
             return "-"
-        return fmt.format(med) + (f" ({fmt.format(low)}-{fmt.format(high)}, n={len(_nums(runs, key))})"
-                                  if len(runs) > 1 else "")
+        return fmt.format(med) + (f" ({fmt.format(low)}-{fmt.format(high)}, n={len(nums)})" if len(runs) > 1 else "")
     texts: list[str] = []
     for v in (r.get(key) for r in runs):
         v = "-" if v in (None, "") else str(v)
