@@ -46,6 +46,12 @@ public enum NBDProtocolError: Error, Sendable, Equatable, CustomStringConvertibl
     case optionTooLong(option: NBDOption, length: UInt32, limit: UInt32)
     case tooManyOptions(limit: Int)
     case malformedOption(NBDOption, String)
+    /// A server's greeting without the fixed newstyle flag (an oldstyle or plain newstyle server).
+    case notFixedNewstyle
+    /// A server's reply or chunk longer than a client takes.
+    case replyTooLong(what: String, length: UInt32, limit: UInt32)
+    /// A server's reply to a request that is not in flight.
+    case unexpectedReply(cookie: UInt64)
 
     public var description: String {
         switch self {
@@ -59,6 +65,12 @@ public enum NBDProtocolError: Error, Sendable, Equatable, CustomStringConvertibl
             return "more than \(limit) options in one negotiation"
         case let .malformedOption(option, why):
             return "malformed \(option): \(why)"
+        case .notFixedNewstyle:
+            return "the server does not speak fixed newstyle negotiation"
+        case let .replyTooLong(what, length, limit):
+            return "\(what) of \(length) bytes (limit \(limit))"
+        case let .unexpectedReply(cookie):
+            return "a reply to request 0x\(String(cookie, radix: 16)), which is not in flight"
         }
     }
 }
