@@ -1,0 +1,131 @@
+import NIOCore
+import Testing
+@testable import NBD
+
+/// The client's negotiation against the server's real pipeline (both ends of this code base), and
+/// against hand-written servers for what ours never does: no structured replies, refusals, broken
+/// replies.
+@Suite struct NBDClientHandshakeTests {
+    enum Outcome: Equatable {
+        case transmit(NBDClientHandshake.Export)
+        case fail(NBDClientHandshakeError)
+    }
+
+    /// Runs the negotiation for `name` with the server on `connection` until it ends.
+    func negotiate(_ connection: NBDTestConnection, _ name: String) throws -> Outcome {
+        var handshake = NBDClientHandshake(exportName: name)
+        let decoder = NBDReplyFrameDecoder(readLength: { _ in nil })
+        var input = ByteBuffer()
+        for _ in 0..<20 {
+            input.writeImmutableBuffer(try connection.bytes(connection.unread))
+            while let message = try decoder.next(from: &input) {
+                for action in handshake.receive(message) {
+                    switch action {
+                    case .send(let bytes): try connection.send(bytes)
+                    case .transmit(let export): return .transmit(export)
+                    case .fail(let error): return .fail(error)
+                    }
+                }
+            }
+        }
+        Issue.record("the negotiation did not end")
+        return .fail(.protocolViolation("test: no end"))
+    }
+
+    /// Runs the negotiation against a server that sends `replies` (after its greeting) whatever
+    /// the client sends.
+    func negotiate(scripted replies: [(NBDOption, NBDOptionReply, ByteBuffer)], noZeroes: Bool = true) -> (Outcome?, sent: Int) {
+        var handshake = NBDClientHandshake(exportName: "disk")
+        var sent = 0
+        var messages: [NBDServerMessage] = [.greeting(noZeroes ? [.fixedNewstyle, .noZeroes] : .fixedNewstyle)]
+        messages += replies.map { .optionReply(NBDOptionReplyHeader(option: $0.0, reply: $0.1, length: UInt32($0.2.readableBytes)), data: $0.2) }
+        for message in messages {
+            for action in handshake.receive(message) {
+                switch action {
+                case .send: sent += 1
+                case .transmit(let export): return (.transmit(export), sent)
+                case .fail(let error): return (.fail(error), sent)
+                }
+            }
+        }
+        return (nil, sent)
+    }
+
+    func info(_ write: (inout ByteBuffer) -> Void) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        write(&buffer)
+        return buffer
+    }
+
+    /// Against our server: structured replies, base:allocation, the export's size, flags and block
+    /// sizes.
+    @Test func negotiatesWithTheServerItsExportAndItsBlockSizes() throws {
+        let connection = try NBDTestConnection(exports: [(name: "disk", export: MemoryExport(size: 3 << 20))])
+        guard case .transmit(let export) = try negotiate(connection, "disk") else {
+            Issue.record("no export")
+            return
+        }
+        #expect(export.size == 3 << 20 && export.structuredReplies && export.baseAllocationID == NBDMetaContext.baseAllocationID)
+        #expect(export.flags.contains(.hasFlags) && export.flags.contains(.sendFlush) && !export.flags.contains(.readOnly))
+        #expect(export.blockSizes?.minimum == 1 && export.blockSizes?.maximum == 64 << 10)
+        #expect(connection.isOpen)
+    }
+
+    /// A missing export is the server's refusal of GO, named.
+    @Test func aMissingExportIsNamed() throws {
+        let connection = try NBDTestConnection(exports: [(name: "disk", export: MemoryExport())])
+        let outcome = try negotiate(connection, "nope")
+        guard case .fail(let error) = outcome else {
+            Issue.record("negotiated \(outcome)")
+            return
+        }
+        #expect(error.description.hasPrefix("the server has no export 'nope'"), "\(error)")
+    }
+
+    /// A server without structured replies (or without base:allocation) is still used: GO follows.
+    @Test func aServerWithoutStructuredRepliesIsServedSimply() {
+        let export = info { NBDCodec.writeInfoExport(size: 4096, flags: [.hasFlags], into: &$0) }
+        let (outcome, sent) = negotiate(scripted: [(.structuredReply, .errorUnsupported, ByteBuffer()), (.go, .info, export),
+                                                   (.go, .ack, ByteBuffer())])
+        #expect(outcome == .transmit(.init(size: 4096, flags: [.hasFlags], blockSizes: nil, structuredReplies: false, baseAllocationID: nil)))
+        #expect(sent == 2)  // flags + STRUCTURED_REPLY, then GO
+        let (withoutContext, _) = negotiate(scripted: [(.structuredReply, .ack, ByteBuffer()), (.setMetaContext, .ack, ByteBuffer()),
+                                                       (.go, .info, export), (.go, .ack, ByteBuffer())])
+        #expect(withoutContext == .transmit(.init(size: 4096, flags: [.hasFlags], blockSizes: nil, structuredReplies: true,
+                                                  baseAllocationID: nil)))
+    }
+
+    /// Refusals that end the negotiation say why, with the server's message (escaped).
+    @Test func refusalsSayWhy() {
+        let (tls, _) = negotiate(scripted: [(.structuredReply, .errorTLSRequired, ByteBuffer(string: "TLS\u{1B}[2J only"))])
+        guard case .fail(let error)? = tls else {
+            Issue.record("\(String(describing: tls))")
+            return
+        }
+        #expect(error.description.contains("requires TLS (use an nbds:// or nbds+unix:// URI)") && !error.description.contains("\u{1B}"))
+        let (policy, _) = negotiate(scripted: [(.structuredReply, .ack, ByteBuffer()), (.setMetaContext, .ack, ByteBuffer()),
+                                               (.go, .errorPolicy, ByteBuffer())])
+        #expect(policy == .fail(.refused(option: .go, reply: .errorPolicy, exportName: "disk", message: nil)))
+    }
+
+    /// Replies that break the protocol end the negotiation.
+    @Test func brokenRepliesEndIt() {
+        let export = info { NBDCodec.writeInfoExport(size: 4096, flags: [.hasFlags], into: &$0) }
+        let badSizes = info { NBDCodec.writeInfoBlockSize(minimum: 3, preferred: 4096, maximum: 1 << 20, into: &$0) }
+        let cases: [([(NBDOption, NBDOptionReply, ByteBuffer)], String)] = [
+            ([(.go, .ack, ByteBuffer())], "a reply to GO where one to STRUCTURED_REPLY was due"),
+            ([(.structuredReply, .errorUnsupported, ByteBuffer()), (.go, .ack, ByteBuffer())], "without the export's size"),
+            ([(.structuredReply, .errorUnsupported, ByteBuffer()), (.go, .info, ByteBuffer(bytes: [0, 0, 1]))], "INFO_EXPORT reply of 3 bytes"),
+            ([(.structuredReply, .errorUnsupported, ByteBuffer()), (.go, .info, export), (.go, .info, badSizes)], "block sizes minimum 3"),
+            ([(.structuredReply, .metaContext, ByteBuffer())], "reply type 4 to STRUCTURED_REPLY"),
+        ]
+        for (replies, problem) in cases {
+            let (outcome, _) = negotiate(scripted: replies)
+            guard case .fail(.protocolViolation(let what))? = outcome else {
+                Issue.record("\(problem): \(String(describing: outcome))")
+                continue
+            }
+            #expect(what.contains(problem), "\(what)")
+        }
+    }
+}
