@@ -52,6 +52,8 @@ public enum NBDProtocolError: Error, Sendable, Equatable, CustomStringConvertibl
     case replyTooLong(what: String, length: UInt32, limit: UInt32)
     /// A server's reply to a request that is not in flight.
     case unexpectedReply(cookie: UInt64)
+    /// A server's reply that does not fit the request it answers.
+    case malformedReply(String)
 
     public var description: String {
         switch self {
@@ -71,6 +73,8 @@ public enum NBDProtocolError: Error, Sendable, Equatable, CustomStringConvertibl
             return "\(what) of \(length) bytes (limit \(limit))"
         case let .unexpectedReply(cookie):
             return "a reply to request 0x\(String(cookie, radix: 16)), which is not in flight"
+        case .malformedReply(let what):
+            return "a malformed reply: \(what)"
         }
     }
 }
