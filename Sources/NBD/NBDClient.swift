@@ -1,0 +1,258 @@
+import BlockIO
+import NIOCore
+import NIOPosix
+
+/// One connection to an NBD server, on SwiftNIO: connects to a URI, negotiates
+/// (`NBDClientHandshake`), then sends requests — many in flight — and completes each as its reply
+/// arrives (`NBDReplyAssembler`).
+///
+/// A connection that breaks (reset, closed by the server, a protocol violation, or a request
+/// unanswered for `requestTimeout`) fails every request in flight and every later one with the
+/// reason, naming the URI: a remote that stops answering never hangs its caller.
+public final class NBDClient: Sendable {
+    /// The export negotiated.
+    public let export: NBDClientHandshake.Export
+    /// The server's URI.
+    public let uri: NBDURI
+    private let channel: any Channel
+    private let handler: NIOLoopBound<NBDClientHandler>
+
+    private init(uri: NBDURI, channel: any Channel, handler: NIOLoopBound<NBDClientHandler>, export: NBDClientHandshake.Export) {
+        self.uri = uri
+        self.channel = channel
+        self.handler = handler
+        self.export = export
+    }
+
+    /// Connects to `uri` and negotiates its export, within `connectTimeout`.
+    public static func connect(to uri: NBDURI, group: any EventLoopGroup, connectTimeout: TimeAmount = .seconds(30),
+                               requestTimeout: TimeAmount = .seconds(30)) async throws(NBDClientError) -> NBDClient {
+        if uri.tls != nil { throw NBDClientError(uri: uri, reason: "TLS (nbds://) is not supported by this client yet") }
+        let loop = group.next()
+        // Made here and completed on every path (the handler ends the negotiation; a connection
+        // that never comes up fails them below), so nobody waits on a handler that never was.
+        let negotiated = loop.makePromise(of: NBDClientHandshake.Export.self)
+        let added = loop.makePromise(of: NIOLoopBound<NBDClientHandler>.self)
+        let bootstrap = ClientBootstrap(group: loop)
+            .connectTimeout(connectTimeout)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let handler = NBDClientHandler(uri: uri, requestTimeout: requestTimeout, negotiated: negotiated)
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(handler.decoder))
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                    added.succeed(NIOLoopBound(handler, eventLoop: channel.eventLoop))
+                }
+            }
+        let channel: any Channel
+        do {
+            switch uri.transport {
+            case let .tcp(host, port): channel = try await bootstrap.connect(host: host, port: port).get()
+            case .unix(let path): channel = try await bootstrap.connect(unixDomainSocketPath: path).get()
+            }
+        } catch {
+            let failure = NBDClientError(uri: uri, reason: "cannot connect: \(error)")
+            negotiated.fail(failure)
+            added.fail(failure)
+            throw failure
+        }
+        do {
+            let handler = try await added.futureResult.get()
+            let export = try await negotiated.futureResult.get()
+            return NBDClient(uri: uri, channel: channel, handler: handler, export: export)
+        } catch {
+            channel.close(promise: nil)
+            throw error as? NBDClientError ?? NBDClientError(uri: uri, reason: "\(error)")
+        }
+    }
+
+    /// Sends a request and returns its reply; `payload` is a WRITE's data.
+    public func request(_ command: NBDCommand, flags: NBDCommandFlags = [], offset: UInt64, length: UInt32,
+                        payload: ByteBuffer? = nil) -> EventLoopFuture<NBDReplyAssembler.Reply> {
+        let handler = self.handler
+        return channel.eventLoop.flatSubmit {
+            handler.value.send(command, flags: flags, offset: offset, length: length, payload: payload)
+        }
+    }
+
+    /// Sends DISC once the requests in flight are answered, and closes the connection.
+    public func close() async {
+        let handler = self.handler
+        try? await channel.eventLoop.flatSubmit { handler.value.disconnect() }.get()
+        try? await channel.closeFuture.get()
+    }
+}
+
+/// Why a connection or a request to an NBD server failed; the message names the URI.
+public struct NBDClientError: Error, Sendable, CustomStringConvertible {
+    public let uri: NBDURI
+    public let reason: String
+    /// The server's error for a failed request (nil when the connection itself failed).
+    public var failure: NBDRequestFailure?
+
+    public init(uri: NBDURI, reason: String, failure: NBDRequestFailure? = nil) {
+        self.uri = uri
+        self.reason = reason
+        self.failure = failure
+    }
+
+    public var description: String { "\(uri): \(reason)" }
+}
+
+/// The channel side of `NBDClient`: the negotiation, then requests and replies, on the channel's
+/// event loop only.
+final class NBDClientHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NBDServerMessage
+    typealias OutboundOut = ByteBuffer
+
+    let decoder: NBDReplyFrameDecoder
+    private let uri: NBDURI
+    private let requestTimeout: TimeAmount
+    private var handshake: NBDClientHandshake
+    private var assembler = NBDReplyAssembler(baseAllocationID: nil)
+    private var promises: [UInt64: (promise: EventLoopPromise<NBDReplyAssembler.Reply>, timeout: Scheduled<Void>?)] = [:]
+    private var context: ChannelHandlerContext?
+    /// Set once the connection broke: every request from then on fails with it.
+    private var broken: NBDClientError?
+    private var disconnecting: EventLoopPromise<Void>?
+    /// The negotiation ended with an export: messages are replies from now on.
+    private var transmitting = false
+    /// Completed when the negotiation ends.
+    private let negotiated: EventLoopPromise<NBDClientHandshake.Export>
+
+    init(uri: NBDURI, requestTimeout: TimeAmount, negotiated: EventLoopPromise<NBDClientHandshake.Export>) {
+        self.uri = uri
+        self.requestTimeout = requestTimeout
+        self.negotiated = negotiated
+        handshake = NBDClientHandshake(exportName: uri.exportName)
+        let lengths = ReadLengths()
+        decoder = NBDReplyFrameDecoder(readLength: { lengths.of?($0) })
+        lengths.of = { [unowned self] in assembler.readLength(of: $0) }
+    }
+
+    /// The decoder asks the assembler for the length of a simple READ reply through this box (the
+    /// decoder is made before the handler can be referred to).
+    private final class ReadLengths { var of: ((UInt64) -> Int?)? }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let message = unwrapInboundIn(data)
+        guard broken == nil else { return }
+        if transmitting {
+            reply(message)
+        } else {
+            negotiate(message, context: context)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        breakConnection("the server closed the connection")
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        breakConnection(error is NBDProtocolError ? "\(error)" : "connection error: \(error)")
+        context.close(promise: nil)
+    }
+
+    private func negotiate(_ message: NBDServerMessage, context: ChannelHandlerContext) {
+        for action in handshake.receive(message) {
+            switch action {
+            case .send(let bytes):
+                context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
+            case .transmit(let export):
+                assembler = NBDReplyAssembler(baseAllocationID: export.baseAllocationID)
+                decoder.startTransmission()
+                transmitting = true
+                negotiated.succeed(export)
+            case .fail(let error):
+                breakConnection("\(error)")
+                context.close(promise: nil)
+            }
+        }
+    }
+
+    private func reply(_ message: NBDServerMessage) {
+        do {
+            guard let (cookie, outcome) = try assembler.receive(message), let entry = promises.removeValue(forKey: cookie) else { return }
+            entry.timeout?.cancel()
+            switch outcome {
+            case .success(let reply): entry.promise.succeed(reply)
+            case .failure(let failure): entry.promise.fail(NBDClientError(uri: uri, reason: "\(failure)", failure: failure))
+            }
+            if promises.isEmpty, let disconnecting { sendDisconnect(disconnecting) }
+        } catch {
+            breakConnection("\(error)")
+            context?.close(promise: nil)
+        }
+    }
+
+    func send(_ command: NBDCommand, flags: NBDCommandFlags, offset: UInt64, length: UInt32,
+              payload: ByteBuffer?) -> EventLoopFuture<NBDReplyAssembler.Reply> {
+        if let broken { return negotiated.futureResult.eventLoop.makeFailedFuture(broken) }
+        guard let context else { return failed("the connection is closed") }
+        guard disconnecting == nil else { return failed("the connection is closing") }
+        let request = assembler.register(command, flags: flags, offset: offset, length: length)
+        let promise = context.eventLoop.makePromise(of: NBDReplyAssembler.Reply.self)
+        let timeout = context.eventLoop.assumeIsolated().scheduleTask(in: requestTimeout) { [self] in
+            breakConnection("no reply to \(command) at offset \(offset) within \(requestTimeout.nanoseconds / 1_000_000_000) s")
+            self.context?.close(promise: nil)
+        }
+        promises[request.cookie] = (promise, timeout)
+        var header = context.channel.allocator.buffer(capacity: NBDRequest.wireSize)
+        NBDCodec.writeRequest(request, into: &header)
+        context.write(wrapOutboundOut(header), promise: nil)
+        if let payload { context.write(wrapOutboundOut(payload), promise: nil) }
+        context.flush()
+        return promise.futureResult
+    }
+
+    /// DISC once nothing is in flight; completes when it is sent.
+    func disconnect() -> EventLoopFuture<Void> {
+        guard let context, broken == nil else {
+            self.context?.close(promise: nil)
+            return (self.context?.eventLoop ?? negotiated.futureResult.eventLoop).makeSucceededVoidFuture()
+        }
+        if let disconnecting { return disconnecting.futureResult }
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        disconnecting = promise
+        if promises.isEmpty { sendDisconnect(promise) }
+        return promise.futureResult
+    }
+
+    private func sendDisconnect(_ promise: EventLoopPromise<Void>) {
+        guard let context else { return promise.succeed(()) }
+        var header = context.channel.allocator.buffer(capacity: NBDRequest.wireSize)
+        NBDCodec.writeRequest(NBDRequest(flags: [], command: .disconnect, cookie: 0, offset: 0, length: 0), into: &header)
+        context.writeAndFlush(wrapOutboundOut(header)).assumeIsolated().whenComplete { _ in
+            context.close(promise: nil)
+            promise.succeed(())
+        }
+    }
+
+    private func failed(_ reason: String) -> EventLoopFuture<NBDReplyAssembler.Reply> {
+        negotiated.futureResult.eventLoop.makeFailedFuture(NBDClientError(uri: uri, reason: reason))
+    }
+
+    /// The connection is unusable: the negotiation and every request in flight fail with `reason`.
+    private func breakConnection(_ reason: String) {
+        guard broken == nil else { return }
+        let error = NBDClientError(uri: uri, reason: reason)
+        broken = error
+        if !transmitting { negotiated.fail(error) }
+        let waiting = promises
+        promises = [:]
+        for (_, entry) in waiting {
+            entry.timeout?.cancel()
+            entry.promise.fail(error)
+        }
+        disconnecting?.succeed(())
+        disconnecting = nil
+    }
+}
