@@ -24,7 +24,8 @@ public final class NBDClient: Sendable {
         self.export = export
     }
 
-    /// Connects to `uri` and negotiates its export, within `connectTimeout`.
+    /// Connects to `uri` and negotiates its export, each within `connectTimeout` (a server that
+    /// accepts and then says nothing is given up on too).
     public static func connect(to uri: NBDURI, group: any EventLoopGroup, connectTimeout: TimeAmount = .seconds(30),
                                requestTimeout: TimeAmount = .seconds(30)) async throws(NBDClientError) -> NBDClient {
         if uri.tls != nil { throw NBDClientError(uri: uri, reason: "TLS (nbds://) is not supported by this client yet") }
@@ -55,6 +56,10 @@ public final class NBDClient: Sendable {
             added.fail(failure)
             throw failure
         }
+        let silence = loop.scheduleTask(in: connectTimeout) {
+            negotiated.fail(NBDClientError(uri: uri, reason: "no answer to the negotiation within \(connectTimeout.nanoseconds / 1_000_000_000) s"))
+        }
+        defer { silence.cancel() }
         do {
             let handler = try await added.futureResult.get()
             let export = try await negotiated.futureResult.get()

@@ -79,6 +79,22 @@ import Testing
         await client.close()
     }
 
+    /// A server that accepts the connection and then says nothing is given up on after the
+    /// connect timeout, naming the URI (a listener here that never answers).
+    @Test func aSilentServerIsGivenUpOn() async throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let silent = try await ServerBootstrap(group: group)
+            .childChannelInitializer { channel in channel.eventLoop.makeSucceededVoidFuture() }
+            .bind(unixDomainSocketPath: dir + "/silent.sock").get()
+        let uri = try NBDURI.parse("nbd+unix:///disk?socket=\(dir)/silent.sock")
+        let error = await #expect(throws: NBDClientError.self) {
+            try await NBDClient.connect(to: uri, group: self.group, connectTimeout: .seconds(1))
+        }
+        #expect(error?.reason == "no answer to the negotiation within 1 s", "\(String(describing: error))")
+        try await silent.close()
+    }
+
     /// The server going away fails the request in flight and every later one, naming the URI; a
     /// missing export and a missing socket are errors naming it too.
     @Test func aServerThatGoesAwayFailsItsRequests() async throws {
