@@ -35,7 +35,7 @@ from .log import echo_err, log, log_tail, note_logged_warnings, tail
 from .packages import ensure_commands, first_line
 from .passthrough_report import WORKLOADS, report
 from .procs import Daemon, NotReady, first_stdout_line, wait_serving
-from .results import Samples, build_meta, machine_meta, now_iso, write_json
+from .results import Samples, build_meta, machine_meta, now_iso, publish
 from .run import Run, run_main
 from .settings import env, positive_int, results_path, size_bytes, target_list
 from .workdir import WorkDir
@@ -201,15 +201,8 @@ def main(run: Run) -> int:
     if "blockmirror" in s.targets:
         note_logged_warnings(work.file("blockmirror.log"), "blockmirror")
     meta = bench.meta()
-    write_json(work.file("meta.json"), meta)
-    print()
-    report(bench.samples, meta, s.results)
-    print()
-    print(f"JSON results: {s.results}", flush=True)
-    if bench.failures:
-        log(f"{bench.failures} run(s) failed or a server misbehaved (see the messages above)")
-        return 1
-    return 0
+    return publish(work.file("meta.json"), meta, lambda: report(bench.samples, meta, s.results), s.results,
+                   bench.failures, "failed or a server misbehaved")
 
 
 def cli() -> int:

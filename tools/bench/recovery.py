@@ -65,7 +65,7 @@ from .packages import ensure_commands, first_line
 from .procs import NotReady, first_stdout_line, run_limited, wait_serving
 from .qemu import QMPError, StorageDaemon
 from .recovery_report import report
-from .results import Samples, build_meta, machine_meta, now_iso, write_json
+from .results import Samples, build_meta, machine_meta, now_iso, publish, write_json
 from .run import Run, run_main
 from .settings import env, one_of, positive_int, results_path, seconds, size_bytes, target_list, unsigned_int
 from .workdir import WorkDir
@@ -608,15 +608,8 @@ def main(run: Run) -> int:
     if "blockmirror" in s.targets:
         note_logged_warnings(work.file("blockmirror.log"), "blockmirror")
     m = meta(s, b.failures)
-    write_json(work.file("meta.json"), m)
-    print()
-    report(b.samples, m, s.results)
-    print()
-    print(f"JSON results: {s.results}", flush=True)
-    if b.failures:
-        log(f"{b.failures} run(s) failed or a copy did not compare equal (see the messages above)")
-        return 1
-    return 0
+    return publish(work.file("meta.json"), m, lambda: report(b.samples, m, s.results), s.results,
+                   b.failures, "failed or a copy did not compare equal")
 
 
 def cli() -> int:

@@ -11,6 +11,7 @@ import statistics
 import subprocess
 
 from . import ROOT
+from .log import log
 from .packages import first_line, fs_type
 
 
@@ -60,3 +61,17 @@ def build_meta() -> dict:
     dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True)
     return {"git_commit": first_line("git", "-C", ROOT, "rev-parse", "HEAD"), "git_dirty": bool(dirty.stdout.strip())}
+
+
+def publish(meta_path: str, meta: dict, show_report, results: str, failures: int, what: str) -> int:
+    """The end of a measure: meta.json written, the report (show_report) printed and its JSON
+    saved to results, then the exit status: 1 (with a line saying so) if failures, else 0."""
+    write_json(meta_path, meta)
+    print()
+    show_report()
+    print()
+    print(f"JSON results: {results}", flush=True)
+    if failures:
+        log(f"{failures} run(s) {what} (see the messages above)")
+        return 1
+    return 0
