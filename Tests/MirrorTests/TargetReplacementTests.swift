@@ -58,9 +58,10 @@ import Testing
         #expect(firstDifference(source, target) == nil, "the new target lacks regions the old one was copying")
     }
 
-    /// A removed target is closed once its writes in flight end, though its leg object lives on
-    /// (here the test holds it): the same file can be added again at once (`fail`, `remove`, `add`
-    /// of the same path), and the recovery onto it ends in sync.
+    /// A removed target is closed once its I/O in flight ends, though its leg object lives on
+    /// (here the test holds it): once the copies running onto the failed target ended, the same
+    /// file can be added again at once after `remove` (`fail`, `remove`, `add` of the same path),
+    /// and the recovery onto it ends in sync.
     @Test func aRemovedTargetCanBeAddedAgainAtOnce() async throws {
         let rig = try MirrorExportTests.Rig()
         defer { rig.tearDown() }
@@ -69,6 +70,10 @@ import Testing
         let first = try rig.open(rig.targetPath)
         try await mirror.attach(target: first)
         try Self.fail(mirror)
+        let deadline = ContinuousClock.now + .seconds(60)
+        while mirror.core.shared.withLock({ $0.copier.copying }) > 0, ContinuousClock.now < deadline {
+            try await Task.sleep(nanoseconds: 1_000_000)
+        }
         try await mirror.removeTarget()
         try await mirror.attach(target: try rig.open(rig.targetPath))
         let settled = await mirror.waitUntilSettled()
