@@ -129,7 +129,7 @@ let package = Package(
         .testTarget(
             name: "NBDTests",
             dependencies: [
-                "NBD", "BlockExport",
+                "NBD", "BlockExport", "BlockIO",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -114,7 +114,9 @@ public enum ExportCommand: String, Sendable, CaseIterable {
 
 extension BlockExport {
     /// Checks a request against the export: past the end is `.invalid` for reads and `.noSpace` for
-    /// writes (as the NBD spec asks), any modification of a read-only export is `.readOnly`.
+    /// writes (as the NBD spec asks), any modification of a read-only export is `.readOnly`, and a
+    /// range off the minimum block size is `.invalid` (the spec lets a server refuse it; the export
+    /// asks for it because a leg behind it needs it).
     public func checkRange(offset: UInt64, length: UInt64, for command: ExportCommand) throws(BlockExportError) {
         if command.modifies && capabilities.isReadOnly {
             throw BlockExportError(.readOnly, "\(command.rawValue) on a read-only export")
@@ -123,6 +125,11 @@ extension BlockExport {
         if overflow || end > size {
             throw BlockExportError(command.modifies ? .noSpace : .invalid,
                                    "\(command.rawValue) at offset \(offset) length \(length) is beyond the end of the export (\(size) bytes)")
+        }
+        let unit = UInt64(capabilities.blockSizes.minimum)
+        if unit > 1, offset % unit != 0 || length % unit != 0 {
+            throw BlockExportError(.invalid, "\(command.rawValue) at offset \(offset) length \(length) is not a multiple of the export's "
+                                   + "\(unit)-byte minimum block size")
         }
     }
 }

@@ -24,11 +24,11 @@ extension Leg {
 
     /// Completes `promise` with the allocation map of a range as export extents (holes read as zero).
     public func blockStatus(offset: UInt64, length: UInt64, maxExtents: Int, completing promise: EventLoopPromise<[BlockExtent]>) {
-        do throws(BlockIOError) {
-            let extents = try allocationMap(offset: offset, length: length, maxExtents: maxExtents)
-            promise.succeed(extents.map { BlockExtent(length: $0.length, isHole: $0.isHole, isZero: $0.isHole) })
-        } catch {
-            promise.fail(BlockExportError(error))
+        allocationMap(offset: offset, length: length, maxExtents: maxExtents) { result in
+            switch result {
+            case .success(let extents): promise.succeed(extents.map { BlockExtent(length: $0.length, isHole: $0.isHole, isZero: $0.isHole) })
+            case .failure(let error): promise.fail(BlockExportError(error))
+            }
         }
     }
 

@@ -13,6 +13,9 @@ public protocol Leg: AnyObject, Sendable {
     var size: UInt64 { get }
     /// Alignment of offsets, lengths and memory the leg serves best (its logical block size).
     var alignment: Int { get }
+    /// The alignment every offset and length sent to the leg must have (an NBD server's minimum
+    /// block size); 1 where any range is served (a local device goes buffered when unaligned).
+    var requiredAlignment: Int { get }
     /// What the leg is, taken when it was opened: the bitmap header records it.
     var identity: LegIdentity { get }
 
@@ -44,10 +47,24 @@ public protocol Leg: AnyObject, Sendable {
     func prefetch(offset: UInt64, length: UInt64, completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void)
     /// Data and hole extents from `offset` (at most `maxExtents`); a leg that cannot tell reports data.
     func allocationMap(offset: UInt64, length: UInt64, maxExtents: Int) throws(BlockIOError) -> [BlockDevice.Extent]
+    /// `allocationMap` through a completion, for callers on an event loop: a leg whose map comes
+    /// from elsewhere (an NBD server's BLOCK_STATUS) answers without blocking the caller's thread.
+    /// By default the map is read on the calling thread.
+    func allocationMap(offset: UInt64, length: UInt64, maxExtents: Int,
+                       completion: @escaping @Sendable (Result<[BlockDevice.Extent], BlockIOError>) -> Void)
     /// Lets go of the file, device or connection once the I/O in flight on it completed, whoever
     /// still holds the leg: its path can be opened again (a lock released). I/O asked afterwards
     /// fails. Calling it again does nothing.
     func close()
+}
+
+extension Leg {
+    public var requiredAlignment: Int { 1 }
+
+    public func allocationMap(offset: UInt64, length: UInt64, maxExtents: Int,
+                              completion: @escaping @Sendable (Result<[BlockDevice.Extent], BlockIOError>) -> Void) {
+        completion(Result { () throws(BlockIOError) in try allocationMap(offset: offset, length: length, maxExtents: maxExtents) })
+    }
 }
 
 extension BlockDevice: Leg {}

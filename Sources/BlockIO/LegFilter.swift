@@ -9,6 +9,7 @@ extension LegFilter {
     public var path: String { next.path }
     public var size: UInt64 { next.size }
     public var alignment: Int { next.alignment }
+    public var requiredAlignment: Int { next.requiredAlignment }
     public var identity: LegIdentity { next.identity }
     public func writeTrace() -> LegWriteTrace { next.writeTrace() }
     public func replacement() -> String? { next.replacement() }

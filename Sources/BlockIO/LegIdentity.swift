@@ -18,11 +18,15 @@ import Glibc
 public struct LegIdentity: Sendable, Equatable, Codable {
     public enum Kind: String, Sendable, Codable {
         case file, blockDevice = "block-device"
+        /// An export of an NBD server, known by its URI (`path`): what the server stores it in is
+        /// not the client's to see.
+        case nbd
         /// The kind in words, for messages.
         public var name: String {
             switch self {
             case .file: "file"
             case .blockDevice: "block device"
+            case .nbd: "NBD export"
             }
         }
     }
@@ -109,18 +113,23 @@ public struct LegIdentity: Sendable, Equatable, Codable {
             } else {
                 compare("device number", recorded.deviceNumber, deviceNumber)
             }
+        case .nbd:
+            // The URI is all that names a remote export.
+            compare("URI", recorded.path, path)
         }
         return found
     }
 
-    /// Whether writing one would write the other: the same file, the same device, or a loop
-    /// device over the file.
+    /// Whether writing one would write the other: the same file, the same device, a loop device
+    /// over the file, or the same NBD URI (a server reached two ways cannot be told).
     public func sharesStorage(with other: LegIdentity) -> Bool {
         switch (kind, other.kind) {
         case (.file, .file): return filesystem == other.filesystem && inode == other.inode
         case (.blockDevice, .blockDevice): return deviceNumber == other.deviceNumber
         case (.blockDevice, .file): return stableID.map { $0.hasPrefix(other.loopPrefix) } ?? false
         case (.file, .blockDevice): return other.stableID.map { $0.hasPrefix(loopPrefix) } ?? false
+        case (.nbd, .nbd): return path == other.path
+        case (.nbd, _), (_, .nbd): return false
         }
     }
 
@@ -142,6 +151,7 @@ public struct LegIdentity: Sendable, Equatable, Codable {
         switch kind {
         case .file: return "\(path) (inode \(inode.map(String.init) ?? "?"))"
         case .blockDevice: return "\(path) (device \(deviceNumber ?? "?")\(stableID.map { ", \($0)" } ?? ""))"
+        case .nbd: return path
         }
     }
 }

@@ -24,11 +24,14 @@ public struct LegWriteTrace: Sendable, Equatable, Codable {
     /// Block devices: write and discard requests, and sectors written and discarded, since boot.
     public var writeRequests: UInt64?
     public var sectorsWritten: UInt64?
+    /// Why nothing but the size can show a write (an NBD export: its server reports no writes),
+    /// for people.
+    public var untraceable: String?
 
     public init(size: UInt64, changed: Int64? = nil, bootID: String? = nil, diskSequence: UInt64? = nil,
-                writeRequests: UInt64? = nil, sectorsWritten: UInt64? = nil) {
+                writeRequests: UInt64? = nil, sectorsWritten: UInt64? = nil, untraceable: String? = nil) {
         self.size = size; self.changed = changed; self.bootID = bootID; self.diskSequence = diskSequence
-        self.writeRequests = writeRequests; self.sectorsWritten = sectorsWritten
+        self.writeRequests = writeRequests; self.sectorsWritten = sectorsWritten; self.untraceable = untraceable
     }
 
     /// The trace of the file or device open as `fd`, whose size is `size` now.
@@ -61,6 +64,7 @@ public struct LegWriteTrace: Sendable, Equatable, Codable {
     /// Whether anything shows writes since `recorded` was taken.
     public func compared(with recorded: LegWriteTrace) -> Comparison {
         if size != recorded.size { return .written("its size changed from \(recorded.size) to \(size) bytes") }
+        if let why = untraceable ?? recorded.untraceable { return .unknown(why) }
         if let old = recorded.changed, let new = changed {
             return old == new ? .unchanged : .written("its change time moved from \(Self.format(old)) to \(Self.format(new))")
         }

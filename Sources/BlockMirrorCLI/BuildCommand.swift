@@ -26,10 +26,12 @@ struct BuildCommand: AsyncParsableCommand {
     @Argument(help: "The mirror's name (its NBD export name).")
     var name: String
 
-    @Option(name: .long, help: "The source device or image (OLD): the copy every read comes from.")
+    @Option(name: .long, help: "The source (OLD): a device, an image or an NBD URI; the copy every read comes from.")
     var source: String
 
-    @Option(name: .long, help: "The target device or image (NEW), or \"missing\" to start degraded.")
+    @Option(name: .long, help: ArgumentHelp(
+        "The target (NEW): a device, an image or an NBD URI, or \"missing\" to start degraded.",
+        discussion: "NBD URIs as libnbd and qemu spell them: nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH."))
     var target: String
 
     @Option(name: .long, help: "Where to listen: unix:PATH or tcp:HOST:PORT (repeatable).")
@@ -55,6 +57,7 @@ struct BuildCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Run in the background: print the NBD URI and return once serving (log in RUNDIR/NAME.log).")
     var daemon = false
 
+    @OptionGroup var remote: RemoteLegOptions
     @OptionGroup var serverLimits: ServerLimitsOptions
     @OptionGroup var metrics: MetricsOption
     @OptionGroup var runtime: RuntimeOptions
@@ -85,6 +88,7 @@ struct BuildCommand: AsyncParsableCommand {
     func run() async throws {
         if runtime.backend == .md {
             try attempt {
+                if let uri = [source, target].first(where: NBDURI.isURI) { throw CLIError(MDMirror.noURIs(uri)) }
                 let array = try MDArray(name)
                 try array.build(source: absolutePath(self.source), target: target == "missing" ? nil : absolutePath(target))
                 print(array.device)
@@ -104,11 +108,11 @@ struct BuildCommand: AsyncParsableCommand {
         let logger = makeLogger(label: "blockmirror.build", level: logging.logLevel.level)
         let addresses = try listen.map { value throws(ListenAddress.ParseError) in try ListenAddress(parsing: value) }
         // Absolute paths: the bitmap file records them, and status shows them.
-        let settings = MirrorDaemon(name: name, source: absolutePath(source), target: target == "missing" ? nil : absolutePath(target),
+        let settings = MirrorDaemon(name: name, source: try legName(source), target: target == "missing" ? nil : try legName(target),
                                     bitmap: bitmap, regionSize: regionSize?.bytes, verifyClean: verifyClean,
-                                    limits: SpeedLimits(minimum: speedMin, maximum: speedMax))
+                                    limits: SpeedLimits(minimum: speedMin, maximum: speedMax), remote: remote.options)
         let control = ExportDaemon.Control<MirrorExport>(directory: runtime.directory) { [name] mirror, aio, request in
-            await MirrorControl.answer(request, name: name, mirror: mirror, aio: aio, logger: logger)
+            await MirrorControl.answer(request, name: name, mirror: mirror, aio: aio, remote: settings.remote, logger: logger)
         }
         var metricsSettings: ExportDaemon.Metrics<MirrorExport>? = try metrics.daemonMetrics()
         if metricsSettings != nil {

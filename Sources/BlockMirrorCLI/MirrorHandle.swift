@@ -1,5 +1,7 @@
 import Control
 import Foundation
+import BlockIO
+import NBD
 import MDBackend
 import Mirror
 import MirrorModel
@@ -88,9 +90,16 @@ struct MDMirror: MirrorHandle {
     var name: String { array.name }
     var backend: Backend { .md }
 
+    /// Why `uri` cannot be a leg of a kernel md array.
+    static func noURIs(_ uri: String) -> String {
+        "\(UntrustedText.escape(uri)): kernel md mirrors block devices, not NBD URIs (use the engine backend, or connect "
+            + "the export to a device first: nbd-client or qemu-nbd --connect)"
+    }
+
     func status() throws -> (MirrorStatus, DaemonInfo?) { (try array.status(), nil) }
 
     func add(_ target: String) throws -> String {
+        if NBDURI.isURI(target) { throw CLIError(MDMirror.noURIs(target)) }
         try array.add(target)
         return "added \(target): recovery started (mdadm --add)"
     }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Control
 import Foundation
+import NBD
 
 /// `--run-dir` and `--backend`: where mirror daemons keep their control sockets, and which kind of
 /// mirror a name refers to.
@@ -27,4 +28,12 @@ func attempt<T>(_ body: () throws -> T) throws -> T {
 /// files record device paths).
 func absolutePath(_ path: String) -> String {
     path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+}
+
+/// A leg as the user named it, for the daemon, the bitmap file and status: an NBD URI as given
+/// (parsed here, so that a typo is one error line before anything starts), a path made absolute.
+func legName(_ text: String) throws -> String {
+    guard NBDURI.isURI(text) else { return absolutePath(text) }
+    do { _ = try NBDURI.parse(text) } catch { throw exitWithError(error) }
+    return text
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import BlockIO
 import Control
+import Daemon
 import Foundation
 import Logging
 import Mirror
@@ -18,8 +19,9 @@ struct VerifyCommand: AsyncParsableCommand {
             Exit status: 0 identical; 3 mismatches found; 1 a leg could not be read.
             """)
 
-    @Argument(help: "The first leg.") var first: String
-    @Argument(help: "The second leg.") var second: String
+    @Argument(help: "The first leg: a device, an image or an NBD URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH).")
+    var first: String
+    @Argument(help: "The second leg, likewise.") var second: String
     @Option(name: .long, help: "Bytes to skip at the start of both legs.") var offset: ByteSize = ByteSize(bytes: 0)
     @Option(name: .long, help: "Bytes to compare (default: all of the smaller leg after --offset).") var size: ByteSize?
     @Option(name: .long, help: "Bytes compared per step (a power of two, 4K to 32M).") var regionSize: ByteSize = ByteSize(bytes: 1 << 20)
@@ -39,13 +41,14 @@ struct VerifyCommand: AsyncParsableCommand {
         let aio: AIOEngine
         do { aio = try AIOEngine(depth: 64) } catch { throw exitWithError(CLIError("cannot set up libaio: \(error)")) }
         defer { aio.shutdown() }
-        let legs: (BlockDevice, BlockDevice)
+        let legs: (any Leg, any Leg)
         do {
-            legs = (try BlockDevice.open(path: first, readOnly: true, aio: aio, logger: logger),
-                    try BlockDevice.open(path: second, readOnly: true, aio: aio, logger: logger))
+            legs = (try await LegOpener.open(legName(first), readOnly: true, aio: aio, logger: logger),
+                    try await LegOpener.open(legName(second), readOnly: true, aio: aio, logger: logger))
         } catch {
             throw exitWithError(error)
         }
+        defer { legs.0.close(); legs.1.close() }
         let smaller = min(legs.0.size, legs.1.size)
         guard offset.bytes < smaller else {
             throw exitWithError(CLIError("--offset \(offset.bytes) is past the end of the smaller leg (\(smaller) bytes)"))

@@ -2,11 +2,13 @@ import BlockIO
 import Control
 import Logging
 import Mirror
+import NBD
 
 /// How a mirror daemon answers control requests other than `stop`.
 public enum MirrorControl {
+    /// `remote`: how a target given as an NBD URI connects.
     public static func answer(_ request: ControlRequest, name: String, mirror: MirrorExport, aio: AIOEngine,
-                       logger: Logger) async -> ControlResponse {
+                              remote: NBDLeg.Options = NBDLeg.Options(), logger: Logger) async -> ControlResponse {
         switch request.verb {
         case .status:
             return ControlResponse(ok: true, name: name, status: mirror.status)
@@ -15,8 +17,11 @@ public enum MirrorControl {
             let regions: Int
             do {
                 try MirrorExport.refuseSource(path, of: mirror.source)
-                let target = try BlockDevice.open(path: path, readOnly: false, aio: aio, logger: logger)
-                regions = try await mirror.attach(target: target)
+                let target = try await LegOpener.open(path, readOnly: false, aio: aio, remote: remote, logger: logger)
+                do { regions = try await mirror.attach(target: target) } catch {
+                    target.close()
+                    throw error
+                }
             } catch {
                 // The path came from a client: escaped wherever it appears.
                 return .failure(name, UntrustedText.escape("cannot add \(path): \(error)", limit: 2048))

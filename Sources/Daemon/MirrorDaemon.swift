@@ -3,6 +3,7 @@ import BlockIO
 import Logging
 import Mirror
 import MirrorModel
+import NBD
 
 /// What a mirror daemon is asked to run (`blockmirror build`'s settings), and the mirror-specific
 /// parts of running it: opening the legs and the bitmap file, and the final report of a stop.
@@ -11,9 +12,9 @@ public struct MirrorDaemon: Sendable {
     public static let defaultRegionSize: UInt64 = 1 << 20
 
     public var name: String
-    /// The source's absolute path (the bitmap file records it, and status shows it).
+    /// The source's absolute path or NBD URI (the bitmap file records it, and status shows it).
     public var source: String
-    /// The target's absolute path; nil to start degraded.
+    /// The target's absolute path or NBD URI; nil to start degraded.
     public var target: String?
     /// The write-intent bitmap file: created if absent, resumed from if present.
     public var bitmap: String?
@@ -22,9 +23,11 @@ public struct MirrorDaemon: Sendable {
     /// Compare the regions a resumed bitmap calls clean before trusting them.
     public var verifyClean: Bool
     public var limits: SpeedLimits
+    /// How legs that are NBD URIs connect (this one's, and those `add` gives later).
+    public var remote: NBDLeg.Options
 
     public init(name: String, source: String, target: String?, bitmap: String?, regionSize: UInt64?, verifyClean: Bool,
-                limits: SpeedLimits) {
+                limits: SpeedLimits, remote: NBDLeg.Options = NBDLeg.Options()) {
         self.name = name
         self.source = source
         self.target = target
@@ -32,15 +35,18 @@ public struct MirrorDaemon: Sendable {
         self.regionSize = regionSize
         self.verifyClean = verifyClean
         self.limits = limits
+        self.remote = remote
     }
 
     /// Opens the source, the target (refused if it is the source by another path), and the bitmap
     /// file (its notes logged; resumed from if it holds a previous run), builds the mirror and
-    /// attaches the target. The mirror logs once when its recovery ends.
+    /// attaches the target. The export asks its clients for requests the target can take (an NBD
+    /// server's minimum block size). The mirror logs once when its recovery ends.
     public func open(aio: AIOEngine, logger: Logger) async throws -> MirrorExport {
-        let sourceDevice = try BlockDevice.open(path: source, readOnly: false, aio: aio, logger: logger)
+        let sourceDevice = try await LegOpener.open(source, readOnly: false, aio: aio, remote: remote, logger: logger)
         if let target { try MirrorExport.refuseSource(target, of: sourceDevice) }
-        let targetDevice = try target.map { try BlockDevice.open(path: $0, readOnly: false, aio: aio, logger: logger) }
+        var targetDevice: (any Leg)?
+        if let target { targetDevice = try await LegOpener.open(target, readOnly: false, aio: aio, remote: remote, logger: logger) }
         var log: WriteIntentLog?
         var resumed: RegionBitmap?
         if let bitmap {
@@ -54,8 +60,8 @@ public struct MirrorDaemon: Sendable {
             }
             log = opened.log
         }
-        let mirror = MirrorExport(source: sourceDevice, regionSize: log?.regionSize ?? regionSize ?? Self.defaultRegionSize,
-                                  limits: limits, pool: BufferPool(), logger: logger, intentLog: log, resuming: resumed)
+        let mirror = MirrorExport(source: sourceDevice, blockSize: targetDevice?.requiredAlignment ?? 1,
+                                  regionSize: log?.regionSize ?? regionSize ?? Self.defaultRegionSize, limits: limits, pool: BufferPool(), logger: logger, intentLog: log, resuming: resumed)
         if let targetDevice { try await mirror.attach(target: targetDevice, verifyClean: verifyClean) }
         Task {
             let settled = await mirror.waitUntilSettled()

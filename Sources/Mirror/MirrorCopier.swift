@@ -86,19 +86,28 @@ final class MirrorCopier: Sendable {
                 ($0.bitmap.isDirty(region), $0.bitmap.byteRange(of: region))
             }
             guard stillDirty else { return copied(region, target: target, bytes: 0, clean: false) }
-            // The lock may have been granted on an event loop; SEEK_DATA/SEEK_HOLE can wait on the
-            // filesystem, so a file source is asked from another thread.
             let source = core.source
-            guard source.identity.kind == .file else { return copyData(region, range: range, to: target) }
-            DispatchQueue.global().async { [self] in
-                if let map = try? source.allocationMap(offset: range.offset, length: range.length, maxExtents: 1),
-                   map.count == 1, map[0].isHole, map[0].length == range.length {
+            let mapped: @Sendable (Result<[BlockDevice.Extent], BlockIOError>) -> Void = { [self] map in
+                if case .success(let map) = map, map.count == 1, map[0].isHole, map[0].length == range.length {
                     // A hole of a sparse source: zero the target's region without reading anything.
                     return target.writeZeroes(offset: range.offset, length: range.length, mayDeallocate: true, fastOnly: false) { [self] in
                         targetWritten(region, target: target, bytes: range.length, $0)
                     }
                 }
                 copyData(region, range: range, to: target)
+            }
+            switch source.identity.kind {
+            case .blockDevice:
+                copyData(region, range: range, to: target)
+            case .nbd:
+                // BLOCK_STATUS: answered by the server, without blocking this thread.
+                source.allocationMap(offset: range.offset, length: range.length, maxExtents: 1, completion: mapped)
+            case .file:
+                // The lock may have been granted on an event loop; SEEK_DATA/SEEK_HOLE can wait on
+                // the filesystem, so a file source is asked from another thread.
+                DispatchQueue.global().async {
+                    mapped(Result { () throws(BlockIOError) in try source.allocationMap(offset: range.offset, length: range.length, maxExtents: 1) })
+                }
             }
         }
     }

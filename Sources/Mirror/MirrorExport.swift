@@ -44,8 +44,10 @@ public final class MirrorExport: BlockExport, Sendable {
 
     /// A mirror over `source`, degraded until `attach` gives it a target. With `intentLog`, the
     /// bitmap is persisted there; `resuming` is the bitmap read back from it after a crash or stop
-    /// (otherwise every region starts dirty).
-    public init(source: any Leg, regionSize: UInt64 = 1 << 20, copiesInFlight: Int = 8, limits: SpeedLimits = SpeedLimits(),
+    /// (otherwise every region starts dirty). `blockSize` is the granularity the export asks of its
+    /// clients (at least the source's required alignment): that of a target to come that needs
+    /// aligned requests (an NBD server's minimum block size).
+    public init(source: any Leg, blockSize: Int = 1, regionSize: UInt64 = 1 << 20, copiesInFlight: Int = 8, limits: SpeedLimits = SpeedLimits(),
                 pool: BufferPool, logger: Logger, intentLog: WriteIntentLog? = nil, resuming: RegionBitmap? = nil,
                 writeHoldNanos: UInt64 = 2_000_000_000) {
         self.source = source
@@ -53,7 +55,8 @@ public final class MirrorExport: BlockExport, Sendable {
         self.logger = logger
         self.capabilities = ExportCapabilities(
             isReadOnly: false, canTrim: true, canWriteZeroes: true, canFastZero: false, canMultiConnect: true,
-            blockSizes: BlockSizeConstraints(minimum: 1, preferred: UInt32(max(4096, source.alignment)),
+            blockSizes: BlockSizeConstraints(minimum: UInt32(max(blockSize, source.requiredAlignment)),
+                                             preferred: UInt32(max(4096, source.alignment, blockSize)),
                                              maximum: BlockSizeConstraints.maximumPayload))
         let bitmap = resuming ?? RegionBitmap(deviceSize: source.size, regionSize: regionSize, allDirty: true)
         core = MirrorCore(source: source, bitmap: bitmap, logger: logger)
@@ -99,13 +102,14 @@ public final class MirrorExport: BlockExport, Sendable {
         // Clean regions in doubt: all of them if asked, else those a sparse target lacks outright.
         let resumed = core.shared.withLock { $0.bitmap }
         var doubtful = RegionBitmap(deviceSize: resumed.deviceSize, regionSize: resumed.regionSize, allDirty: verifyClean)
-        if !verifyClean, target.identity.kind == .file, case .trust = verdict {
+        if !verifyClean, target.identity.kind != .blockDevice, case .trust = verdict {
             // SEEK_DATA/SEEK_HOLE over both legs can take a while: not on a cooperative thread.
             doubtful = await Self.offTheCooperativePool { [source] in resumed.holes(of: target).subtracting(resumed.holes(of: source)) }
         }
         let bitmap: RegionBitmap = try core.shared.withLock { shared throws(TargetError) in
             guard !shared.stopping else { throw TargetError(description: "the mirror is stopping") }
-            try shared.target.checkAttach(target, sourcePath: source.path, sourceSize: source.size)
+            try shared.target.checkAttach(target, sourcePath: source.path, sourceSize: source.size,
+                                          exportBlockSize: Int(capabilities.blockSizes.minimum))
             guard shared.check.running == nil else { throw TargetError(description: "a check is running") }
             shared.target.attach(target)
             shared.verifiedDiffering = 0

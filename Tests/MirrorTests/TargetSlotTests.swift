@@ -94,4 +94,25 @@ import Glibc
         slot.attached()
         #expect(slot.attaching == 0)
     }
+
+    /// A leg that takes only aligned requests (as an NBD server with a minimum block size).
+    private final class BlockSized: LegFilter {
+        let next: any Leg
+        let requiredAlignment: Int
+        init(_ next: any Leg, _ alignment: Int) { self.next = next; requiredAlignment = alignment }
+    }
+
+    /// A target that needs requests in blocks larger than the export promised its clients, or
+    /// that the source's size does not end on, is refused, naming both.
+    @Test func aTargetNeedingLargerBlocksThanTheExportIsRefused() throws {
+        let legs = try Legs()
+        defer { legs.tearDown() }
+        let slot = TargetSlot()
+        let blocky = BlockSized(legs.other, 4096)
+        #expect(refusal { try slot.checkAttach(blocky, sourcePath: "OLD", sourceSize: 1 << 20, exportBlockSize: 512) }?
+                    .contains("takes only requests in multiples of 4096 bytes, and the export promised its clients 512-byte ones") == true)
+        #expect(refusal { try slot.checkAttach(blocky, sourcePath: "OLD", sourceSize: 1 << 20, exportBlockSize: 4096) } == nil)
+        #expect(refusal { try slot.checkAttach(blocky, sourcePath: "OLD", sourceSize: (1 << 20) - 512, exportBlockSize: 4096) }?
+                    .contains("does not end on a 4096-byte block") == true)
+    }
 }

@@ -56,6 +56,22 @@ import Testing
         #expect(error(.write, length: BlockSizeConstraints.maximumPayload) == .noSpace, "the longest payload passes; only its range fails")
     }
 
+    /// An export that asks for 4 KiB blocks (a mirror whose target is an NBD server with that
+    /// minimum) refuses ranges off them, as the NBD spec lets it, naming the range.
+    @Test func rangesOffTheMinimumBlockSizeAreInvalid() {
+        let blocky = NBDNegotiated(name: "disk", export: MemoryExport(size: size, minimumBlockSize: 4096, maximumPayload: 1 << 20),
+                                   structuredReplies: true, baseAllocationSelected: true)
+        for command in [NBDCommand.read, .write, .trim, .writeZeroes, .cache, .blockStatus] {
+            #expect(error(command, offset: 4096, length: 8192, blocky) == nil, "\(command)")
+            #expect(error(command, offset: 100, length: 4096, blocky) == .invalid, "\(command) at an unaligned offset")
+            #expect(error(command, offset: 4096, length: 512, blocky) == .invalid, "\(command) of an unaligned length")
+        }
+        #expect(error(.flush, offset: 3, length: 5, blocky) == nil)
+        let message = NBDRequestValidation.rejection(of: NBDRequest(flags: [], command: .write, cookie: 1, offset: 100, length: 4096),
+                                                     negotiated: blocky)?.message
+        #expect(message == "write at offset 100 length 4096 is not a multiple of the export's 4096-byte minimum block size")
+    }
+
     @Test func unknownCommandsAndFlagsAreInvalid() {
         #expect(error(NBDCommand(rawValue: 8)) == .invalid)
         #expect(error(NBDCommand(rawValue: 0xFFFF)) == .invalid)

@@ -36,12 +36,13 @@ final class MemoryExport: BlockExport {
     let holdFlushes: Bool
     private let state: Mutex<State>
 
-    init(size: UInt64 = 1 << 20, readOnly: Bool = false, canFastZero: Bool = true, maximumPayload: UInt32 = 64 << 10,
-         failures: [UInt64: BlockExportError.Kind] = [:], holdFlushes: Bool = false) {
+    init(size: UInt64 = 1 << 20, readOnly: Bool = false, canFastZero: Bool = true, minimumBlockSize: UInt32 = 1,
+         maximumPayload: UInt32 = 64 << 10, failures: [UInt64: BlockExportError.Kind] = [:], holdFlushes: Bool = false) {
         self.size = size
         capabilities = ExportCapabilities(isReadOnly: readOnly, canTrim: true, canWriteZeroes: true, canFastZero: canFastZero,
                                           canMultiConnect: true,
-                                          blockSizes: BlockSizeConstraints(minimum: 1, preferred: 4096, maximum: maximumPayload))
+                                          blockSizes: BlockSizeConstraints(minimum: minimumBlockSize, preferred: max(4096, minimumBlockSize),
+                                                                                           maximum: maximumPayload))
         self.failures = failures
         self.holdFlushes = holdFlushes
         state = Mutex(State(bytes: (0..<Int(size)).map { UInt8(truncatingIfNeeded: $0 % 251) }))

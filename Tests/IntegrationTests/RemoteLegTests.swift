@@ -1,0 +1,108 @@
+import Foundation
+import Testing
+
+/// A target that is an NBD server: nbdkit's file plugin over NEW, reached by an `nbd+unix://` URI
+/// (the two-host version is `CrossHostTests`). The mirror copies onto it while fio writes and
+/// verifies, and stops "in sync" with NEW a byte-for-byte copy; a server that dies fails the
+/// target (the mirror keeps serving from the source), and `add` of the same URI copies only the
+/// regions the bitmap names. Bad URIs, missing servers and small remotes are one error line.
+@Suite(.serialized) struct RemoteLegTests {
+    /// nbdkit serving `image` on `dir/NAME.sock` (file plugin; `arguments` are filters and their
+    /// parameters), and its URI.
+    final class Nbdkit {
+        let child: ChildProcess
+        let uri: String
+        init(_ image: String, in dir: TempDir, name: String = "nbdkit", _ arguments: [String] = []) throws {
+            let socket = dir.file("\(name).sock")
+            try? FileManager.default.removeItem(atPath: socket)
+            child = try ChildProcess(["nbdkit", "-f", "-U", socket] + arguments.filter { $0.hasPrefix("--") } + ["file", image]
+                                     + arguments.filter { !$0.hasPrefix("--") }, in: dir)
+            uri = "nbd+unix:///?socket=\(socket)"
+            guard waitUntil(timeout: 60, { FileManager.default.fileExists(atPath: socket) || !child.isRunning }), child.isRunning else {
+                throw IntegrationFailure("nbdkit did not come up\n\(child.stderr)")
+            }
+        }
+        func kill() { child.killAndWait() }
+    }
+
+    /// build → recovery onto the remote under fio's verified random writes → in sync → stop: NEW
+    /// (the file behind nbdkit) equals OLD. nbdkit asks for 4 KiB blocks here, so the export asks
+    /// its clients for them too.
+    @Test func aMirrorOntoAnNbdServerEndsWithNewACopyOfOld() throws {
+        try Tools.require("nbdkit", "fio")
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let old = dir.file("old.img"), new = dir.file("new.img")
+        try makeRandomFile(old, size: 32 << 20)
+        try makeSparseFile(new, size: 32 << 20)
+        let remote = try Nbdkit(new, in: dir, ["--filter=blocksize-policy", "blocksize-minimum=4096", "blocksize-error-policy=error"])
+        defer { remote.kill() }
+        let mirror = try MirrorDaemon(source: old, target: remote.uri, in: dir,
+                                      ["--bitmap", dir.file("m0.bitmap"), "--region-size", "256K", "--speed-max", "16384"])
+        let fio = try run(["fio", "--name=remote", "--ioengine=nbd", "--uri=\(mirror.uri)", "--rw=randwrite", "--bsrange=4k-64k",
+                           "--iodepth=8", "--size=32M", "--io_size=8M", "--verify=crc32c", "--verify_state_save=0"], in: dir)
+        #expect(fio.succeeded, "\(fio)\n\(mirror.log)")
+        let synced = try mirror.waitForStatus { $0.state == .inSync }
+        #expect(synced?.target == remote.uri, "\(String(describing: synced))")
+        let stop = try mirror.stop()
+        #expect(stop.stdout.contains("in sync: \(remote.uri) is a complete copy of \(old)"), "\(stop)")
+        #expect(try firstDifference(old, new) == nil, "NEW differs from OLD\n\(mirror.log)")
+    }
+
+    /// The server dies mid-recovery: the target fails naming the URI, the mirror keeps serving
+    /// from the source; the server back, `add` of the same URI resumes from the bitmap (fewer
+    /// regions than all) and the mirror ends in sync with NEW equal to OLD.
+    @Test func aServerThatDiesFailsTheTargetAndAddResumes() throws {
+        try Tools.require("nbdkit", "qemu-io")
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let old = dir.file("old.img"), new = dir.file("new.img")
+        try makeRandomFile(old, size: 32 << 20)
+        try makeSparseFile(new, size: 32 << 20)
+        var remote = try Nbdkit(new, in: dir)
+        defer { remote.kill() }
+        let mirror = try MirrorDaemon(source: old, target: remote.uri, in: dir,
+                                      ["--bitmap", dir.file("m0.bitmap"), "--region-size", "256K", "--speed-max", "4096", "--nbd-timeout", "5"])
+        try #require(try mirror.waitForStatus { $0.bytesCopied >= 4 << 20 } != nil)
+        remote.kill()
+        let failed = try #require(try mirror.waitForStatus { $0.state == .targetFailed })
+        #expect(failed.failure?.contains(remote.uri) == true, "\(String(describing: failed.failure))")
+        let write = try run(["qemu-io", "-f", "raw", "-c", "write -P 0x5c 20M 1M", mirror.uri], in: dir)
+        #expect(write.succeeded, "the mirror stopped serving when its target failed\n\(write)\n\(mirror.log)")
+
+        remote = try Nbdkit(new, in: dir)
+        try mirror.cli("speed", "m0", "--max", "unlimited")
+        let add = try mirror.cli("add", "m0", remote.uri)
+        #expect(add.succeeded, "\(add)\n\(mirror.log)")
+        let regions = add.stdout.firstMatch(of: /recovery started \((\d+) of (\d+) regions/).map { (Int($0.1)!, Int($0.2)!) }
+        #expect(regions.map { $0.0 > 0 && $0.0 < $0.1 } == true, "add copies only what the bitmap names: \(add)")
+        try #require(try mirror.waitForStatus { $0.state == .inSync } != nil)
+        let stop = try mirror.stop()
+        #expect(stop.stdout.contains("in sync"), "\(stop)")
+        #expect(try firstDifference(old, new) == nil, "NEW differs from OLD\n\(mirror.log)")
+    }
+
+    /// Each wrong remote is one error line naming the URI, and nothing is served.
+    @Test func wrongRemotesAreOneClearError() throws {
+        try Tools.require("nbdkit")
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let old = dir.file("old.img"), small = dir.file("small.img")
+        try makeSparseFile(old, size: 8 << 20)
+        try makeSparseFile(small, size: 4 << 20)
+        let remote = try Nbdkit(small, in: dir)
+        defer { remote.kill() }
+        let missing = "nbd+unix:///?socket=\(dir.file("nobody.sock"))"
+        let cases: [(target: String, says: String)] = [
+            (missing, "\(missing): cannot connect"),
+            ("nbd://exa mple/x", "bad NBD URI nbd://exa mple/x"),
+            ("nbd://127.0.0.1:1/x", "nbd://127.0.0.1:1/x: cannot connect"),
+            (remote.uri, "target \(remote.uri) has 4194304 bytes, smaller than source \(old) (8388608 bytes)"),
+        ]
+        for (target, says) in cases {
+            let build = try run([try BlockMirrorBinary.path(), "build", "m0", "--source", old, "--target", target,
+                                 "--listen", "unix:\(dir.file("m0.sock"))", "--run-dir", dir.file("run")], in: dir)
+            #expect(!build.succeeded && build.stderr.contains(says) && build.stdout.isEmpty, "\(target): \(build)")
+        }
+    }
+}
