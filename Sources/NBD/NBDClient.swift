@@ -1,6 +1,8 @@
 import BlockIO
 import NIOCore
 import NIOPosix
+import NIOSSL
+import NIOTLS
 
 /// One connection to an NBD server, on SwiftNIO: connects to a URI, negotiates
 /// (`NBDClientHandshake`), then sends requests — many in flight — and completes each as its reply
@@ -28,7 +30,7 @@ public final class NBDClient: Sendable {
     /// accepts and then says nothing is given up on too).
     public static func connect(to uri: NBDURI, group: any EventLoopGroup, connectTimeout: TimeAmount = .seconds(30),
                                requestTimeout: TimeAmount = .seconds(30)) async throws(NBDClientError) -> NBDClient {
-        if uri.tls != nil { throw NBDClientError(uri: uri, reason: "TLS (nbds://) is not supported by this client yet") }
+        let tls = try uri.tls.map { _ throws(NBDClientError) in try NBDClientTLS(uri) }
         let loop = group.next()
         // Made here and completed on every path (the handler ends the negotiation; a connection
         // that never comes up fails them below), so nobody waits on a handler that never was.
@@ -38,7 +40,7 @@ public final class NBDClient: Sendable {
             .connectTimeout(connectTimeout)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let handler = NBDClientHandler(uri: uri, requestTimeout: requestTimeout, negotiated: negotiated)
+                    let handler = NBDClientHandler(uri: uri, tls: tls, requestTimeout: requestTimeout, negotiated: negotiated)
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(handler.decoder))
                     try channel.pipeline.syncOperations.addHandler(handler)
                     added.succeed(NIOLoopBound(handler, eventLoop: channel.eventLoop))
@@ -111,6 +113,8 @@ final class NBDClientHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     let decoder: NBDReplyFrameDecoder
     private let uri: NBDURI
+    /// With TLS: what STARTTLS's handshake uses.
+    private let tls: NBDClientTLS?
     private let requestTimeout: TimeAmount
     private var handshake: NBDClientHandshake
     private var assembler = NBDReplyAssembler(baseAllocationID: nil)
@@ -124,11 +128,12 @@ final class NBDClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// Completed when the negotiation ends.
     private let negotiated: EventLoopPromise<NBDClientHandshake.Export>
 
-    init(uri: NBDURI, requestTimeout: TimeAmount, negotiated: EventLoopPromise<NBDClientHandshake.Export>) {
+    init(uri: NBDURI, tls: NBDClientTLS?, requestTimeout: TimeAmount, negotiated: EventLoopPromise<NBDClientHandshake.Export>) {
         self.uri = uri
+        self.tls = tls
         self.requestTimeout = requestTimeout
         self.negotiated = negotiated
-        handshake = NBDClientHandshake(exportName: uri.exportName)
+        handshake = NBDClientHandshake(exportName: uri.exportName, tls: tls != nil)
         let lengths = ReadLengths()
         decoder = NBDReplyFrameDecoder(readLength: { lengths.of?($0) })
         lengths.of = { [unowned self] in assembler.readLength(of: $0) }
@@ -166,8 +171,21 @@ final class NBDClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.close(promise: nil)
     }
 
+    /// The TLS handshake after STARTTLS ended: the negotiation goes on inside it.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case TLSUserEvent.handshakeCompleted = event, !transmitting, broken == nil {
+            decoder.tlsStarted()
+            run(handshake.tlsEstablished(), context: context)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     private func negotiate(_ message: NBDServerMessage, context: ChannelHandlerContext) {
-        for action in handshake.receive(message) {
+        run(handshake.receive(message), context: context)
+    }
+
+    private func run(_ actions: [NBDClientHandshake.Action], context: ChannelHandlerContext) {
+        for action in actions {
             switch action {
             case .send(let bytes):
                 context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
@@ -176,6 +194,14 @@ final class NBDClientHandler: ChannelInboundHandler, RemovableChannelHandler {
                 decoder.startTransmission()
                 transmitting = true
                 negotiated.succeed(export)
+            case .startTLS:
+                do {
+                    guard let tls else { throw NBDClientHandshakeError.protocolViolation("STARTTLS without TLS settings") }
+                    try context.pipeline.syncOperations.addHandler(try tls.handler(), position: .first)
+                } catch {
+                    breakConnection("cannot start TLS: \(error)")
+                    context.close(promise: nil)
+                }
             case .fail(let error):
                 breakConnection("\(error)")
                 context.close(promise: nil)

@@ -5,7 +5,8 @@ import NIOCore
 /// machine: fed what the server sends (`NBDReplyFrameDecoder`'s messages), it returns what to send
 /// next, and finally the export to transmit with, or why there is none.
 ///
-/// The order: client flags; STRUCTURED_REPLY (a server without them is served with simple
+/// The order: client flags; with TLS, STARTTLS (then the TLS handshake, `tlsEstablished()`);
+/// STRUCTURED_REPLY (a server without them is served with simple
 /// replies); with structured replies, SET_META_CONTEXT `base:allocation` (so BLOCK_STATUS can
 /// tell holes and zeroes); GO for the export, asking for its block sizes (INFO_BLOCK_SIZE). One
 /// option at a time: each reply is matched to the option it answers.
@@ -31,6 +32,8 @@ public struct NBDClientHandshake: Sendable {
     public enum Action: Sendable, Equatable {
         /// Write these bytes to the server.
         case send(ByteBuffer)
+        /// STARTTLS was acknowledged: run the TLS handshake, then call `tlsEstablished()`.
+        case startTLS
         /// The negotiation is over: transmission starts with this export.
         case transmit(Export)
         /// The negotiation failed; close the connection.
@@ -39,6 +42,8 @@ public struct NBDClientHandshake: Sendable {
 
     private enum Step: Sendable {
         case greeting
+        case startTLS
+        case tlsHandshake
         case structuredReply
         case metaContext
         case go
@@ -47,14 +52,26 @@ public struct NBDClientHandshake: Sendable {
 
     /// The export asked for.
     public let exportName: String
+    /// Whether the connection must be TLS (STARTTLS first; a server without it is an error).
+    public let tls: Bool
     private var step = Step.greeting
     private var structuredReplies = false
     private var baseAllocationID: UInt32?
     private var info: (size: UInt64, flags: NBDTransmissionFlags)?
     private var blockSizes: (minimum: UInt32, preferred: UInt32, maximum: UInt32)?
 
-    public init(exportName: String) {
+    public init(exportName: String, tls: Bool = false) {
         self.exportName = exportName
+        self.tls = tls
+    }
+
+    /// The TLS handshake after STARTTLS succeeded: the negotiation goes on, encrypted.
+    public mutating func tlsEstablished() -> [Action] {
+        guard step == .tlsHandshake else { return fail(.protocolViolation("TLS established without STARTTLS")) }
+        var buffer = ByteBuffer()
+        NBDCodec.writeOptionRequest(.structuredReply, data: ByteBuffer(), into: &buffer)
+        step = .structuredReply
+        return [.send(buffer)]
     }
 
     /// Handles one message of the server; returns what to send, or the end of the negotiation.
@@ -64,9 +81,11 @@ public struct NBDClientHandshake: Sendable {
             var buffer = ByteBuffer()
             buffer.writeInteger(flags.contains(.noZeroes) ? NBDClientFlags([.fixedNewstyle, .noZeroes]).rawValue
                                                           : NBDClientFlags.fixedNewstyle.rawValue)
-            NBDCodec.writeOptionRequest(.structuredReply, data: ByteBuffer(), into: &buffer)
-            step = .structuredReply
+            NBDCodec.writeOptionRequest(tls ? .startTLS : .structuredReply, data: ByteBuffer(), into: &buffer)
+            step = tls ? .startTLS : .structuredReply
             return [.send(buffer)]
+        case (.tlsHandshake, _):
+            return fail(.protocolViolation("\(Self.name(message)) while TLS was being set up"))
         case (_, .optionReply(let header, let data)):
             return optionReply(header, data)
         default:
@@ -78,6 +97,8 @@ public struct NBDClientHandshake: Sendable {
     private mutating func optionReply(_ header: NBDOptionReplyHeader, _ data: ByteBuffer) -> [Action] {
         let expected: NBDOption
         switch step {
+        case .startTLS: expected = .startTLS
+        case .tlsHandshake: return fail(.protocolViolation("a reply to \(header.option) while TLS was being set up"))
         case .structuredReply: expected = .structuredReply
         case .metaContext: expected = .setMetaContext
         case .go: expected = .go
@@ -88,6 +109,9 @@ public struct NBDClientHandshake: Sendable {
         }
         if header.reply.isError { return refused(header, data) }
         switch (step, header.reply) {
+        case (.startTLS, .ack):
+            step = .tlsHandshake
+            return [.startTLS]
         case (.structuredReply, .ack):
             structuredReplies = true
             return sendMetaContext()
@@ -201,6 +225,7 @@ public enum NBDClientHandshakeError: Error, Sendable, Equatable, CustomStringCon
             switch reply {
             case .errorUnknown: return "the server has no export '\(name)'\(why)"
             case .errorTLSRequired: return "the server requires TLS (use an nbds:// or nbds+unix:// URI)\(why)"
+            case _ where option == .startTLS: return "the server does not offer TLS (reply \(reply.rawValue))\(why)"
             case .errorPolicy: return "the server refuses export '\(name)' by its policy\(why)"
             case .errorShutdown: return "the server is shutting down\(why)"
             default: return "the server refused \(option) for export '\(name)' (reply \(reply.rawValue))\(why)"

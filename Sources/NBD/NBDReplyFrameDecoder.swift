@@ -40,6 +40,8 @@ public final class NBDReplyFrameDecoder: ByteToMessageDecoder {
         case replyHeader
         case readData(cookie: UInt64, length: Int)
         case chunkPayload(NBDChunkHeader)
+        /// STARTTLS was acknowledged: nothing may come until TLS carries the stream.
+        case tlsBarrier
     }
 
     private var expecting = Expecting.greeting
@@ -53,6 +55,11 @@ public final class NBDReplyFrameDecoder: ByteToMessageDecoder {
     /// From the next message on, the stream holds transmission replies.
     public func startTransmission() {
         expecting = .replyHeader
+    }
+
+    /// TLS now carries the stream (after STARTTLS's ACK): option replies come again.
+    public func tlsStarted() {
+        expecting = .optionReplyHeader
     }
 
     public func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
@@ -83,8 +90,15 @@ public final class NBDReplyFrameDecoder: ByteToMessageDecoder {
                 expecting = .optionReplyData(header)
             case .optionReplyData(let header):
                 guard let data = buffer.readSlice(length: Int(header.length)) else { return nil }
-                expecting = .optionReplyHeader
+                // After STARTTLS's ACK, bytes already received in the clear are not taken as if
+                // TLS had brought them (the STARTTLS injection attack).
+                expecting = header.option == .startTLS && header.reply == .ack ? .tlsBarrier : .optionReplyHeader
                 return .optionReply(header, data: data)
+            case .tlsBarrier:
+                guard buffer.readableBytes == 0 else {
+                    throw .malformedReply("\(buffer.readableBytes) bytes sent in the clear after STARTTLS was acknowledged")
+                }
+                return nil
             case .replyHeader:
                 guard let header = try NBDCodec.readReplyHeader(from: &buffer) else { return nil }
                 switch header {

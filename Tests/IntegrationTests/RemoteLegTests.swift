@@ -82,6 +82,29 @@ import Testing
         #expect(try firstDifference(old, new) == nil, "NEW differs from OLD\n\(mirror.log)")
     }
 
+    /// A target that requires TLS (nbdkit --tls=require with a pre-shared key), reached by an
+    /// nbds+unix:// URI: the mirror ends in sync with NEW a copy of OLD.
+    @Test func aTargetOverTLS() throws {
+        try Tools.require("nbdkit", "qemu-io")
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let old = dir.file("old.img"), new = dir.file("new.img"), keys = dir.file("keys.psk")
+        try makeRandomFile(old, size: 8 << 20)
+        try makeSparseFile(new, size: 8 << 20)
+        let key = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+        try "mirror:\(key)\n".write(toFile: keys, atomically: true, encoding: .utf8)
+        let remote = try Nbdkit(new, in: dir, ["--tls=require", "--tls-psk=\(keys)"])
+        defer { remote.kill() }
+        let uri = remote.uri.replacingOccurrences(of: "nbd+unix:", with: "nbds+unix:") + "&tls-psk-file=\(keys)&tls-username=mirror"
+        let mirror = try MirrorDaemon(source: old, target: uri, in: dir)
+        let write = try run(["qemu-io", "-f", "raw", "-c", "write -P 0x2a 1M 64k", mirror.uri], in: dir)
+        #expect(write.succeeded, "\(write)\n\(mirror.log)")
+        try #require(try mirror.waitForStatus { $0.state == .inSync } != nil)
+        let stop = try mirror.stop()
+        #expect(stop.stdout.contains("in sync"), "\(stop)")
+        #expect(try firstDifference(old, new) == nil, "NEW differs from OLD\n\(mirror.log)")
+    }
+
     /// Each wrong remote is one error line naming the URI, and nothing is served.
     @Test func wrongRemotesAreOneClearError() throws {
         try Tools.require("nbdkit")

@@ -24,6 +24,7 @@ import Testing
                     case .send(let bytes): try connection.send(bytes)
                     case .transmit(let export): return .transmit(export)
                     case .fail(let error): return .fail(error)
+                    case .startTLS: return .fail(.protocolViolation("test: STARTTLS without TLS asked"))
                     }
                 }
             }
@@ -34,8 +35,9 @@ import Testing
 
     /// Runs the negotiation against a server that sends `replies` (after its greeting) whatever
     /// the client sends.
-    func negotiate(scripted replies: [(NBDOption, NBDOptionReply, ByteBuffer)], noZeroes: Bool = true) -> (Outcome?, sent: Int) {
-        var handshake = NBDClientHandshake(exportName: "disk")
+    func negotiate(scripted replies: [(NBDOption, NBDOptionReply, ByteBuffer)], noZeroes: Bool = true,
+                   tls: Bool = false) -> (Outcome?, sent: Int) {
+        var handshake = NBDClientHandshake(exportName: "disk", tls: tls)
         var sent = 0
         var messages: [NBDServerMessage] = [.greeting(noZeroes ? [.fixedNewstyle, .noZeroes] : .fixedNewstyle)]
         messages += replies.map { .optionReply(NBDOptionReplyHeader(option: $0.0, reply: $0.1, length: UInt32($0.2.readableBytes)), data: $0.2) }
@@ -45,6 +47,8 @@ import Testing
                 case .send: sent += 1
                 case .transmit(let export): return (.transmit(export), sent)
                 case .fail(let error): return (.fail(error), sent)
+                case .startTLS:
+                    for next in handshake.tlsEstablished() { if case .send = next { sent += 1 } }
                 }
             }
         }
@@ -126,6 +130,69 @@ import Testing
                 continue
             }
             #expect(what.contains(problem), "\(what)")
+        }
+    }
+
+    /// With TLS the first option is STARTTLS; after its ACK and the TLS handshake the negotiation
+    /// goes on as without (structured replies, meta context, GO).
+    @Test func withTLSStartTLSComesFirst() {
+        var handshake = NBDClientHandshake(exportName: "disk", tls: true)
+        guard case .send(var first)? = handshake.receive(.greeting([.fixedNewstyle, .noZeroes])).first else {
+            Issue.record("nothing sent after the greeting")
+            return
+        }
+        first.moveReaderIndex(forwardBy: 4 + 8)
+        #expect(first.readInteger(as: UInt32.self) == NBDOption.startTLS.rawValue)
+        let ack = NBDServerMessage.optionReply(NBDOptionReplyHeader(option: .startTLS, reply: .ack, length: 0), data: ByteBuffer())
+        #expect(handshake.receive(ack) == [.startTLS])
+        // Anything the server sends before TLS carries the stream is a violation.
+        var early = handshake
+        guard case .fail(.protocolViolation(let why))? = early.receive(ack).first else {
+            Issue.record("not refused")
+            return
+        }
+        #expect(why.contains("while TLS was being set up"))
+        guard case .send(var next)? = handshake.tlsEstablished().first else {
+            Issue.record("nothing sent after TLS")
+            return
+        }
+        next.moveReaderIndex(forwardBy: 8)
+        #expect(next.readInteger(as: UInt32.self) == NBDOption.structuredReply.rawValue)
+    }
+
+    /// A server without TLS refuses STARTTLS: the end, saying so.
+    @Test func aServerWithoutTLSIsAnError() {
+        let (outcome, _) = negotiate(scripted: [(.startTLS, .errorUnsupported, ByteBuffer())], tls: true)
+        guard case .fail(let error)? = outcome else {
+            Issue.record("\(String(describing: outcome))")
+            return
+        }
+        #expect(error.description == "the server does not offer TLS (reply \(NBDOptionReply.errorUnsupported.rawValue))")
+    }
+
+    /// Bytes that came in the clear behind STARTTLS's ACK are refused, not taken as if TLS had
+    /// brought them.
+    @Test func bytesInTheClearAfterStartTLSAreRefused() throws {
+        let tlsDecoder = NBDReplyFrameDecoder(readLength: { _ in nil })
+        var input = ByteBuffer()
+        NBDCodec.writeGreeting([.fixedNewstyle, .noZeroes], into: &input)
+        NBDCodec.writeOptionReply(.startTLS, .ack, into: &input)
+        input.writeBytes([1, 2, 3])
+        _ = try tlsDecoder.next(from: &input)
+        guard case .optionReply? = try tlsDecoder.next(from: &input) else {
+            Issue.record("no ACK")
+            return
+        }
+        #expect(throws: NBDProtocolError.malformedReply("3 bytes sent in the clear after STARTTLS was acknowledged")) {
+            _ = try tlsDecoder.next(from: &input)
+        }
+        var none = ByteBuffer()
+        #expect(try tlsDecoder.next(from: &none) == nil, "nothing in the clear: it waits for TLS")
+        tlsDecoder.tlsStarted()
+        NBDCodec.writeOptionReply(.structuredReply, .ack, into: &none)
+        guard case .optionReply? = try tlsDecoder.next(from: &none) else {
+            Issue.record("no reply after TLS")
+            return
         }
     }
 }

@@ -30,6 +30,7 @@ import Testing
                         case .send(let bytes): try connection.send(bytes)
                         case .transmit(let export): negotiated = export
                         case .fail(let error): throw error
+                        case .startTLS: throw NBDClientHandshakeError.protocolViolation("test: STARTTLS without TLS asked")
                         }
                     }
                 }

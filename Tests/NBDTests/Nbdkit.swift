@@ -11,7 +11,9 @@ final class Nbdkit {
 
     /// Starts nbdkit with `arguments` (filters, plugin and its parameters) and waits for its
     /// socket. With `logRequests`, the log filter goes first, so the log shows what the client sent.
-    init(directory: String, _ arguments: [String], logRequests: Bool = false, name: String = "nbdkit") async throws {
+    /// Without `waitForSocket`, it listens where `arguments` say (TCP) and is not waited for.
+    init(directory: String, _ arguments: [String], logRequests: Bool = false, name: String = "nbdkit",
+         waitForSocket: Bool = true) async throws {
         socket = "\(directory)/\(name).sock"
         log = logRequests ? "\(directory)/\(name).log" : nil
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
@@ -20,8 +22,10 @@ final class Nbdkit {
         // after the plugin name).
         let filters = arguments.filter { $0.hasPrefix("--filter=") }
         let rest = arguments.filter { !$0.hasPrefix("--filter=") }
-        process.arguments = ["nbdkit", "-f", "-U", socket] + logging.prefix(1) + filters + rest + logging.dropFirst()
+        process.arguments = ["nbdkit", "-f"] + (waitForSocket ? ["-U", socket] : []) + logging.prefix(1) + filters + rest
+            + logging.dropFirst()
         try process.run()
+        guard waitForSocket else { return }
         let deadline = ContinuousClock.now + .seconds(60)
         while !FileManager.default.fileExists(atPath: socket) {
             guard process.isRunning, ContinuousClock.now < deadline else {
