@@ -60,11 +60,17 @@ let package = Package(
                 "BlockIO", "BlockExport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOTLS", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
         /// Kernel md through mdadm and /proc/mdstat and sysfs: parsers and the md backend.
+        .target(
+            name: "NBDTLS",
+            dependencies: [
+                "BlockIO", "NBD",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]),
         .target(
             name: "MDBackend",
             dependencies: ["BlockIO", "MirrorModel"]),
@@ -82,7 +88,7 @@ let package = Package(
         .target(
             name: "Daemon",
             dependencies: [
-                "BlockIO", "BlockExport", "NBD", "Mirror", "MirrorModel", "Control",
+                "BlockIO", "BlockExport", "NBD", "NBDTLS", "Mirror", "MirrorModel", "Control",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -132,7 +138,7 @@ let package = Package(
         .testTarget(
             name: "NBDTests",
             dependencies: [
-                "NBD", "BlockExport", "BlockIO",
+                "NBD", "NBDTLS", "BlockExport", "BlockIO",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

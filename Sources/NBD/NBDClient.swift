@@ -1,7 +1,6 @@
 import BlockIO
 import NIOCore
 import NIOPosix
-import NIOSSL
 import NIOTLS
 
 /// One connection to an NBD server, on SwiftNIO: connects to a URI, negotiates
@@ -27,10 +26,12 @@ public final class NBDClient: Sendable {
     }
 
     /// Connects to `uri` and negotiates its export, each within `connectTimeout` (a server that
-    /// accepts and then says nothing is given up on too).
-    public static func connect(to uri: NBDURI, group: any EventLoopGroup, connectTimeout: TimeAmount = .seconds(30),
+    /// accepts and then says nothing is given up on too). A TLS URI needs `tls` (`NBDClientTLS`
+    /// of the `NBDTLS` module, made from the same URI).
+    public static func connect(to uri: NBDURI, tls: (any NBDTLSProvider)? = nil, group: any EventLoopGroup,
+                               connectTimeout: TimeAmount = .seconds(30),
                                requestTimeout: TimeAmount = .seconds(30)) async throws(NBDClientError) -> NBDClient {
-        let tls = try uri.tls.map { _ throws(NBDClientError) in try NBDClientTLS(uri) }
+        if uri.tls != nil && tls == nil { throw NBDClientError(uri: uri, reason: "the URI asks for TLS, and no TLS was set up for it") }
         let loop = group.next()
         // Made here and completed on every path (the handler ends the negotiation; a connection
         // that never comes up fails them below), so nobody waits on a handler that never was.
@@ -114,7 +115,7 @@ final class NBDClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     let decoder: NBDReplyFrameDecoder
     private let uri: NBDURI
     /// With TLS: what STARTTLS's handshake uses.
-    private let tls: NBDClientTLS?
+    private let tls: (any NBDTLSProvider)?
     private let requestTimeout: TimeAmount
     private var handshake: NBDClientHandshake
     private var assembler = NBDReplyAssembler(baseAllocationID: nil)
@@ -128,7 +129,7 @@ final class NBDClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// Completed when the negotiation ends.
     private let negotiated: EventLoopPromise<NBDClientHandshake.Export>
 
-    init(uri: NBDURI, tls: NBDClientTLS?, requestTimeout: TimeAmount, negotiated: EventLoopPromise<NBDClientHandshake.Export>) {
+    init(uri: NBDURI, tls: (any NBDTLSProvider)?, requestTimeout: TimeAmount, negotiated: EventLoopPromise<NBDClientHandshake.Export>) {
         self.uri = uri
         self.tls = tls
         self.requestTimeout = requestTimeout
@@ -197,7 +198,7 @@ final class NBDClientHandler: ChannelInboundHandler, RemovableChannelHandler {
             case .startTLS:
                 do {
                     guard let tls else { throw NBDClientHandshakeError.protocolViolation("STARTTLS without TLS settings") }
-                    try context.pipeline.syncOperations.addHandler(try tls.handler(), position: .first)
+                    try context.pipeline.syncOperations.addHandler(try tls.makeHandler(), position: .first)
                 } catch {
                     breakConnection("cannot start TLS: \(error)")
                     context.close(promise: nil)

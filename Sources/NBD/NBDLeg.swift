@@ -70,10 +70,10 @@ public final class NBDLeg: Leg {
 
     /// Connects to `uri` — `options.connections` times when the server offers CAN_MULTI_CONN —
     /// and checks that the export can serve as a leg: writable unless `readOnly`, the same on
-    /// every connection. The error names the URI.
-    public static func open(_ uri: NBDURI, readOnly: Bool, options: Options = Options(), group: any EventLoopGroup = eventLoops,
-                            logger: Logger) async throws(NBDClientError) -> NBDLeg {
-        let first = try await NBDClient.connect(to: uri, group: group, connectTimeout: options.connectTimeout,
+    /// every connection. A TLS URI needs `tls`. The error names the URI.
+    public static func open(_ uri: NBDURI, tls: (any NBDTLSProvider)? = nil, readOnly: Bool, options: Options = Options(),
+                            group: any EventLoopGroup = eventLoops, logger: Logger) async throws(NBDClientError) -> NBDLeg {
+        let first = try await NBDClient.connect(to: uri, tls: tls, group: group, connectTimeout: options.connectTimeout,
                                                 requestTimeout: options.requestTimeout)
         var connections = [first]
         do throws(NBDClientError) {
@@ -82,7 +82,7 @@ public final class NBDLeg: Leg {
             }
             if first.export.flags.contains(.canMultiConn) {
                 for _ in 1..<options.connections {
-                    let more = try await NBDClient.connect(to: uri, group: group, connectTimeout: options.connectTimeout,
+                    let more = try await NBDClient.connect(to: uri, tls: tls, group: group, connectTimeout: options.connectTimeout,
                                                            requestTimeout: options.requestTimeout)
                     connections.append(more)
                     guard more.export == first.export else {

@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import Testing
 @testable import NBD
+import NBDTLS
 
 /// `nbds://` against nbdkit with `--tls=require`: X.509 (certificates made here with openssl: a CA,
 /// a server certificate for localhost and 127.0.0.1) over a Unix socket and over TCP by name and by
@@ -66,7 +67,9 @@ import Testing
     }
 
     func connect(_ uri: String) async throws -> NBDClient {
-        try await NBDClient.connect(to: try NBDURI.parse(uri), group: group, connectTimeout: .seconds(20))
+        let parsed = try NBDURI.parse(uri)
+        return try await NBDClient.connect(to: parsed, tls: parsed.tls == nil ? nil : try NBDClientTLS(parsed), group: group,
+                                           connectTimeout: .seconds(20))
     }
 
     func refusal(_ uri: String) async -> String? {

@@ -1,5 +1,7 @@
 import BlockIO
 import Foundation
+import NBD
+import NIOCore
 import NIOSSL
 #if canImport(Glibc)
 import Glibc
@@ -15,7 +17,7 @@ import Glibc
 ///
 /// Over TCP the server's certificate must name the host (or its IP address); over a Unix socket
 /// there is no host to name, so only its chain is checked (libnbd does the same).
-public struct NBDClientTLS: Sendable {
+public struct NBDClientTLS: NBDTLSProvider {
     let configuration: TLSConfiguration
     /// The name sent for SNI and checked against the certificate (nil: none, or an IP address).
     let serverHostname: String?
@@ -65,8 +67,7 @@ public struct NBDClientTLS: Sendable {
         serverHostname = host.flatMap { Self.isIPAddress($0) ? nil : $0 }
     }
 
-    /// A handler for one connection.
-    func handler() throws -> NIOSSLClientHandler {
+    public func makeHandler() throws -> any ChannelHandler {
         try NIOSSLClientHandler(context: NIOSSLContext(configuration: configuration), serverHostname: serverHostname)
     }
 
