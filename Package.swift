@@ -100,7 +100,7 @@ let package = Package(
         .target(
             name: "BlockMirrorCLI",
             dependencies: [
-                "BlockIO", "BlockExport", "NBD", "Mirror", "MirrorModel", "Control", "MDBackend", "Daemon",
+                "BlockIO", "BlockExport", "NBD", "NBDTLS", "Mirror", "MirrorModel", "Control", "MDBackend", "Daemon",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),
@@ -143,6 +143,7 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOTLS", package: "swift-nio"),
             ]),
         .testTarget(
             name: "IntegrationTests",

@@ -59,6 +59,7 @@ struct BuildCommand: AsyncParsableCommand {
 
     @OptionGroup var remote: RemoteLegOptions
     @OptionGroup var serverLimits: ServerLimitsOptions
+    @OptionGroup var serverTLS: ServerTLSOptions
     @OptionGroup var metrics: MetricsOption
     @OptionGroup var runtime: RuntimeOptions
     @OptionGroup var logging: LoggingOptions
@@ -67,7 +68,7 @@ struct BuildCommand: AsyncParsableCommand {
         if runtime.backend == .md {
             // Kernel md: the array itself is the block device clients use; the engine's options do not apply.
             let engineOnly = [("--listen", !listen.isEmpty), ("--bitmap", bitmap != nil), ("--daemon", daemon),
-                              ("--metrics", metrics.metrics != nil), ("--speed-max", speedMax != nil)]
+                              ("--metrics", metrics.metrics != nil), ("--speed-max", speedMax != nil), ("--tls", serverTLS.tls != .off)]
             if let (option, _) = engineOnly.first(where: { $0.1 }) {
                 throw ValidationError("\(option) is for the engine backend; with --backend md the array is /dev/NAME")
             }
@@ -119,7 +120,8 @@ struct BuildCommand: AsyncParsableCommand {
             let mirrorMetrics = MirrorMetrics(name: name)
             metricsSettings?.sample = { mirrorMetrics.update(from: $0.status) }
         }
-        try await ExportDaemon.serve(name: name, listen: addresses, limits: serverLimits.limits, logger: logger, control: control,
+        let tls = try attempt { try serverTLS.policy() }
+        try await ExportDaemon.serve(name: name, listen: addresses, limits: serverLimits.limits, tls: tls, logger: logger, control: control,
                                      metrics: metricsSettings, open: { aio in try await settings.open(aio: aio, logger: logger) },
                                      report: { settings.report($0.status) })
     }

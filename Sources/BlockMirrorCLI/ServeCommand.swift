@@ -27,6 +27,7 @@ struct ServeCommand: AsyncParsableCommand {
     var readonly = false
 
     @OptionGroup var serverLimits: ServerLimitsOptions
+    @OptionGroup var serverTLS: ServerTLSOptions
     @OptionGroup var metrics: MetricsOption
     @OptionGroup var logging: LoggingOptions
 
@@ -40,7 +41,8 @@ struct ServeCommand: AsyncParsableCommand {
         let logger = makeLogger(label: "blockmirror.serve", level: logging.logLevel.level)
         let addresses = try listen.map { value throws(ListenAddress.ParseError) in try ListenAddress(parsing: value) }
         let metricsSettings: ExportDaemon.Metrics<FileExport>? = try metrics.daemonMetrics()
-        try await ExportDaemon.serve(name: name, listen: addresses, limits: serverLimits.limits, logger: logger, metrics: metricsSettings) { aio in
+        let tls = try attempt { try serverTLS.policy() }
+        try await ExportDaemon.serve(name: name, listen: addresses, limits: serverLimits.limits, tls: tls, logger: logger, metrics: metricsSettings) { aio in
             let device = try BlockDevice.open(path: path, readOnly: readonly, aio: aio, logger: logger)
             logger.info("opened", metadata: ["device": "\(path)", "kind": "\(device.kind.rawValue)", "size": "\(device.size)",
                                              "direct": "\(device.isDirect)", "alignment": "\(device.alignment)"])

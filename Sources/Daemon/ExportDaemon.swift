@@ -58,8 +58,8 @@ public enum ExportDaemon {
     /// SIGTERM stop it; a daemon inside another program (a test) leaves the process's signals alone
     /// and stops on a `stop` request only.
     public static func run<Export: BlockExport>(
-        name: String, listen addresses: [ListenAddress], limits: NBDServerLimits, logger: Logger, control: Control<Export>? = nil,
-        metrics: Metrics<Export>? = nil, takeSignals: Bool = true, announce: (String) -> Void, ready: () -> Void = {},
+        name: String, listen addresses: [ListenAddress], limits: NBDServerLimits, tls: NBDServerTLSPolicy? = nil, logger: Logger,
+        control: Control<Export>? = nil, metrics: Metrics<Export>? = nil, takeSignals: Bool = true, announce: (String) -> Void, ready: () -> Void = {},
         open: (AIOEngine) async throws -> Export, report: (Export) -> String? = { _ in nil }
     ) async throws -> String? {
         let aio: AIOEngine
@@ -90,7 +90,7 @@ public enum ExportDaemon {
             await tearDown()
             throw error
         }
-        let server = NBDServer(registry: NBDExportRegistry([(name, export)]), group: group, logger: logger, limits: limits)
+        let server = NBDServer(registry: NBDExportRegistry([(name, export)]), group: group, logger: logger, limits: limits, tls: tls)
         do {
             if let control {
                 let answer = control.answer
@@ -107,8 +107,8 @@ public enum ExportDaemon {
             }
             for address in addresses {
                 let bound = try await server.listen(on: address)
-                announce(bound.uri(exportName: name))
-                info.withLock { $0.exports.append(bound.uri(exportName: name)) }
+                announce(bound.uri(exportName: name, tls: tls != nil))
+                info.withLock { $0.exports.append(bound.uri(exportName: name, tls: tls != nil)) }
             }
             if let metrics {
                 let server = try await MetricsServer(host: metrics.host, port: metrics.port, group: group, registry: metrics.registry) {

@@ -39,12 +39,14 @@ public enum ListenAddress: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
-    /// The NBD URI (as libnbd, qemu and nbdkit spell it) that reaches `exportName` here.
-    public func uri(exportName: String) -> String {
+    /// The NBD URI (as libnbd, qemu and nbdkit spell it) that reaches `exportName` here; with
+    /// `tls`, its `nbds` form (a client adds its credentials as query parameters).
+    public func uri(exportName: String, tls: Bool = false) -> String {
         let name = exportName.addingURIPathEscapes()
+        let secure = tls ? "s" : ""
         switch self {
-        case .unix(let path): return "nbd+unix:///\(name)?socket=\(path)"
-        case let .tcp(host, port): return "nbd://\(host.contains(":") ? "[\(host)]" : host):\(port)/\(name)"
+        case .unix(let path): return "nbd\(secure)+unix:///\(name)?socket=\(path)"
+        case let .tcp(host, port): return "nbd\(secure)://\(host.contains(":") ? "[\(host)]" : host):\(port)/\(name)"
         }
     }
 }

@@ -6,6 +6,8 @@ struct NBDConnectionEnvironment: Sendable {
     let tracker: NBDConnectionTracker
     let budget: NBDPayloadBudget
     let logLimiter: NBDLogLimiter
+    /// nil: no TLS (STARTTLS is refused as unsupported).
+    var tls: NBDServerTLSPolicy? = nil
 
     var timeouts: NBDConnectionTimeouts { NBDConnectionTimeouts(limits) }
 }

@@ -41,6 +41,8 @@ final class NBDFrameDecoder: ByteToMessageDecoder {
         case optionData(NBDOptionHeader)
         case request
         case payload(remaining: Int)
+        /// STARTTLS was acknowledged: nothing may come until TLS carries the stream.
+        case tlsBarrier
     }
 
     private var expecting = Expecting.clientFlags
@@ -51,6 +53,17 @@ final class NBDFrameDecoder: ByteToMessageDecoder {
     /// From the next message on, the stream holds transmission requests.
     func startTransmission() {
         expecting = .request
+    }
+
+    /// STARTTLS is acknowledged: bytes already received in the clear behind it are a protocol
+    /// error (the STARTTLS injection attack), not options TLS brought; `tlsStarted()` lifts it.
+    func awaitTLS() {
+        expecting = .tlsBarrier
+    }
+
+    /// TLS carries the stream: options come again.
+    func tlsStarted() {
+        expecting = .optionHeader
     }
 
     func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
@@ -98,6 +111,11 @@ final class NBDFrameDecoder: ByteToMessageDecoder {
                 guard let request = try NBDCodec.readRequest(from: &buffer) else { return nil }
                 if request.hasPayload && request.length > 0 { expecting = .payload(remaining: Int(request.length)) }
                 return .request(request)
+            case .tlsBarrier:
+                guard buffer.readableBytes == 0 else {
+                    throw .malformedOption(.startTLS, "\(buffer.readableBytes) bytes sent in the clear after STARTTLS")
+                }
+                return nil
             case .payload(let remaining):
                 guard buffer.readableBytes > 0 else { return nil }
                 let piece = buffer.readSlice(length: min(remaining, buffer.readableBytes))!

@@ -2,6 +2,7 @@ import BlockExport
 import BlockIO
 import Logging
 import NIOCore
+import NIOTLS
 
 /// What a negotiation settled, for the transmission that follows it.
 struct NBDNegotiated {
@@ -38,6 +39,8 @@ final class NBDNegotiationHandler: ChannelInboundHandler, RemovableChannelHandle
     private var structuredReplies = false
     private var baseAllocationSelected = false
     private var closing = false
+    /// STARTTLS succeeded: the stream is TLS (or its handshake runs).
+    private var tlsActive = false
     /// The transmission handler took over (and with it the clock).
     private var handedOver = false
 
@@ -128,6 +131,10 @@ final class NBDNegotiationHandler: ChannelInboundHandler, RemovableChannelHandle
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case NBDConnectionEvent.finish = event {
             finish(context: context)
+        } else if case TLSUserEvent.handshakeCompleted = event, tlsActive {
+            logger.debug("TLS established")
+            decoder.tlsStarted()
+            context.fireUserInboundEventTriggered(event)
         } else {
             context.fireUserInboundEventTriggered(event)
         }
@@ -157,6 +164,11 @@ final class NBDNegotiationHandler: ChannelInboundHandler, RemovableChannelHandle
             default: sendOptionError(option, .errorPolicy, refusal, context: context)
             }
             return finish(context: context)
+        }
+        if environment.tls?.mode == .require && !tlsActive && option != .startTLS && option != .abort {
+            // EXPORT_NAME has no error reply: closing is the answer.
+            if option == .exportName { throw .malformedOption(option, "TLS is required: STARTTLS first") }
+            return sendOptionError(option, .errorTLSRequired, "this server requires TLS: send STARTTLS first", context: context)
         }
         switch option {
         case .exportName:
@@ -204,9 +216,36 @@ final class NBDNegotiationHandler: ChannelInboundHandler, RemovableChannelHandle
         case .listMetaContext, .setMetaContext:
             handleMetaContext(option, data: data, context: context)
         case .startTLS:
-            sendOptionError(option, .errorUnsupported, "TLS is not supported by this server", context: context)
+            startTLS(data: data, context: context)
         default:
             sendOptionError(option, .errorUnsupported, "\(option) is not supported", context: context)
+        }
+    }
+
+    /// STARTTLS: ACK in the clear, then the TLS handler goes in front of the decoder, and what was
+    /// negotiated before is forgotten (the NBD spec: nothing said in the clear carries over).
+    private func startTLS(data: ByteBuffer, context: ChannelHandlerContext) {
+        guard let tls = environment.tls else {
+            return sendOptionError(.startTLS, .errorUnsupported, "TLS is not offered by this server", context: context)
+        }
+        guard !tlsActive else { return sendOptionError(.startTLS, .errorInvalid, "TLS is already active", context: context) }
+        guard data.readableBytes == 0 else { return sendOptionError(.startTLS, .errorInvalid, "STARTTLS takes no data", context: context) }
+        let handler: any ChannelHandler
+        do { handler = try tls.provider.makeHandler() } catch {
+            logger.error("cannot set up TLS: \(error)")
+            return sendOptionError(.startTLS, .errorUnsupported, "TLS cannot be set up on this server", context: context)
+        }
+        sendOptionReply(.startTLS, .ack, context: context)
+        context.flush()
+        tlsActive = true
+        structuredReplies = false
+        baseAllocationSelected = false
+        decoder.awaitTLS()
+        do {
+            try context.pipeline.syncOperations.addHandler(handler, position: .first)
+        } catch {
+            logger.debug("cannot start TLS: \(error)")
+            finish(context: context)
         }
     }
 

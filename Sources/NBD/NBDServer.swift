@@ -25,9 +25,10 @@ public final class NBDServer: Sendable {
     private let acceptBackoff: NBDAcceptBackoff
     private let listeners = Mutex<[(address: ListenAddress, channel: any Channel)]>([])
 
-    /// A server for `registry`'s exports. Raises the process's soft limit on open descriptors to
-    /// the hard limit: every connection takes one.
-    public init(registry: NBDExportRegistry, group: any EventLoopGroup, logger: Logger, limits: NBDServerLimits = NBDServerLimits()) {
+    /// A server for `registry`'s exports, offering TLS as `tls` says (nil: none). Raises the
+    /// process's soft limit on open descriptors to the hard limit: every connection takes one.
+    public init(registry: NBDExportRegistry, group: any EventLoopGroup, logger: Logger, limits: NBDServerLimits = NBDServerLimits(),
+                tls: NBDServerTLSPolicy? = nil) {
         self.registry = registry
         self.limits = limits
         self.group = group
@@ -35,7 +36,7 @@ public final class NBDServer: Sendable {
         let tracker = NBDConnectionTracker(limit: limits.maximumConnections)
         environment = NBDConnectionEnvironment(registry: registry, limits: limits, tracker: tracker,
                                                budget: NBDPayloadBudget(limit: limits.maximumPayloadBytes),
-                                               logLimiter: NBDLogLimiter(logger: logger))
+                                               logLimiter: NBDLogLimiter(logger: logger), tls: tls)
         acceptBackoff = NBDAcceptBackoff(logger: logger) { tracker.count }
         OpenFileLimit.raiseToHardLimit()
     }

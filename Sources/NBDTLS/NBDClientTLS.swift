@@ -32,11 +32,8 @@ public struct NBDClientTLS: NBDTLSProvider {
             let username = tls.username ?? Self.loginName()
             let key = try Self.preSharedKey(path, username: username, uri: uri)
             var configuration = TLSConfiguration.makePreSharedKeyConfiguration()
-            // BoringSSL offers PSK in TLS 1.2 only, and only with these suites (GnuTLS, as nbdkit
-            // and qemu use it, accepts the ECDHE ones).
             configuration.maximumTLSVersion = .tlsv12
-            configuration.cipherSuites = "ECDHE-PSK-CHACHA20-POLY1305:ECDHE-PSK-AES128-CBC-SHA:ECDHE-PSK-AES256-CBC-SHA:"
-                + "PSK-AES128-CBC-SHA:PSK-AES256-CBC-SHA"
+            configuration.cipherSuites = Self.pskCipherSuites
             configuration.certificateVerification = .none
             configuration.pskClientProvider = { _ in PSKClientIdentityResponse(key: key, identity: username) }
             self.configuration = configuration
@@ -90,14 +87,8 @@ public struct NBDClientTLS: NBDTLSProvider {
         }
         for line in text.split(whereSeparator: \.isNewline) {
             guard let colon = line.firstIndex(of: ":"), line[..<colon] == username else { continue }
-            let hex = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
-            var key: [UInt8] = []
-            var digits = hex.utf8.makeIterator()
-            while let high = digits.next() {
-                guard let low = digits.next(), let byte = UInt8(String(decoding: [high, low], as: UTF8.self), radix: 16) else {
-                    throw NBDClientError(uri: uri, reason: "the key of \(UntrustedText.escape(username)) in \(file) is not hexadecimal")
-                }
-                key.append(byte)
+            guard let key = NBDServerTLS.hex(line[line.index(after: colon)...]) else {
+                throw NBDClientError(uri: uri, reason: "the key of \(UntrustedText.escape(username)) in \(file) is not hexadecimal")
             }
             guard !key.isEmpty else { throw NBDClientError(uri: uri, reason: "the key of \(UntrustedText.escape(username)) in \(file) is empty") }
             return NIOSSLSecureBytes(key)
@@ -105,6 +96,11 @@ public struct NBDClientTLS: NBDTLSProvider {
         throw NBDClientError(uri: uri, reason: "no key for user \(UntrustedText.escape(username)) in the PSK file \(file) "
                              + "(set tls-username= to the name its line starts with)")
     }
+
+    /// The PSK suites both ends offer: BoringSSL has PSK in TLS 1.2 only, with these (GnuTLS, as
+    /// nbdkit, qemu and libnbd use it, takes the ECDHE ones).
+    static let pskCipherSuites = "ECDHE-PSK-CHACHA20-POLY1305:ECDHE-PSK-AES128-CBC-SHA:ECDHE-PSK-AES256-CBC-SHA:"
+        + "PSK-AES128-CBC-SHA:PSK-AES256-CBC-SHA"
 
     private static func loginName() -> String {
         getpwuid(geteuid()).flatMap { $0.pointee.pw_name.map { String(cString: $0) } } ?? "root"

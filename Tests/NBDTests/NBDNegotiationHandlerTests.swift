@@ -1,4 +1,5 @@
 import NIOCore
+import NIOTLS
 import Testing
 @testable import NBD
 
@@ -222,5 +223,77 @@ import Testing
         _ = try connection.readExportInfo(.go)
         #expect(try connection.readSimpleReply() == .init(error: .ok, cookie: 3))
         #expect(Array(try connection.bytes(2).readableBytesView) == export.bytes(at: 0, count: 2))
+    }
+
+    // MARK: STARTTLS
+
+    /// Stands where the TLS handler goes, for the negotiation's own rules (real TLS, with real
+    /// clients, is `ServerTLSTests`): passes bytes through and says the handshake is done on the
+    /// event loop's next turn (as a real one is, a round trip later: not within the read that
+    /// carried STARTTLS).
+    private struct PlaintextStandIn: NBDTLSProvider {
+        final class Handler: ChannelInboundHandler {
+            typealias InboundIn = ByteBuffer
+            func handlerAdded(context: ChannelHandlerContext) {
+                context.eventLoop.assumeIsolated().execute {
+                    context.fireUserInboundEventTriggered(TLSUserEvent.handshakeCompleted(negotiatedProtocol: nil))
+                }
+            }
+        }
+        func makeHandler() throws -> any ChannelHandler { Handler() }
+    }
+
+    private func connectTLS(_ mode: NBDServerTLSPolicy.Mode) throws -> NBDTestConnection {
+        let connection = try NBDTestConnection(exports: [("disk", export)], tls: NBDServerTLSPolicy(mode: mode, provider: PlaintextStandIn()))
+        _ = try connection.readGreeting()
+        try connection.sendFlags()
+        return connection
+    }
+
+    /// With `--tls require`, every option but STARTTLS and ABORT gets ERR_TLS_REQD until TLS; then
+    /// the negotiation goes on (and what was said in the clear is forgotten).
+    @Test func requireRefusesEveryOptionBeforeTLS() throws {
+        let connection = try connectTLS(.require)
+        for (option, data) in [(NBDOption.list, ByteBuffer()), (.structuredReply, ByteBuffer()),
+                               (.go, NBDTestConnection.exportRequest("disk"))] {
+            try connection.sendOption(option, data)
+            let reply = try connection.readOptionReply()
+            #expect(reply.option == option && reply.type == .errorTLSRequired && reply.text.contains("requires TLS"), "\(option)")
+        }
+        try connection.sendOption(.startTLS)
+        #expect(try connection.readOptionReply().type == .ack)
+        try connection.sendOption(.startTLS)
+        let again = try connection.readOptionReply()
+        #expect(again.type == .errorInvalid && again.text == "TLS is already active")
+        try connection.sendOption(.go, NBDTestConnection.exportRequest("disk"))
+        _ = try connection.readExportInfo(.go)
+        #expect(try served(connection))
+    }
+
+    /// EXPORT_NAME has no error reply: before TLS, under `require`, it closes the connection.
+    @Test func requireClosesOnExportNameBeforeTLS() throws {
+        let connection = try connectTLS(.require)
+        try connection.sendOption(.exportName, ByteBuffer(string: "disk"))
+        #expect(!connection.isOpen && connection.unread == 0)
+    }
+
+    /// With `--tls on` a client may stay in the clear.
+    @Test func onLetsAClientStayInTheClear() throws {
+        let connection = try connectTLS(.on)
+        try connection.sendOption(.go, NBDTestConnection.exportRequest("disk"))
+        _ = try connection.readExportInfo(.go)
+        #expect(try served(connection))
+    }
+
+    /// Bytes sent in the clear behind STARTTLS (in the same read) are not taken as if TLS had
+    /// brought them: the ACK goes out, then the connection closes.
+    @Test func bytesInTheClearBehindStartTLSClose() throws {
+        let connection = try connectTLS(.require)
+        var both = ByteBuffer()
+        NBDCodec.writeOptionRequest(.startTLS, data: ByteBuffer(), into: &both)
+        NBDCodec.writeOptionRequest(.go, data: NBDTestConnection.exportRequest("disk"), into: &both)
+        try connection.send(both)
+        #expect(try connection.readOptionReply().type == .ack)
+        #expect(!connection.isOpen && connection.unread == 0)
     }
 }

@@ -124,13 +124,13 @@ final class NBDTestConnection {
 
     /// Connects to a server exporting `exports` (name, export), at most `maximumConnections`
     /// served (a `tracker` shared by several connections counts them all).
-    init(exports: [(name: String, export: any BlockExport)], tracker: NBDConnectionTracker? = nil) throws {
+    init(exports: [(name: String, export: any BlockExport)], tracker: NBDConnectionTracker? = nil, tls: NBDServerTLSPolicy? = nil) throws {
         let limits = NBDServerLimits()
         let logger = Logger(label: "nbd-test") { _ in SwiftLogNoOpLogHandler() }
         let environment = NBDConnectionEnvironment(
             registry: NBDExportRegistry(exports), limits: limits,
             tracker: tracker ?? NBDConnectionTracker(limit: limits.maximumConnections),
-            budget: NBDPayloadBudget(limit: limits.maximumPayloadBytes), logLimiter: NBDLogLimiter(logger: logger))
+            budget: NBDPayloadBudget(limit: limits.maximumPayloadBytes), logLimiter: NBDLogLimiter(logger: logger), tls: tls)
         try NBDConnectionPipeline.configure(channel, environment: environment, logger: logger)
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 10809)).wait()
     }
