@@ -82,6 +82,31 @@ import Testing
         #expect(try firstDifference(old, new) == nil, "NEW differs from OLD\n\(mirror.log)")
     }
 
+    /// A remote that starts failing writes with EIO (nbdkit's error filter, switched on by a file):
+    /// the target fails naming the URI and the error, the client's writes still succeed (from the
+    /// source), and `stop` says NEW is incomplete and why.
+    @Test func aRemoteThatFailsWritesFailsTheTargetNotTheClient() throws {
+        try Tools.require("nbdkit", "qemu-io")
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let old = dir.file("old.img"), new = dir.file("new.img"), trigger = dir.file("fail-now")
+        try makeRandomFile(old, size: 16 << 20)
+        try makeSparseFile(new, size: 16 << 20)
+        let remote = try Nbdkit(new, in: dir, ["--filter=error", "error=EIO", "error-pwrite-rate=100%", "error-file=\(trigger)"])
+        defer { remote.kill() }
+        let mirror = try MirrorDaemon(source: old, target: remote.uri, in: dir)
+        try #require(try mirror.waitForStatus { $0.state == .inSync } != nil)
+        _ = FileManager.default.createFile(atPath: trigger, contents: nil)
+        let write = try run(["qemu-io", "-f", "raw", "-c", "write -P 0x4e 3M 128k", "-c", "read -P 0x4e 3M 128k", mirror.uri], in: dir)
+        #expect(write.succeeded, "a target's EIO reached the client\n\(write)\n\(mirror.log)")
+        let failed = try #require(try mirror.waitForStatus { $0.state == .targetFailed })
+        #expect(failed.failure?.contains(remote.uri) == true && failed.failure?.contains("Input/output error") == true,
+                "\(String(describing: failed.failure))")
+        let stop = try mirror.stop()
+        #expect(stop.stdout.contains("not in sync (target failed:"), "\(stop)")
+        #expect(try readBytes(old, offset: 3 << 20, length: 128 << 10) == Data(repeating: 0x4e, count: 128 << 10))
+    }
+
     /// A target that requires TLS (nbdkit --tls=require with a pre-shared key), reached by an
     /// nbds+unix:// URI: the mirror ends in sync with NEW a copy of OLD.
     @Test func aTargetOverTLS() throws {

@@ -1,8 +1,8 @@
 import Foundation
 import Testing
 
-/// `blockmirror serve --tls require` with real TLS clients: nbdinfo (libnbd, GnuTLS) and qemu-io
-/// with a pre-shared key and with X.509 certificates made here by openssl; a plaintext client is
+/// `blockmirror serve --tls require` with real TLS clients: nbdinfo, nbdcopy (libnbd, GnuTLS),
+/// qemu-io and qemu-img with a pre-shared key, nbdinfo with X.509 certificates made here by openssl; a plaintext client is
 /// refused; and blockmirror's own client (a mirror whose target is such an export) copies onto it.
 @Suite(.serialized) struct ServerTLSTests {
     /// A psktool-style key file for `user`.
@@ -14,7 +14,7 @@ import Testing
     }
 
     @Test func preSharedKeysWithLibnbdQemuAndBlockmirror() throws {
-        try Tools.require("nbdinfo", "qemu-io")
+        try Tools.require("nbdinfo", "qemu-io", "qemu-img", "nbdcopy")
         let dir = try TempDir()
         defer { dir.remove() }
         let image = dir.file("disk.img"), keys = try keyFile(dir, user: "alice")
@@ -34,6 +34,14 @@ import Testing
                             "--image-opts", "driver=nbd,path=\(server.socketPath),tls-creds=tls0",
                             "-c", "write -P 0x77 1M 64k", "-c", "read -P 0x77 1M 64k"], in: dir)
         #expect(qemu.succeeded && qemu.stdout.contains("read 65536/65536"), "\(qemu)\n\(server.log)")
+        let converted = dir.file("copy.img")
+        let imgConvert = try run(["qemu-img", "convert", "--object", "tls-creds-psk,id=tls0,endpoint=client,dir=\(dir.path),username=alice",
+                                  "--image-opts", "driver=nbd,path=\(server.socketPath),tls-creds=tls0", "-O", "raw", converted], in: dir)
+        #expect(imgConvert.succeeded, "\(imgConvert)\n\(server.log)")
+        let nbdcopy = try run(["nbdcopy", secure, dir.file("nbdcopy.img")], in: dir)
+        #expect(nbdcopy.succeeded, "\(nbdcopy)\n\(server.log)")
+        #expect(try firstDifference(converted, image) == nil && (try firstDifference(dir.file("nbdcopy.img"), image)) == nil,
+                "a TLS client read other bytes than the image holds")
     }
 
     @Test func x509WithLibnbd() throws {
