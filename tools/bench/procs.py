@@ -154,7 +154,8 @@ def wait_serving(daemon: Daemon, uri_of: Callable[[], str | None], size: int, si
 
     uri_of gives the URI once known (None before: the socket is not there yet, the server has
     not printed it). Raises NotReady (after putting the log tail on stderr) if the daemon exits,
-    prints something else than an nbd+unix URI, exports another size or is not ready in time."""
+    prints something else than an nbd+unix (or, for a TCP server, nbd) URI, exports another size
+    or is not ready in time."""
     deadline = time.monotonic() + timeout
     uri = None
     while time.monotonic() < deadline:
@@ -165,7 +166,7 @@ def wait_serving(daemon: Daemon, uri_of: Callable[[], str | None], size: int, si
             raise NotReady(f"{daemon.what} exited")
         uri = uri or uri_of()
         if uri is not None:
-            if not uri.startswith("nbd+unix://"):
+            if not uri.startswith(("nbd+unix://", "nbd://")):
                 log(f"{daemon.what} printed an unexpected URI: '{uri}'")
                 log_tail(daemon.log_path)
                 raise NotReady(f"{daemon.what}: unexpected URI")

@@ -116,19 +116,21 @@ class QMP:
 
 class StorageDaemon:
     """qemu-storage-daemon with OLD (node src, exported writable over NBD) and NEW (node dst),
-    both O_DIRECT with native AIO, and a QMP monitor; blockdev-mirror src -> dst runs on it."""
+    both O_DIRECT with native AIO, and a QMP monitor; blockdev-mirror src -> dst runs on it.
+    Without new, dst is added later: add_nbd_target (a remote NBD server)."""
 
-    def __init__(self, old: str, new: str, nbd_sock: str, qmp_sock: str, log_path: str, stop_timeout: float):
+    def __init__(self, old: str, new: str | None, nbd_sock: str, qmp_sock: str, log_path: str, stop_timeout: float):
         self.qmp_sock = qmp_sock
         self.uri = f"nbd+unix:///src?socket={nbd_sock}"
         self.stop_timeout = stop_timeout
         self.qmp: QMP | None = None
+        target = ["--blockdev", f"driver=file,node-name=df,filename={new},cache.direct=on,aio=native",
+                  "--blockdev", "driver=raw,node-name=dst,file=df"] if new else []
         self.daemon = Daemon("qemu-storage-daemon", [
             "qemu-storage-daemon",
             "--blockdev", f"driver=file,node-name=sf,filename={old},cache.direct=on,aio=native",
             "--blockdev", "driver=raw,node-name=src,file=sf",
-            "--blockdev", f"driver=file,node-name=df,filename={new},cache.direct=on,aio=native",
-            "--blockdev", "driver=raw,node-name=dst,file=df",
+            *target,
             "--nbd-server", f"addr.type=unix,addr.path={nbd_sock}",
             "--export", "type=nbd,id=e0,node-name=src,writable=on",
             "--chardev", f"socket,path={qmp_sock},server=on,wait=off,id=q0", "--monitor", "chardev=q0",
@@ -144,6 +146,12 @@ class StorageDaemon:
             if job.get("device") == JOB:
                 return job
         return None
+
+    def add_nbd_target(self, host: str, port: int) -> None:
+        """blockdev-add of node dst: qemu's NBD client on the export of host:port (TCP), the
+        mirror's target (the daemon must have been made without new)."""
+        self._monitor().execute("blockdev-add", {"driver": "nbd", "node-name": "dst",
+                                                 "server": {"type": "inet", "host": host, "port": str(port)}})
 
     def start_mirror(self, copy_mode: str, speed: int) -> float:
         """blockdev-mirror (job m0, src -> dst, sync full); returns the time it was sent."""

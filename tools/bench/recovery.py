@@ -57,6 +57,7 @@ import os
 import subprocess
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from . import blockmirror, fio
 from .files import drop_cache, fresh_file, random_file, same_content
@@ -167,6 +168,10 @@ class Bench:
     def sample(self, rnd: int, target: str, metric: str, value: float | None, done: bool = True) -> None:
         self.samples.add((str(rnd), target, metric), value, done)
 
+    def tag(self, target: str, rnd: int) -> str:
+        """How a run's files in the work dir begin."""
+        return f"{target}.r{rnd}"
+
     def fail(self, message: str) -> None:
         log(f"FAILED: {message}")
         self.failures += 1
@@ -192,7 +197,7 @@ class Bench:
 
     def run_4k(self, target: str, rnd: int, uri: str | None) -> None:
         """4k randwrite QD32 for RUNTIME s (raw: on OLD with libaio)."""
-        out = self.work.file(f"{target}.r{rnd}.4k.json")
+        out = self.work.file(f"{self.tag(target, rnd)}.4k.json")
         args = ["--name=rw4k", "--rw=randwrite", "--bs=4k", "--iodepth=32", "--numjobs=1",
                 f"--runtime={self.s.runtime}", "--time_based", "--randrepeat=0",
                 *(fio.on_export(uri) if uri else fio.on_file(self.old))]
@@ -250,6 +255,17 @@ class Bench:
         """A recovery's timing, kept in the work dir (with a failed run's logs)."""
         write_json(self.work.file(name), result)
 
+    def timed(self, argv: list[str], err_path: str) -> float | None:
+        """Runs a copy command (stderr to err_path, at most SYNC_TIMEOUT + 60 s): its wall time in
+        seconds, or None (the tail of its stderr shown) if it failed."""
+        t0 = time.time()
+        with open(err_path, "w") as err:
+            ok = run_limited(argv, self.s.sync_timeout + 60, subprocess.DEVNULL, err) == 0
+        if ok:
+            return round(time.time() - t0, 3)
+        echo_err(tail(err_path))
+        return None
+
 
 # ---------------------------------------------------------------- raw
 
@@ -272,29 +288,25 @@ def raw_round(b: Bench, rnd: int) -> None:
     b.sample(rnd, "raw", "copy_fio_s", secs)
 
     b.reset_new()
-    dd_err = b.work.file("dd.err")
-    t0 = time.time()
-    with open(dd_err, "w") as err:
-        ok = run_limited(["dd", f"if={b.old}", f"of={b.new}", f"bs={s.dd_bs}", "iflag=direct", "oflag=direct",
-                          "conv=notrunc", "status=none"], s.sync_timeout + 60, subprocess.DEVNULL, err) == 0
-    secs = round(time.time() - t0, 3) if ok else None
-    if ok:
-        log(f"  raw dd copy (bs={s.dd_bs}): {secs} s")
-    else:
-        echo_err(tail(dd_err))
+    secs = b.timed(["dd", f"if={b.old}", f"of={b.new}", f"bs={s.dd_bs}", "iflag=direct", "oflag=direct",
+                    "conv=notrunc", "status=none"], b.work.file("dd.err"))
+    if secs is None:
         b.fail(f"dd copy, round {rnd}")
+    else:
+        log(f"  raw dd copy (bs={s.dd_bs}): {secs} s")
     b.sample(rnd, "raw", "copy_dd_s", secs)
     b.run_4k("raw", rnd, None)
 
 
 # ---------------------------------------------------------------- qemu-storage-daemon
 
-def start_qsd(b: Bench) -> StorageDaemon | None:
-    """qemu-storage-daemon on OLD and NEW with its export up; None (logged) if it does not start."""
+def start_qsd(b: Bench, local_target: bool = True) -> StorageDaemon | None:
+    """qemu-storage-daemon on OLD and NEW (not local_target: on OLD only, the target added later)
+    with its export up; None (logged) if it does not start."""
     for sock in ("qsd-qmp.sock", "qsd-nbd.sock"):
         if os.path.exists(b.work.file(sock)):
             os.unlink(b.work.file(sock))
-    qsd = StorageDaemon(b.old, b.new, b.work.file("qsd-nbd.sock"), b.work.file("qsd-qmp.sock"),
+    qsd = StorageDaemon(b.old, b.new if local_target else None, b.work.file("qsd-nbd.sock"), b.work.file("qsd-qmp.sock"),
                         b.work.file("qsd.log"), b.s.stop_timeout)
     qsd.daemon.start()
     try:
@@ -326,31 +338,43 @@ def qsd_failed(b: Bench, qsd: StorageDaemon, what: str, e: QMPError) -> None:
     log_tail(qsd.daemon.log_path)
 
 
+def qsd_recovery(b: Bench, rnd: int, what: str, metric: str, remote: tuple[str, int] | None = None,
+                 in_ready: Callable[[StorageDaemon], None] | None = None) -> None:
+    """One idle qsd recovery onto NEW (remote: onto the NBD server at (HOST, PORT) instead, added
+    with blockdev-add): the time from blockdev-mirror to ready sampled as metric, in_ready run on
+    the ready mirror, then the job cancelled, qsd stopped and NEW compared."""
+    s = b.s
+    qsd = start_qsd(b, local_target=remote is None)
+    if qsd is None:
+        b.fail(f"qsd did not start (round {rnd})")
+        b.sample(rnd, "qsd", metric, None)
+        return
+    try:
+        if remote is not None:
+            qsd.add_nbd_target(*remote)
+        res = qsd.wait_ready(qsd.start_mirror(s.qsd_copy_mode, s.qsd_speed), s.sync_timeout)
+        b.save(f"{b.tag('qsd', rnd)}.{metric}.json", res)
+        if res["done"]:
+            log(f"  qsd {what}: {round(res['seconds'], 3)} s to ready")
+            b.sample(rnd, "qsd", metric, res["seconds"])
+            if in_ready is not None:
+                in_ready(qsd)
+            qsd_finish(b, qsd, what)
+        else:
+            b.fail(f"qsd {what} not ready after {s.sync_timeout}s")
+            b.sample(rnd, "qsd", metric, res["seconds"], done=False)
+            qsd.stop()
+    except QMPError as e:
+        qsd_failed(b, qsd, f"qsd {what} (round {rnd})", e)
+        b.sample(rnd, "qsd", metric, None)
+        qsd.stop()
+
+
 def qsd_round(b: Bench, rnd: int) -> None:
     """qsd's idle recovery (then 4k randwrite on the ready mirror) and its recovery under load."""
     s = b.s
     b.reset_new()
-    qsd = start_qsd(b)
-    if qsd is None:
-        b.fail(f"qsd did not start (round {rnd})")
-        b.sample(rnd, "qsd", "idle_s", None)
-        return
-    try:
-        res = qsd.wait_ready(qsd.start_mirror(s.qsd_copy_mode, s.qsd_speed), s.sync_timeout)
-        b.save(f"qsd.r{rnd}.idle.json", res)
-        if res["done"]:
-            log(f"  qsd idle recovery: {round(res['seconds'], 3)} s to ready")
-            b.sample(rnd, "qsd", "idle_s", res["seconds"])
-            b.run_4k("qsd", rnd, qsd.uri)
-            qsd_finish(b, qsd, "idle recovery")
-        else:
-            b.fail(f"qsd idle recovery not ready after {s.sync_timeout}s")
-            b.sample(rnd, "qsd", "idle_s", res["seconds"], done=False)
-            qsd.stop()
-    except QMPError as e:
-        qsd_failed(b, qsd, f"qsd blockdev-mirror (round {rnd})", e)
-        b.sample(rnd, "qsd", "idle_s", None)
-        qsd.stop()
+    qsd_recovery(b, rnd, "idle recovery", "idle_s", in_ready=lambda qsd: b.run_4k("qsd", rnd, qsd.uri))
 
     b.reset_new()
     qsd = start_qsd(b)
@@ -395,8 +419,10 @@ def qsd_round(b: Bench, rnd: int) -> None:
 class MirrorRun:
     """One blockmirror daemon of a round: started so that its recovery begins at t0."""
 
-    def __init__(self, b: Bench):
+    def __init__(self, b: Bench, target: str | None = None):
+        """target: what the recovery copies onto (a path or an NBD URI; by default NEW)."""
         self.b = b
+        self.target = target or b.new
         self.mirror = blockmirror.Mirror(b.s.bin, NAME, b.run_dir, b.work.file("blockmirror.log"),
                                          b.work.file("blockmirror.out"), b.s.stop_timeout)
         self.uri = ""
@@ -423,7 +449,7 @@ class MirrorRun:
         b = self.b
         try:
             if b.s.bm_start != "add":
-                self._start(b.new)
+                self._start(self.target)
                 if load_tag:
                     b.start_load(self.uri, load_tag)
                 return True
@@ -438,8 +464,8 @@ class MirrorRun:
                 echo_err(tail(load.err_path, 5))
                 return False
         self.t0 = time.time()
-        if not self.mirror.add(b.new):
-            log(f"blockmirror add {NAME} {b.new} failed; tail of {self.mirror.log_path}:")
+        if not self.mirror.add(self.target):
+            log(f"blockmirror add {NAME} {self.target} failed; tail of {self.mirror.log_path}:")
             log_tail(self.mirror.log_path)
             return False
         return True
@@ -480,28 +506,38 @@ class MirrorRun:
         b.verify(f"blockmirror {what}")
 
 
+def bm_recovery(b: Bench, rnd: int, what: str, metric: str, target: str | None = None,
+                in_sync: Callable[[MirrorRun], None] | None = None) -> None:
+    """One idle blockmirror recovery onto target (by default NEW): the time to in-sync sampled
+    as metric (and its poll resolution), in_sync run on the in-sync mirror, then the mirror
+    stopped and NEW compared."""
+    s = b.s
+    m = MirrorRun(b, target)
+    res = m.wait(f"{b.tag('blockmirror', rnd)}.{metric}.json", s.sync_timeout) if m.begin() else None
+    if res is None:
+        m.failed(f"blockmirror {what} (round {rnd})")
+        b.sample(rnd, "blockmirror", metric, None)
+        m.stop()
+    elif res["done"]:
+        log(f"  blockmirror {what}: {round(res['seconds'], 3)} s to in-sync "
+            f"(±{round(res['resolution'] / 2, 3)} s, {res['polls']} polls)")
+        b.sample(rnd, "blockmirror", metric, res["seconds"])
+        b.sample(rnd, "blockmirror", metric.removesuffix("_s") + "_poll_resolution_s", res["resolution"])
+        if in_sync is not None:
+            in_sync(m)
+        m.finish(what)
+    else:
+        b.fail(f"blockmirror {what} not in sync after {s.sync_timeout}s: {res['status']}")
+        b.sample(rnd, "blockmirror", metric, res["seconds"], done=False)
+        m.stop()
+
+
 def bm_round(b: Bench, rnd: int) -> None:
     """blockmirror's idle recovery (then 4k randwrite on the in-sync mirror) and its recovery
     under load."""
     s = b.s
     b.reset_new()
-    m = MirrorRun(b)
-    res = m.wait(f"blockmirror.r{rnd}.idle.json", s.sync_timeout) if m.begin() else None
-    if res is None:
-        m.failed(f"blockmirror idle recovery (round {rnd})")
-        b.sample(rnd, "blockmirror", "idle_s", None)
-        m.stop()
-    elif res["done"]:
-        log(f"  blockmirror idle recovery: {round(res['seconds'], 3)} s to in-sync "
-            f"(±{round(res['resolution'] / 2, 3)} s, {res['polls']} polls)")
-        b.sample(rnd, "blockmirror", "idle_s", res["seconds"])
-        b.sample(rnd, "blockmirror", "idle_poll_resolution_s", res["resolution"])
-        b.run_4k("blockmirror", rnd, m.uri)
-        m.finish("idle recovery")
-    else:
-        b.fail(f"blockmirror idle recovery not in sync after {s.sync_timeout}s: {res['status']}")
-        b.sample(rnd, "blockmirror", "idle_s", res["seconds"], done=False)
-        m.stop()
+    bm_recovery(b, rnd, "idle recovery", "idle_s", in_sync=lambda m: b.run_4k("blockmirror", rnd, m.uri))
 
     b.reset_new()
     m = MirrorRun(b)

@@ -183,18 +183,22 @@ class Report:
         }
 
 
+def print_ratios(heading: str, ratios: dict, notes: list[str] | None) -> None:
+    """The ratios under their heading, then the notes (the end of a report)."""
+    print(heading)
+    for k, v in ratios.items():
+        print(f"- {k}: {fmt_ratio(v)}")
+    if notes:
+        print()
+        for n in notes:
+            print(f"Note: {n}")
+
+
 def report(samples: Samples, meta: dict, out_path: str) -> None:
     """Prints the tables, the ratios and the notes; writes everything as JSON to out_path."""
     r = Report(samples, meta)
     r.recovery_table()
     r.randwrite_table()
     ratios = r.ratios()
-    print("Ratios (medians; > 1 means blockmirror is faster):")
-    for k, v in ratios.items():
-        print(f"- {k}: {fmt_ratio(v)}")
-    notes = meta.get("notes") or []
-    if notes:
-        print()
-        for n in notes:
-            print(f"Note: {n}")
+    print_ratios("Ratios (medians; > 1 means blockmirror is faster):", ratios, meta.get("notes"))
     write_json(out_path, {"meta": meta, "results": r.rows, "ratios": ratios, "samples": r.stats.all_samples()})

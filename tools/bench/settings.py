@@ -77,12 +77,15 @@ def size_bytes(value: str) -> int:
     return int(nbytes)
 
 
-def target_list(value: str, known: list[str]) -> list[str]:
-    """TARGETS: raw first (always: it is the reference), then the others once each, in order."""
-    targets = ["raw"]
+def target_list(value: str, known: list[str], reference: str | None = "raw") -> list[str]:
+    """TARGETS: the reference first (always: raw, the limit; None: a measure without one), then
+    the others once each, in order; at least one."""
+    targets = [reference] if reference else []
     for t in value.split():
         if t not in known:
             raise BenchError(f"unknown target '{t}' (known: {' '.join(known)})")
         if t not in targets:
             targets.append(t)
+    if not targets:
+        raise BenchError(f"TARGETS names no target (known: {' '.join(known)})")
     return targets
