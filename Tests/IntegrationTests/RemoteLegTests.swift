@@ -130,6 +130,30 @@ import Testing
         #expect(try firstDifference(old, new) == nil, "NEW differs from OLD\n\(mirror.log)")
     }
 
+    /// A remote SOURCE whose reads start failing (nbdkit's error filter): the client's read gets
+    /// an error, never silence or zeroes; the mirror stays up and serves what still reads.
+    @Test func aRemoteSourceThatFailsIsAnErrorToTheClient() throws {
+        try Tools.require("nbdkit", "qemu-io")
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let old = dir.file("old.img"), trigger = dir.file("fail-now")
+        try makeRandomFile(old, size: 8 << 20)
+        let remote = try Nbdkit(old, in: dir, ["--filter=error", "error=EIO", "error-pread-rate=100%", "error-file=\(trigger)"])
+        defer { remote.kill() }
+        let mirror = try MirrorDaemon(source: remote.uri, target: "missing", in: dir)
+        let expected = try readBytes(old, offset: 1 << 20, length: 4096)
+        let before = try run(["qemu-io", "-f", "raw", "-c", "read -v 1M 4k", mirror.uri], in: dir)
+        #expect(before.succeeded && before.stdout.contains("read 4096/4096"), "\(before)\n\(mirror.log)")
+        _ = FileManager.default.createFile(atPath: trigger, contents: nil)
+        let failing = try run(["qemu-io", "-f", "raw", "-c", "read 1M 4k", mirror.uri], in: dir)
+        #expect(failing.stdout.contains("Input/output error") || failing.stderr.contains("Input/output error"),
+                "a failing remote source was not an error to the client\n\(failing)\n\(mirror.log)")
+        try FileManager.default.removeItem(atPath: trigger)
+        let after = try run(["qemu-io", "-f", "raw", "-c", "read -P \(expected[0]) 1M 1", mirror.uri], in: dir)
+        #expect(after.succeeded, "the mirror did not serve again once its source did\n\(after)\n\(mirror.log)")
+        _ = try mirror.stop()
+    }
+
     /// Each wrong remote is one error line naming the URI, and nothing is served.
     @Test func wrongRemotesAreOneClearError() throws {
         try Tools.require("nbdkit")
@@ -140,12 +164,19 @@ import Testing
         try makeSparseFile(small, size: 4 << 20)
         let remote = try Nbdkit(small, in: dir)
         defer { remote.kill() }
+        // blockmirror's own server knows its export names (nbdkit serves any).
+        let other = dir.file("other.img")
+        try makeSparseFile(other, size: 8 << 20)
+        let named = try ServerProcess(image: other, in: dir, socketName: "named.sock", name: "disk")
+        defer { named.stop() }
         let missing = "nbd+unix:///?socket=\(dir.file("nobody.sock"))"
+        let noExport = "nbd+unix:///nope?socket=\(named.socketPath)"
         let cases: [(target: String, says: String)] = [
             (missing, "\(missing): cannot connect"),
             ("nbd://exa mple/x", "bad NBD URI nbd://exa mple/x"),
             ("nbd://127.0.0.1:1/x", "nbd://127.0.0.1:1/x: cannot connect"),
             (remote.uri, "target \(remote.uri) has 4194304 bytes, smaller than source \(old) (8388608 bytes)"),
+            (noExport, "\(noExport): the server has no export 'nope'"),
         ]
         for (target, says) in cases {
             let build = try run([try BlockMirrorBinary.path(), "build", "m0", "--source", old, "--target", target,
