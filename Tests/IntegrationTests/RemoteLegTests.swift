@@ -154,6 +154,26 @@ import Testing
         _ = try mirror.stop()
     }
 
+    /// `verify` with a leg that is a URI: equal, then one sector changed behind the server
+    /// (exit 3, the offset named).
+    @Test func verifyComparesALocalAndARemoteLeg() throws {
+        try Tools.require("nbdkit")
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let old = dir.file("old.img"), copy = dir.file("copy.img")
+        try makeRandomFile(old, size: 8 << 20)
+        try FileManager.default.copyItem(atPath: old, toPath: copy)
+        let remote = try Nbdkit(copy, in: dir, ["-r"])
+        defer { remote.kill() }
+        let binary = try BlockMirrorBinary.path()
+        let same = try run([binary, "verify", old, remote.uri], in: dir)
+        #expect(same.succeeded && same.stdout.contains("mismatch_cnt=0"), "\(same)")
+        try writeInPlace(copy, offset: 5 << 20, Data(repeating: 0xA5, count: 512))
+        let differs = try run([binary, "verify", remote.uri, old], in: dir)
+        #expect(differs.exited && differs.status == 3 && differs.stdout.contains("mismatch_cnt=1") && differs.stdout.contains("offset \(5 << 20)"),
+                "\(differs)")
+    }
+
     /// Each wrong remote is one error line naming the URI, and nothing is served.
     @Test func wrongRemotesAreOneClearError() throws {
         try Tools.require("nbdkit")
