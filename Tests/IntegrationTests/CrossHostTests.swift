@@ -66,13 +66,12 @@ final class SecondHost {
         defer { dir.remove() }
         let host = try SecondHost()
         defer { host.tearDown() }
-        let old = dir.file("old.img"), new = dir.file("new.img"), mnt = dir.file("direct"), keys = dir.file("keys.psk")
+        let old = dir.file("old.img"), new = dir.file("new.img"), mnt = dir.file("direct")
         try makeSparseFile(old, size: 128 << 20)
         try makeSparseFile(new, size: 128 << 20)
         try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
-        let key = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
-        try "mirror:\(key)\n".write(toFile: keys, atomically: true, encoding: .utf8)
         let first = "before.bin", second = "during.bin"
+        let keys = try preSharedKeyFile(in: dir, user: "mirror")
         try #require(try run("mkfs.ext4", "-q", "-F", old, in: dir).succeeded)
         defer { if isMountPoint(mnt) { _ = try? run("umount", mnt, in: dir) } }
         try #require(try run("mount", "-o", "loop", old, mnt, in: dir).succeeded)

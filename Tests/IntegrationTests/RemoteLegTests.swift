@@ -113,11 +113,10 @@ import Testing
         try Tools.require("nbdkit", "qemu-io")
         let dir = try TempDir()
         defer { dir.remove() }
-        let old = dir.file("old.img"), new = dir.file("new.img"), keys = dir.file("keys.psk")
+        let old = dir.file("old.img"), new = dir.file("new.img")
         try makeRandomFile(old, size: 8 << 20)
         try makeSparseFile(new, size: 8 << 20)
-        let key = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
-        try "mirror:\(key)\n".write(toFile: keys, atomically: true, encoding: .utf8)
+        let keys = try preSharedKeyFile(in: dir, user: "mirror")
         let remote = try Nbdkit(new, in: dir, ["--tls=require", "--tls-psk=\(keys)"])
         defer { remote.kill() }
         let uri = remote.uri.replacingOccurrences(of: "nbd+unix:", with: "nbds+unix:") + "&tls-psk-file=\(keys)&tls-username=mirror"

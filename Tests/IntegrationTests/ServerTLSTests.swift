@@ -5,19 +5,11 @@ import Testing
 /// qemu-io and qemu-img with a pre-shared key, nbdinfo with X.509 certificates made here by openssl; a plaintext client is
 /// refused; and blockmirror's own client (a mirror whose target is such an export) copies onto it.
 @Suite(.serialized) struct ServerTLSTests {
-    /// A psktool-style key file for `user`.
-    func keyFile(_ dir: TempDir, user: String) throws -> String {
-        let path = dir.file("keys.psk")
-        let key = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
-        try "\(user):\(key)\n".write(toFile: path, atomically: true, encoding: .utf8)
-        return path
-    }
-
     @Test func preSharedKeysWithLibnbdQemuAndBlockmirror() throws {
         try Tools.require("nbdinfo", "qemu-io", "qemu-img", "nbdcopy")
         let dir = try TempDir()
         defer { dir.remove() }
-        let image = dir.file("disk.img"), keys = try keyFile(dir, user: "alice")
+        let image = dir.file("disk.img"), keys = try preSharedKeyFile(in: dir, user: "alice")
         try makeRandomFile(image, size: 8 << 20)
         let server = try ServerProcess(["serve", image, "--tls", "require", "--tls-psk", keys], in: dir)
         defer { server.stop() }
@@ -78,7 +70,7 @@ import Testing
         try Tools.require("qemu-io")
         let dir = try TempDir()
         defer { dir.remove() }
-        let old = dir.file("old.img"), new = dir.file("new.img"), keys = try keyFile(dir, user: "mirror")
+        let old = dir.file("old.img"), new = dir.file("new.img"), keys = try preSharedKeyFile(in: dir, user: "mirror")
         try makeRandomFile(old, size: 8 << 20)
         try makeSparseFile(new, size: 8 << 20)
         let remote = try ServerProcess(["serve", new, "--tls", "require", "--tls-psk", keys], in: dir, socketName: "remote.sock")
@@ -110,4 +102,12 @@ import Testing
             #expect(!result.succeeded && result.stderr.contains(says), "\(arguments): \(result)")
         }
     }
+}
+
+/// A psktool-style key file DIR/keys.psk holding a random 256-bit key for `user`; its path.
+func preSharedKeyFile(in dir: TempDir, user: String) throws -> String {
+    let path = dir.file("keys.psk")
+    let key = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+    try "\(user):\(key)\n".write(toFile: path, atomically: true, encoding: .utf8)
+    return path
 }

@@ -48,12 +48,6 @@ import NBDTLS
         return (server, client)
     }
 
-    func directory() throws -> String {
-        let path = "/var/tmp/nbd-tls-test-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        return path
-    }
-
     /// A write and its read back.
     func exercise(_ client: NBDClient) async throws {
         let data = (0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 11) }
@@ -83,7 +77,7 @@ import NBDTLS
     }
 
     @Test func x509OverAUnixSocketAndOverTCP() async throws {
-        let dir = try directory()
+        let dir = try scratchDirectory("nbd-tls-test")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let (server, client) = try await certificates(in: dir, name: "good")
         let (_, stranger) = try await certificates(in: dir, name: "other")
@@ -122,11 +116,10 @@ import NBDTLS
     }
 
     @Test func aPreSharedKey() async throws {
-        let dir = try directory()
+        let dir = try scratchDirectory("nbd-tls-test")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let keys = dir + "/keys.psk"
-        let key = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
-        try "alice:\(key)\n".write(toFile: keys, atomically: true, encoding: .utf8)
+        try writePreSharedKeyFile(keys, user: "alice")
         let nbdkit = try await Nbdkit(directory: dir, ["--tls=require", "--tls-psk=\(keys)", "memory", "1M"])
         defer { nbdkit.stop() }
         let client = try await connect("nbds+unix:///?socket=\(nbdkit.socket)&tls-psk-file=\(keys)&tls-username=alice")

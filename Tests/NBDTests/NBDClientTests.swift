@@ -11,12 +11,6 @@ import Testing
 @Suite(.serialized, .timeLimit(.minutes(2))) struct NBDClientTests {
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
 
-    func temporaryDirectory() throws -> String {
-        let path = "/var/tmp/nbd-client-test-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        return path
-    }
-
     /// Writes, reads back, flushes and asks for extents.
     func exercise(_ client: NBDClient) async throws {
         let data = (0..<8192).map { UInt8(truncatingIfNeeded: $0 &* 13) }
@@ -48,7 +42,7 @@ import Testing
     }
 
     @Test func talksToThisServer() async throws {
-        let dir = try temporaryDirectory()
+        let dir = try scratchDirectory("nbd-client-test")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let server = NBDServer(registry: NBDExportRegistry([(name: "disk", export: MemoryExport(size: 1 << 20, maximumPayload: 1 << 20))]),
                                group: group, logger: Logger(label: "server"))
@@ -61,7 +55,7 @@ import Testing
     }
 
     @Test func talksToNbdkit() async throws {
-        let dir = try temporaryDirectory()
+        let dir = try scratchDirectory("nbd-client-test")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let socket = dir + "/nbdkit.sock"
         let nbdkit = Process()
@@ -82,7 +76,7 @@ import Testing
     /// A server that accepts the connection and then says nothing is given up on after the
     /// connect timeout, naming the URI (a listener here that never answers).
     @Test func aSilentServerIsGivenUpOn() async throws {
-        let dir = try temporaryDirectory()
+        let dir = try scratchDirectory("nbd-client-test")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let silent = try await ServerBootstrap(group: group)
             .childChannelInitializer { channel in channel.eventLoop.makeSucceededVoidFuture() }
@@ -98,7 +92,7 @@ import Testing
     /// The server going away fails the request in flight and every later one, naming the URI; a
     /// missing export and a missing socket are errors naming it too.
     @Test func aServerThatGoesAwayFailsItsRequests() async throws {
-        let dir = try temporaryDirectory()
+        let dir = try scratchDirectory("nbd-client-test")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let export = MemoryExport(size: 1 << 20, holdFlushes: true)
         let server = NBDServer(registry: NBDExportRegistry([(name: "disk", export: export)]), group: group, logger: Logger(label: "server"))

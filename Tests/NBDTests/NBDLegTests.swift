@@ -10,12 +10,6 @@ import Testing
 @Suite(.serialized, .timeLimit(.minutes(3))) struct NBDLegTests {
     let logger = Logger(label: "nbd-leg-test")
 
-    func temporaryDirectory() throws -> String {
-        let path = "/var/tmp/nbd-leg-test-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        return path
-    }
-
     /// A file of `size` bytes of a pattern, and its path.
     func image(in directory: String, size: Int = 4 << 20) throws -> String {
         let path = directory + "/disk.img"
@@ -69,7 +63,7 @@ import Testing
     /// WRITE_ZEROES, FUA is the flag, BLOCK_STATUS tells the zeroed range from data; several
     /// connections (the file plugin offers multi-conn) all carry requests.
     @Test func servesEveryCommandNatively() async throws {
-        let dir = try temporaryDirectory()
+        let dir = try scratchDirectory("nbd-leg-test")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let path = try image(in: dir)
         let nbdkit = try await Nbdkit(directory: dir, ["file", path], logRequests: true)
@@ -105,7 +99,7 @@ import Testing
     /// sixteen 64 KiB ones, a read likewise; a range off the 4 KiB block is refused with EINVAL
     /// naming the offset, and never sent (nbdkit would fail it).
     @Test func cutsRequestsToTheServersBlockSizes() async throws {
-        let dir = try temporaryDirectory()
+        let dir = try scratchDirectory("nbd-leg-test")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let path = try image(in: dir)
         let nbdkit = try await Nbdkit(directory: dir, ["--filter=blocksize-policy", "file", path, "blocksize-minimum=4096",
@@ -132,7 +126,7 @@ import Testing
     /// with dd, saying it has no FUA; its nozero and noextents filters): zeroes are written as
     /// data, a durable write is a write and a FLUSH, and the allocation map says data throughout.
     @Test func fallsBackWhereTheServerLacksACommand() async throws {
-        let dir = try temporaryDirectory()
+        let dir = try scratchDirectory("nbd-leg-test")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let path = try image(in: dir)
         let nbdkit = try await Nbdkit(directory: dir, [
@@ -155,7 +149,7 @@ import Testing
 
     /// A read-only export is refused as a leg that is written; opened read-only it serves.
     @Test func aReadOnlyExportIsRefusedForWriting() async throws {
-        let dir = try temporaryDirectory()
+        let dir = try scratchDirectory("nbd-leg-test")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let path = try image(in: dir)
         let nbdkit = try await Nbdkit(directory: dir, ["-r", "file", path])
@@ -172,7 +166,7 @@ import Testing
     /// A server that stops answering fails the request after the timeout, and one that dies fails
     /// what comes next, each naming the URI: never a hang.
     @Test func aRemoteThatStopsAnsweringFailsTheIO() async throws {
-        let dir = try temporaryDirectory()
+        let dir = try scratchDirectory("nbd-leg-test")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let path = try image(in: dir)
         let slow = try await Nbdkit(directory: dir, ["--filter=delay", "file", path, "delay-write=30"], name: "slow")

@@ -60,3 +60,16 @@ final class Nbdkit {
 
     struct NbdkitError: Error, CustomStringConvertible { let description: String }
 }
+
+/// A fresh directory under /var/tmp (a disk filesystem) for one test's files, named for `label`.
+func scratchDirectory(_ label: String) throws -> String {
+    let path = "/var/tmp/\(label)-\(UUID().uuidString)"
+    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
+}
+
+/// A psktool-style file at `path` holding a random 256-bit key for `user`.
+func writePreSharedKeyFile(_ path: String, user: String) throws {
+    let key = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+    try "\(user):\(key)\n".write(toFile: path, atomically: true, encoding: .utf8)
+}
