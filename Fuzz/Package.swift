@@ -28,7 +28,7 @@ let package = Package(
         .target(name: "FuzzSupport", dependencies: [blockMirror("BlockIO"), .product(name: "Logging", package: "swift-log")]),
         /// One NBD connection on an EmbeddedChannel, served from an export in memory; the protocol check.
         .target(name: "NBDFuzzHarness", dependencies: ["FuzzSupport", blockMirror("NBD"), blockMirror("BlockExport"),
-                                                       nio("NIOCore"), nio("NIOEmbedded")]),
+                                                       nio("NIOCore"), nio("NIOEmbedded"), nio("NIOTLS")]),
         fuzzTarget("fuzz-nbd-handshake", ["NBDFuzzHarness", blockMirror("NBD"), nio("NIOCore")]),
         fuzzTarget("fuzz-nbd-transmission", ["NBDFuzzHarness", blockMirror("NBD"), blockMirror("BlockExport"), nio("NIOCore")]),
         fuzzTarget("fuzz-control", [blockMirror("Control"), blockMirror("BlockIO"), nio("NIOCore"), nio("NIOEmbedded")]),

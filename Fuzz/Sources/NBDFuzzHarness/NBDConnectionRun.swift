@@ -13,11 +13,12 @@ import Glibc
 /// (`CheckingLogHandler`).
 public enum NBDConnectionRun {
     /// The bytes the server sent to a client that sent `input`, and whether the server closed the
-    /// connection before the end of the input.
-    public static func serve(_ input: [UInt8], chunkSize: Int, registry: NBDExportRegistry) -> (output: [UInt8], closed: Bool) {
+    /// connection before the end of the input. `tls`: the server's STARTTLS policy (nil: none).
+    public static func serve(_ input: [UInt8], chunkSize: Int, registry: NBDExportRegistry,
+                             tls: NBDServerTLSPolicy? = nil) -> (output: [UInt8], closed: Bool) {
         let channel = EmbeddedChannel()
         do {
-            try ConnectionHandlerFactory.configure(channel, registry: registry, logger: CheckingLogHandler.logger(label: "nbd"))
+            try ConnectionHandlerFactory.configure(channel, registry: registry, tls: tls, logger: CheckingLogHandler.logger(label: "nbd"))
             try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 10809)).wait()
         } catch {
             fuzzCheck(false, "cannot set up the embedded connection: \(error)")
@@ -48,17 +49,41 @@ public enum NBDConnectionRun {
     }
 
     /// Serves `input` whole and in about 16 reads (of 7 bytes at least), checks that both runs sent
-    /// the same bytes (the state machine must not depend on how reads split the stream), and
-    /// returns them.
-    public static func serveChunkedAlike(_ input: [UInt8], registry: NBDExportRegistry) -> [UInt8] {
+    /// the same bytes (the state machine must not depend on how reads split the stream), and checks
+    /// the replies against the protocol (`NBDStreamCheck`). Once STARTTLS is acknowledged the split
+    /// does matter, by design: bytes that arrived in the clear in the read that carried it close the
+    /// connection, later ones go through TLS. So then the runs are compared up to the ACK only, and
+    /// each is checked against the protocol on its own (the whole one always hits the barrier; a
+    /// split one may go on negotiating "through TLS").
+    public static func serveAndCheck(_ input: [UInt8], registry: NBDExportRegistry, tls: NBDServerTLSPolicy? = nil) {
         let chunkSize = max(7, input.count / 16)
-        let whole = serve(input, chunkSize: max(1, input.count), registry: registry)
-        let chunked = serve(input, chunkSize: chunkSize, registry: registry)
+        let whole = serve(input, chunkSize: max(1, input.count), registry: registry, tls: tls)
+        let chunked = serve(input, chunkSize: chunkSize, registry: registry, tls: tls)
+        if let end = startTLSAcknowledged(in: whole.output) {
+            fuzzCheck(chunked.output.count >= end && whole.output[..<end] == chunked.output[..<end],
+                      "the server's replies up to STARTTLS's ACK depend on how the input is split")
+            NBDStreamCheck.check(client: input, server: whole.output)
+            NBDStreamCheck.check(client: input, server: chunked.output)
+            return
+        }
         let same = whole.output.count == chunked.output.count
             && whole.output.withUnsafeBytes { a in chunked.output.withUnsafeBytes { b in a.isEmpty || memcmp(a.baseAddress!, b.baseAddress!, a.count) == 0 } }
         fuzzCheck(same, "the server's replies depend on how the input is split: \(whole.output.count) bytes sent for the whole input, "
                   + "\(chunked.output.count) for reads of \(chunkSize) bytes")
         fuzzCheck(whole.closed == chunked.closed, "the connection closed for one split of the input but not the other")
-        return whole.output
+        NBDStreamCheck.check(client: input, server: whole.output)
+    }
+
+    /// Where the server's bytes end after its ACK to STARTTLS, if it sent one (the reply's bytes,
+    /// looked for anywhere: the fuzz exports' data is zeroes, which never look like it).
+    static func startTLSAcknowledged(in output: [UInt8]) -> Int? {
+        var ack = ByteBuffer()
+        NBDCodec.writeOptionReply(.startTLS, .ack, into: &ack)
+        let pattern = Array(ack.readableBytesView)
+        guard output.count >= pattern.count else { return nil }
+        for start in 0...(output.count - pattern.count) where output[start..<(start + pattern.count)].elementsEqual(pattern) {
+            return start + pattern.count
+        }
+        return nil
     }
 }

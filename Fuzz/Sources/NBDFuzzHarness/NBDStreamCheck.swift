@@ -110,6 +110,10 @@ public struct NBDStreamCheck {
             case .ack:
                 require(data.readableBytes == 0, "ACK to \(option) with data")
                 switch option {
+                case .startTLS:
+                    // Nothing negotiated in the clear carries over (the server forgets it too).
+                    structuredReplies = false
+                    contextIDs = []
                 case .structuredReply: structuredReplies = true
                 case .setMetaContext: contextIDs.formUnion(selected)
                 case .go:

@@ -9,16 +9,22 @@ import NIOCore
 /// Each input goes (1) through the codec's negotiation parsers directly (`readClientFlags`,
 /// `readOptionHeader`, `parseExportRequest`, `parseMetaContextRequest`, as the handler calls them),
 /// and (2) to the server's connection handler on an EmbeddedChannel, serving one export named
-/// "disk" (1 MiB, payloads up to 64 KiB), whole and split in about 16 reads (the replies must not differ), with every log line checked;
+/// "disk" (1 MiB, payloads up to 64 KiB), with no TLS, `--tls on` or `--tls require` (by the
+/// input's length; `TLSStandIn` for TLS), whole and split in about 16 reads (the replies must not
+/// differ, up to a STARTTLS acknowledged), with every log line checked;
 /// the server's replies are then read against the protocol (`NBDStreamCheck`).
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzNBDHandshake(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let input = Array(UnsafeBufferPointer(start: data, count: size))
     parseOptions(input)
-    let output = NBDConnectionRun.serveChunkedAlike(input, registry: registry)
-    NBDStreamCheck.check(client: input, server: output)
+    NBDConnectionRun.serveAndCheck(input, registry: registry, tls: tlsPolicies[size % tlsPolicies.count])
     return 0
 }
+
+/// The server's STARTTLS policy, chosen by the input's length (so the corpus keeps its meaning):
+/// none (STARTTLS unsupported), `--tls on`, `--tls require`; TLS itself is `TLSStandIn`.
+private let tlsPolicies: [NBDServerTLSPolicy?] = [nil, NBDServerTLSPolicy(mode: .on, provider: TLSStandIn()),
+                                                 NBDServerTLSPolicy(mode: .require, provider: TLSStandIn())]
 
 private let registry = NBDExportRegistry([(name: "disk", export: FuzzExport(size: 1 << 20, readOnly: false, failing: false,
                                                                             maximumPayload: 64 << 10))])

@@ -28,8 +28,7 @@ public func fuzzNBDTransmission(_ data: UnsafePointer<UInt8>, _ size: Int) -> CI
                             maximumPayload: setup & 64 != 0 ? BlockSizeConstraints.maximumPayload : 64 << 10)
     let registry = NBDExportRegistry([(name: "disk", export: export)])
     let client = negotiation(structured: setup & 1 != 0, blockStatus: setup & 3 == 3, exportName: setup & 4 != 0) + requests
-    let output = NBDConnectionRun.serveChunkedAlike(client, registry: registry)
-    NBDStreamCheck.check(client: client, server: output)
+    NBDConnectionRun.serveAndCheck(client, registry: registry)
     return 0
 }
 
