@@ -193,10 +193,21 @@ public final class FaultInjectingLeg: LegFilter {
     }
 
     public func allocationMap(offset: UInt64, length: UInt64, maxExtents: Int) throws(BlockIOError) -> [BlockDevice.Extent] {
-        if let vanished = state.withLock({ $0.vanished }) {
-            throw BlockIOError(path: path, operation: .seek, offset: offset, errno: Errno(rawValue: ENXIO), detail: "injected: \(vanished)")
-        }
+        if let vanished = vanishedSeek(offset) { throw vanished }
         return try next.allocationMap(offset: offset, length: length, maxExtents: maxExtents)
+    }
+
+    public func allocationMap(offset: UInt64, length: UInt64, maxExtents: Int,
+                              completion: @escaping @Sendable (Result<[BlockDevice.Extent], BlockIOError>) -> Void) {
+        if let vanished = vanishedSeek(offset) { return completion(.failure(vanished)) }
+        next.allocationMap(offset: offset, length: length, maxExtents: maxExtents, completion: completion)
+    }
+
+    /// The error of an allocation map asked after the leg vanished, if it did.
+    private func vanishedSeek(_ offset: UInt64) -> BlockIOError? {
+        state.withLock { $0.vanished }.map {
+            BlockIOError(path: path, operation: .seek, offset: offset, errno: Errno(rawValue: ENXIO), detail: "injected: \($0)")
+        }
     }
 
     public func writeZeroes(offset: UInt64, length: UInt64, mayDeallocate: Bool, fastOnly: Bool,

@@ -44,5 +44,10 @@ extension LegFilter {
         try next.allocationMap(offset: offset, length: length, maxExtents: maxExtents)
     }
 
+    public func allocationMap(offset: UInt64, length: UInt64, maxExtents: Int,
+                              completion: @escaping @Sendable (Result<[BlockDevice.Extent], BlockIOError>) -> Void) {
+        next.allocationMap(offset: offset, length: length, maxExtents: maxExtents, completion: completion)
+    }
+
     public func close() { next.close() }
 }

@@ -44,6 +44,8 @@ public struct LegIdentity: Sendable, Equatable, Codable {
     /// Block devices: `major:minor`.
     public var deviceNumber: String?
     /// Block devices: the identifier that survives reboots (see the type's documentation), if any.
+    /// NBD exports: the server's address and the export's name, spelled one way
+    /// (`NBDURI.location`).
     public var stableID: String?
 
     public init(kind: Kind, path: String, filesystem: UInt64? = nil, inode: UInt64? = nil, birth: Int64? = nil,
@@ -114,8 +116,9 @@ public struct LegIdentity: Sendable, Equatable, Codable {
                 compare("device number", recorded.deviceNumber, deviceNumber)
             }
         case .nbd:
-            // The URI is all that names a remote export.
-            compare("URI", recorded.path, path)
+            // Where the export is, and its name (`stableID`): what names a remote export, however the
+            // URI spells it and whatever credentials it carries.
+            compare("server and export", recorded.stableID ?? recorded.path, stableID ?? path)
         }
         return found
     }
@@ -128,7 +131,7 @@ public struct LegIdentity: Sendable, Equatable, Codable {
         case (.blockDevice, .blockDevice): return deviceNumber == other.deviceNumber
         case (.blockDevice, .file): return stableID.map { $0.hasPrefix(other.loopPrefix) } ?? false
         case (.file, .blockDevice): return other.stableID.map { $0.hasPrefix(loopPrefix) } ?? false
-        case (.nbd, .nbd): return path == other.path
+        case (.nbd, .nbd): return (stableID ?? path) == (other.stableID ?? other.path)
         case (.nbd, _), (_, .nbd): return false
         }
     }

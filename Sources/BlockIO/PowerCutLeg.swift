@@ -189,6 +189,12 @@ public final class PowerCutLeg: LegFilter {
         return try next.allocationMap(offset: offset, length: length, maxExtents: maxExtents)
     }
 
+    public func allocationMap(offset: UInt64, length: UInt64, maxExtents: Int,
+                              completion: @escaping @Sendable (Result<[BlockDevice.Extent], BlockIOError>) -> Void) {
+        guard !isCut else { return completion(.failure(powerCut(.seek, offset, length))) }
+        next.allocationMap(offset: offset, length: length, maxExtents: maxExtents, completion: completion)
+    }
+
     public func read(into buffer: UnsafeMutableRawPointer, count: Int, offset: UInt64,
                      completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void) {
         guard enter() else { return DispatchQueue.global().async { completion(.failure(self.powerCut(.read, offset, UInt64(count)))) } }

@@ -44,6 +44,8 @@ public struct MirrorDaemon: Sendable {
     /// server's minimum block size). The mirror logs once when its recovery ends.
     public func open(aio: AIOEngine, logger: Logger) async throws -> MirrorExport {
         let sourceDevice = try await LegOpener.open(source, readOnly: false, aio: aio, remote: remote, logger: logger)
+        // Before any bitmap is made of it: a source too large for one, or off its own block size.
+        try MirrorExport.checkGeometry(of: sourceDevice, regionSize: regionSize ?? Self.defaultRegionSize)
         if let target { try MirrorExport.refuseSource(target, of: sourceDevice) }
         var targetDevice: (any Leg)?
         if let target { targetDevice = try await LegOpener.open(target, readOnly: false, aio: aio, remote: remote, logger: logger) }
@@ -59,6 +61,7 @@ public struct MirrorDaemon: Sendable {
                 resumed = opened.bitmap
             }
             log = opened.log
+            try MirrorExport.checkGeometry(of: sourceDevice, regionSize: opened.log.regionSize)
         }
         let mirror = MirrorExport(source: sourceDevice, blockSize: targetDevice?.requiredAlignment ?? 1,
                                   regionSize: log?.regionSize ?? regionSize ?? Self.defaultRegionSize, limits: limits, pool: BufferPool(), logger: logger, intentLog: log, resuming: resumed)

@@ -109,7 +109,7 @@ public final class MirrorExport: BlockExport, Sendable {
         let bitmap: RegionBitmap = try core.shared.withLock { shared throws(TargetError) in
             guard !shared.stopping else { throw TargetError(description: "the mirror is stopping") }
             try shared.target.checkAttach(target, sourcePath: source.path, sourceSize: source.size,
-                                          exportBlockSize: Int(capabilities.blockSizes.minimum))
+                                          exportBlockSize: Int(capabilities.blockSizes.minimum), regionSize: shared.bitmap.regionSize)
             guard shared.check.running == nil else { throw TargetError(description: "a check is running") }
             shared.target.attach(target)
             shared.verifiedDiffering = 0
@@ -147,6 +147,27 @@ public final class MirrorExport: BlockExport, Sendable {
         }
         logger.info("target attached, recovery starts", metadata: ["target": "\(target.path)", "regions": "\(dirty)"])
         return dirty
+    }
+
+    /// Regions a mirror's bitmap may have: 2^30 (128 MiB of bits; 1 PiB in 1 MiB regions).
+    public static let maximumRegions: UInt64 = 1 << 30
+
+    /// Refuses a geometry the mirror cannot run: more regions than `maximumRegions` (the bitmap
+    /// would not fit in memory), regions or a source size off the block size the source needs (an
+    /// NBD server's minimum), so that a copy would be refused by the source itself.
+    public static func checkGeometry(of source: any Leg, regionSize: UInt64) throws(TargetError) {
+        let regions = source.size.dividedRoundingUp(by: regionSize)
+        guard regions <= maximumRegions else {
+            let needed = UInt64(1) << UInt64(64 - (source.size.dividedRoundingUp(by: maximumRegions) - 1).leadingZeroBitCount)
+            throw TargetError(description: "source \(source.path) has \(source.size) bytes: \(regions) regions of \(regionSize) bytes, "
+                              + "more than the \(maximumRegions) a bitmap holds (use --region-size \(needed) or more)")
+        }
+        let unit = UInt64(source.requiredAlignment)
+        guard regionSize % unit == 0, source.size % unit == 0 else {
+            throw TargetError(description: "source \(source.path) takes only requests in multiples of \(unit) bytes: "
+                              + (regionSize % unit != 0 ? "use --region-size \(unit) or more"
+                                                        : "its size, \(source.size) bytes, does not end on one"))
+        }
     }
 
     /// Refuses a would-be target that is the source itself, by whatever path (symlink, hard link,

@@ -21,7 +21,8 @@ struct TargetSlot: Sendable {
 
     /// Refuses `target` for a source of `sourceSize` bytes at `sourcePath` if the slot holds a
     /// healthy target or `target` is smaller than the source.
-    func checkAttach(_ target: any Leg, sourcePath: String, sourceSize: UInt64, exportBlockSize: Int = 1) throws(MirrorExport.TargetError) {
+    func checkAttach(_ target: any Leg, sourcePath: String, sourceSize: UInt64, exportBlockSize: Int = 1,
+                     regionSize: UInt64 = 1 << 20) throws(MirrorExport.TargetError) {
         if let leg, failure == nil { throw .init(description: "a target is already attached (\(leg.path))") }
         guard target.size >= sourceSize else {
             throw .init(description: "target \(target.path) has \(target.size) bytes, smaller than source \(sourcePath) (\(sourceSize) bytes)")
@@ -30,6 +31,10 @@ struct TargetSlot: Sendable {
         guard exportBlockSize % unit == 0 else {
             throw .init(description: "target \(target.path) takes only requests in multiples of \(unit) bytes, and the export promised "
                         + "its clients \(exportBlockSize)-byte ones: give it to build as --target, so the export asks for \(unit)")
+        }
+        guard regionSize % UInt64(unit) == 0 else {
+            throw .init(description: "target \(target.path) takes only requests in multiples of \(unit) bytes, more than the "
+                        + "mirror's \(regionSize)-byte regions: build it with --region-size \(unit) or more")
         }
         guard sourceSize % UInt64(unit) == 0 else {
             throw .init(description: "source \(sourcePath) (\(sourceSize) bytes) does not end on a \(unit)-byte block, "

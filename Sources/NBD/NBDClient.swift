@@ -7,9 +7,9 @@ import NIOTLS
 /// (`NBDClientHandshake`), then sends requests — many in flight — and completes each as its reply
 /// arrives (`NBDReplyAssembler`).
 ///
-/// A connection that breaks (reset, closed by the server, a protocol violation, or a request
-/// unanswered for `requestTimeout`) fails every request in flight and every later one with the
-/// reason, naming the URI: a remote that stops answering never hangs its caller.
+/// A connection that breaks (reset, closed by the server, a protocol violation, or no reply at all
+/// for `requestTimeout` while requests are in flight) fails every request in flight and every
+/// later one with the reason, naming the URI: a remote that stops answering never hangs its caller.
 public final class NBDClient: Sendable {
     /// The export negotiated.
     public let export: NBDClientHandshake.Export
@@ -17,13 +17,27 @@ public final class NBDClient: Sendable {
     public let uri: NBDURI
     private let channel: any Channel
     private let handler: NIOLoopBound<NBDClientHandler>
+    private let health: Health
 
-    private init(uri: NBDURI, channel: any Channel, handler: NIOLoopBound<NBDClientHandler>, export: NBDClientHandshake.Export) {
+    /// Why the connection broke, once it did (read from any thread).
+    final class Health: Sendable {
+        let broken = Mutex<String?>(nil)
+    }
+
+    private init(uri: NBDURI, channel: any Channel, handler: NIOLoopBound<NBDClientHandler>, health: Health,
+                 export: NBDClientHandshake.Export) {
         self.uri = uri
         self.channel = channel
         self.handler = handler
+        self.health = health
         self.export = export
     }
+
+    /// The event loop the connection runs on.
+    public var eventLoop: any EventLoop { channel.eventLoop }
+
+    /// Whether the connection broke: every request on it fails from then on.
+    public var isBroken: Bool { health.broken.withLock { $0 != nil } }
 
     /// Connects to `uri` and negotiates its export, each within `connectTimeout` (a server that
     /// accepts and then says nothing is given up on too). A TLS URI needs `tls` (`NBDClientTLS`
@@ -37,11 +51,13 @@ public final class NBDClient: Sendable {
         // that never comes up fails them below), so nobody waits on a handler that never was.
         let negotiated = loop.makePromise(of: NBDClientHandshake.Export.self)
         let added = loop.makePromise(of: NIOLoopBound<NBDClientHandler>.self)
+        let health = Health()
         let bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(connectTimeout)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let handler = NBDClientHandler(uri: uri, tls: tls, requestTimeout: requestTimeout, negotiated: negotiated)
+                    let handler = NBDClientHandler(uri: uri, tls: tls, requestTimeout: requestTimeout, health: health,
+                                                   negotiated: negotiated)
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(handler.decoder))
                     try channel.pipeline.syncOperations.addHandler(handler)
                     added.succeed(NIOLoopBound(handler, eventLoop: channel.eventLoop))
@@ -66,7 +82,7 @@ public final class NBDClient: Sendable {
         do {
             let handler = try await added.futureResult.get()
             let export = try await negotiated.futureResult.get()
-            return NBDClient(uri: uri, channel: channel, handler: handler, export: export)
+            return NBDClient(uri: uri, channel: channel, handler: handler, health: health, export: export)
         } catch {
             channel.close(promise: nil)
             throw error as? NBDClientError ?? NBDClientError(uri: uri, reason: "\(error)")
@@ -117,9 +133,14 @@ final class NBDClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// With TLS: what STARTTLS's handshake uses.
     private let tls: (any NBDTLSProvider)?
     private let requestTimeout: TimeAmount
+    private let health: NBDClient.Health
     private var handshake: NBDClientHandshake
     private var assembler = NBDReplyAssembler(baseAllocationID: nil)
-    private var promises: [UInt64: (promise: EventLoopPromise<NBDReplyAssembler.Reply>, timeout: Scheduled<Void>?)] = [:]
+    private var promises: [UInt64: (promise: EventLoopPromise<NBDReplyAssembler.Reply>, command: NBDCommand, offset: UInt64)] = [:]
+    /// Armed while requests are in flight, re-armed by every reply: the connection is given up
+    /// only when the server answers nothing at all for `requestTimeout` — not when requests merely
+    /// queue behind others (a slow link, a busy server).
+    private var watchdog: Scheduled<Void>?
     private var context: ChannelHandlerContext?
     /// Set once the connection broke: every request from then on fails with it.
     private var broken: NBDClientError?
@@ -129,7 +150,9 @@ final class NBDClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// Completed when the negotiation ends.
     private let negotiated: EventLoopPromise<NBDClientHandshake.Export>
 
-    init(uri: NBDURI, tls: (any NBDTLSProvider)?, requestTimeout: TimeAmount, negotiated: EventLoopPromise<NBDClientHandshake.Export>) {
+    init(uri: NBDURI, tls: (any NBDTLSProvider)?, requestTimeout: TimeAmount, health: NBDClient.Health,
+         negotiated: EventLoopPromise<NBDClientHandshake.Export>) {
+        self.health = health
         self.uri = uri
         self.tls = tls
         self.requestTimeout = requestTimeout
@@ -213,7 +236,7 @@ final class NBDClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func reply(_ message: NBDServerMessage) {
         do {
             guard let (cookie, outcome) = try assembler.receive(message), let entry = promises.removeValue(forKey: cookie) else { return }
-            entry.timeout?.cancel()
+            rearmWatchdog()
             switch outcome {
             case .success(let reply): entry.promise.succeed(reply)
             case .failure(let failure): entry.promise.fail(NBDClientError(uri: uri, reason: "\(failure)", failure: failure))
@@ -232,17 +255,27 @@ final class NBDClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         guard disconnecting == nil else { return failed("the connection is closing") }
         let request = assembler.register(command, flags: flags, offset: offset, length: length)
         let promise = context.eventLoop.makePromise(of: NBDReplyAssembler.Reply.self)
-        let timeout = context.eventLoop.assumeIsolated().scheduleTask(in: requestTimeout) { [self] in
-            breakConnection("no reply to \(command) at offset \(offset) within \(requestTimeout.nanoseconds / 1_000_000_000) s")
-            self.context?.close(promise: nil)
-        }
-        promises[request.cookie] = (promise, timeout)
+        promises[request.cookie] = (promise, command, offset)
+        if watchdog == nil { rearmWatchdog() }
         var header = context.channel.allocator.buffer(capacity: NBDRequest.wireSize)
         NBDCodec.writeRequest(request, into: &header)
         context.write(wrapOutboundOut(header), promise: nil)
         if let payload { context.write(wrapOutboundOut(payload), promise: nil) }
         context.flush()
         return promise.futureResult
+    }
+
+    /// Starts the watchdog's time again if requests are in flight, stops it if none is.
+    private func rearmWatchdog() {
+        watchdog?.cancel()
+        watchdog = nil
+        guard !promises.isEmpty, let context else { return }
+        watchdog = context.eventLoop.assumeIsolated().scheduleTask(in: requestTimeout) { [self] in
+            let oldest = promises.min { $0.key < $1.key }?.value
+            breakConnection("no reply to any of \(promises.count) requests within \(requestTimeout.nanoseconds / 1_000_000_000) s"
+                            + (oldest.map { " (the oldest: \($0.command) at offset \($0.offset))" } ?? ""))
+            self.context?.close(promise: nil)
+        }
     }
 
     /// DISC once nothing is in flight; completes when it is sent.
@@ -277,13 +310,13 @@ final class NBDClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         guard broken == nil else { return }
         let error = NBDClientError(uri: uri, reason: reason)
         broken = error
+        health.broken.withLock { $0 = reason }
         if !transmitting { negotiated.fail(error) }
         let waiting = promises
         promises = [:]
-        for (_, entry) in waiting {
-            entry.timeout?.cancel()
-            entry.promise.fail(error)
-        }
+        watchdog?.cancel()
+        watchdog = nil
+        for (_, entry) in waiting { entry.promise.fail(error) }
         disconnecting?.succeed(())
         disconnecting = nil
     }

@@ -183,8 +183,10 @@ public struct NBDClientHandshake: Sendable {
         case .blockSize:
             guard data.readableBytes == 12, let (minimum, preferred, maximum) = data.readMultipleIntegers(as: (UInt32, UInt32, UInt32).self)
             else { return fail(.protocolViolation("an INFO_BLOCK_SIZE reply of \(data.readableBytes + 2) bytes (14 expected)")) }
+            // A maximum under 4 KiB would cut every copy into thousands of requests in flight: no
+            // real server has one, so it is refused as broken.
             guard minimum.nonzeroBitCount == 1, minimum <= 65536, preferred.nonzeroBitCount == 1, preferred >= minimum,
-                  maximum >= minimum else {
+                  maximum >= minimum, maximum >= 4096 else {
                 return fail(.protocolViolation("block sizes minimum \(minimum), preferred \(preferred), maximum \(maximum) "
                                                + "break the protocol's rules"))
             }

@@ -63,7 +63,7 @@ public final class NBDLeg: Leg {
         size = export.size
         offers = export.flags
         split = NBDRequestSplit(blockSizes: export.blockSizes)
-        identity = LegIdentity(kind: .nbd, path: uri.description)
+        identity = LegIdentity(kind: .nbd, path: uri.description, stableID: uri.location)
         let zeroChunk = max(split.minimum, min(split.maximumPayload, 1 << 20) / split.minimum * split.minimum)
         zeroes = ByteBuffer(repeating: 0, count: Int(zeroChunk))
     }
@@ -82,12 +82,21 @@ public final class NBDLeg: Leg {
             }
             if first.export.flags.contains(.canMultiConn) {
                 for _ in 1..<options.connections {
-                    let more = try await NBDClient.connect(to: uri, tls: tls, group: group, connectTimeout: options.connectTimeout,
+                    let more: NBDClient
+                    do {
+                        more = try await NBDClient.connect(to: uri, tls: tls, group: group, connectTimeout: options.connectTimeout,
                                                            requestTimeout: options.requestTimeout)
+                    } catch {
+                        // A server may take fewer connections than it could serve (a limit): the
+                        // ones made are enough.
+                        logger.notice("NBD export: fewer connections than asked",
+                                      metadata: ["uri": "\(uri)", "connections": "\(connections.count)", "reason": "\(error.reason)"])
+                        break
+                    }
                     connections.append(more)
                     guard more.export == first.export else {
-                        throw NBDClientError(uri: uri, reason: "the export differs from one connection to the next "
-                                             + "(\(first.export.size) then \(more.export.size) bytes)")
+                        throw NBDClientError(uri: uri, reason: "the export differs from one connection to the next: "
+                                             + Self.differences(first.export, more.export))
                     }
                 }
             }
@@ -159,7 +168,7 @@ public final class NBDLeg: Leg {
     }
 
     public func flushNow() throws(BlockIOError) {
-        try wait { flush(completion: $0) }
+        try wait(.fdatasync) { flush(completion: $0) }
     }
 
     public func discard(offset: UInt64, length: UInt64, completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void) {
@@ -231,7 +240,7 @@ public final class NBDLeg: Leg {
     }
 
     public func allocationMap(offset: UInt64, length: UInt64, maxExtents: Int) throws(BlockIOError) -> [BlockDevice.Extent] {
-        try wait { allocationMap(offset: offset, length: length, maxExtents: maxExtents, completion: $0) }
+        try wait(.seek) { allocationMap(offset: offset, length: length, maxExtents: maxExtents, completion: $0) }
     }
 
     /// Sends DISC on every connection once its requests in flight are answered; I/O asked from
@@ -282,8 +291,28 @@ public final class NBDLeg: Leg {
         }
     }
 
+    /// The next connection in turn that is not broken (a broken one fails every request; with all
+    /// broken, any: the request then fails with its reason).
     private func nextConnection() -> NBDClient {
-        connections[turn.withLock { turn in defer { turn = (turn + 1) % connections.count }; return turn }]
+        let start = turn.withLock { turn in defer { turn = (turn + 1) % connections.count }; return turn }
+        for step in 0..<connections.count {
+            let connection = connections[(start + step) % connections.count]
+            if !connection.isBroken { return connection }
+        }
+        return connections[start]
+    }
+
+    /// What differs between the exports two connections negotiated, for the error.
+    private static func differences(_ a: NBDClientHandshake.Export, _ b: NBDClientHandshake.Export) -> String {
+        var found: [String] = []
+        if a.size != b.size { found.append("size \(a.size) then \(b.size) bytes") }
+        if a.flags != b.flags { found.append("flags 0x\(String(a.flags.rawValue, radix: 16)) then 0x\(String(b.flags.rawValue, radix: 16))") }
+        if a.structuredReplies != b.structuredReplies { found.append("structured replies \(a.structuredReplies) then \(b.structuredReplies)") }
+        if a.baseAllocationID != b.baseAllocationID { found.append("base:allocation context \(a.baseAllocationID.map(String.init) ?? "none") then \(b.baseAllocationID.map(String.init) ?? "none")") }
+        if a.blockSizes?.minimum != b.blockSizes?.minimum || a.blockSizes?.maximum != b.blockSizes?.maximum {
+            found.append("block sizes \(a.blockSizes.map { "\($0.minimum)/\($0.maximum)" } ?? "none") then \(b.blockSizes.map { "\($0.minimum)/\($0.maximum)" } ?? "none")")
+        }
+        return found.isEmpty ? "block sizes" : found.joined(separator: ", ")
     }
 
     /// Success, or the error of I/O asked after `close()`.
@@ -303,9 +332,14 @@ public final class NBDLeg: Leg {
         return BlockIOError(path: path, operation: operation, offset: offset, length: length, errno: errno, detail: error.reason)
     }
 
-    /// Runs `body` and waits on the calling thread for the result it completes with. Not to be
-    /// called on `eventLoops`, which answer it.
-    private func wait<T: Sendable>(_ body: (@escaping @Sendable (Result<T, BlockIOError>) -> Void) -> Void) throws(BlockIOError) -> T {
+    /// Runs `body` and waits on the calling thread for the result it completes with. On one of
+    /// the connections' own event loops that would wait for itself: refused with an error.
+    private func wait<T: Sendable>(_ operation: BlockOperation,
+                                   _ body: (@escaping @Sendable (Result<T, BlockIOError>) -> Void) -> Void) throws(BlockIOError) -> T {
+        if connections.contains(where: { $0.eventLoop.inEventLoop }) {
+            throw BlockIOError(path: path, operation: operation, errno: .invalidArgument,
+                               detail: "a blocking call on the leg's own event loop (it would wait for itself)")
+        }
         let done = DispatchSemaphore(value: 0)
         let outcome = Mutex<Result<T, BlockIOError>?>(nil)
         body { result in

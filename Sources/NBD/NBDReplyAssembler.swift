@@ -125,6 +125,11 @@ public struct NBDReplyAssembler: Sendable {
                   UInt64(length) <= UInt64(request.length) - (offset - request.offset) else {
                 throw .malformedReply("\(length) bytes at offset \(offset), outside the READ of \(request.length) at \(request.offset)")
             }
+            // Pieces may not overlap (checked whole at the end); more bytes than the READ asked for
+            // is a violation now, before a hostile server piles chunks up without bound.
+            guard request.covered + length <= Int(request.length) else {
+                throw .malformedReply("more than the \(request.length) bytes the READ at \(request.offset) asked for")
+            }
             let at = Int(offset - request.offset)
             request.pieces.append(header.type == .offsetData ? .data(at: at, payload) : .hole(at: at, length: length))
             request.covered += length

@@ -40,7 +40,7 @@ public struct NBDRequestSplit: Sendable, Equatable {
     public static func pieces(offset: UInt64, length: UInt64, step: UInt32) -> [(offset: UInt64, length: UInt32)] {
         let step = UInt64(max(1, step))
         var pieces: [(offset: UInt64, length: UInt32)] = []
-        pieces.reserveCapacity(Int((length + step - 1) / step))
+        pieces.reserveCapacity(Int(min(length / step + 1, 1 << 20)))
         var at: UInt64 = 0
         while at < length {
             let piece = min(step, length - at)

@@ -47,6 +47,16 @@ public struct NBDURI: Sendable, Equatable, CustomStringConvertible {
     /// The URI as given, with anything unprintable escaped (it ends up in logs and messages).
     public var description: String { UntrustedText.escape(text, limit: 4096) }
 
+    /// Where the export is and its name, spelled one way whatever the URI's spelling (default port
+    /// written out, TLS and its credentials left out): what identifies a remote leg.
+    public var location: String {
+        let name = exportName.addingURIPathEscapes()
+        switch transport {
+        case let .tcp(host, port): return "nbd://\(host.contains(":") ? "[\(host)]" : host):\(port)/\(name)"
+        case .unix(let path): return "nbd+unix:///\(name)?socket=\(path)"
+        }
+    }
+
     /// Whether `text` is meant as an NBD URI (its scheme is one of the four), rather than the path
     /// of a file or device: then it is parsed as one, and an error in it is an error, not a path.
     public static func isURI(_ text: String) -> Bool {

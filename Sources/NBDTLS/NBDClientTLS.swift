@@ -79,28 +79,20 @@ public struct NBDClientTLS: NBDTLSProvider {
         return inet_pton(AF_INET, host, &v4) == 1 || inet_pton(AF_INET6, host, &v6) == 1
     }
 
-    /// The key of `username` in a psktool file (`NAME:HEXKEY` lines).
+    /// The key of `username` in a psktool file.
     private static func preSharedKey(_ path: String, username: String, uri: NBDURI) throws(NBDClientError) -> NIOSSLSecureBytes {
-        let file = UntrustedText.escape(path)
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-            throw NBDClientError(uri: uri, reason: "cannot read the PSK file \(file)")
+        let keys: [String: [UInt8]]
+        do { keys = try PSKFile(path: path).keys } catch { throw NBDClientError(uri: uri, reason: error.description) }
+        guard let key = keys[username] else {
+            throw NBDClientError(uri: uri, reason: "no key for user \(UntrustedText.escape(username)) in the PSK file "
+                                 + "\(UntrustedText.escape(path)) (set tls-username= to the name its line starts with)")
         }
-        for line in text.split(whereSeparator: \.isNewline) {
-            guard let colon = line.firstIndex(of: ":"), line[..<colon] == username else { continue }
-            guard let key = NBDServerTLS.hex(line[line.index(after: colon)...]) else {
-                throw NBDClientError(uri: uri, reason: "the key of \(UntrustedText.escape(username)) in \(file) is not hexadecimal")
-            }
-            guard !key.isEmpty else { throw NBDClientError(uri: uri, reason: "the key of \(UntrustedText.escape(username)) in \(file) is empty") }
-            return NIOSSLSecureBytes(key)
-        }
-        throw NBDClientError(uri: uri, reason: "no key for user \(UntrustedText.escape(username)) in the PSK file \(file) "
-                             + "(set tls-username= to the name its line starts with)")
+        return NIOSSLSecureBytes(key)
     }
 
-    /// The PSK suites both ends offer: BoringSSL has PSK in TLS 1.2 only, with these (GnuTLS, as
-    /// nbdkit, qemu and libnbd use it, takes the ECDHE ones).
-    static let pskCipherSuites = "ECDHE-PSK-CHACHA20-POLY1305:ECDHE-PSK-AES128-CBC-SHA:ECDHE-PSK-AES256-CBC-SHA:"
-        + "PSK-AES128-CBC-SHA:PSK-AES256-CBC-SHA"
+    /// The PSK suites both ends offer: BoringSSL has PSK in TLS 1.2 only, and these are its ones
+    /// with forward secrecy (GnuTLS, as nbdkit, qemu and libnbd use it, takes them).
+    static let pskCipherSuites = "ECDHE-PSK-CHACHA20-POLY1305:ECDHE-PSK-AES128-CBC-SHA:ECDHE-PSK-AES256-CBC-SHA"
 
     private static func loginName() -> String {
         getpwuid(geteuid()).flatMap { $0.pointee.pw_name.map { String(cString: $0) } } ?? "root"

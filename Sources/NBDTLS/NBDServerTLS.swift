@@ -44,17 +44,8 @@ public struct NBDServerTLS: NBDTLSProvider {
 
     /// Pre-shared keys from `file`.
     public init(pskFile file: String) throws(SetupError) {
-        guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
-            throw SetupError(description: "cannot read the PSK file \(file)")
-        }
-        var keys: [String: [UInt8]] = [:]
-        for (number, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() where !line.isEmpty {
-            guard let colon = line.firstIndex(of: ":"), let key = Self.hex(line[line.index(after: colon)...]), !key.isEmpty else {
-                throw SetupError(description: "\(file) line \(number + 1) is not NAME:HEXKEY")
-            }
-            keys[String(line[..<colon])] = key
-        }
-        guard !keys.isEmpty else { throw SetupError(description: "the PSK file \(file) holds no key") }
+        let keys: [String: [UInt8]]
+        do { keys = try PSKFile(path: file).keys } catch { throw SetupError(description: error.description) }
         var configuration = TLSConfiguration.makePreSharedKeyConfiguration()
         configuration.maximumTLSVersion = .tlsv12
         configuration.cipherSuites = NBDClientTLS.pskCipherSuites
@@ -73,18 +64,5 @@ public struct NBDServerTLS: NBDTLSProvider {
         do { return try NIOSSLContext(configuration: configuration) } catch {
             throw SetupError(description: "cannot set up TLS: \(error)")
         }
-    }
-
-    /// The bytes of a hexadecimal string, nil if it is not one.
-    static func hex(_ text: Substring) -> [UInt8]? {
-        let digits = Array(text.trimmingCharacters(in: .whitespaces).utf8)
-        guard digits.count % 2 == 0 else { return nil }
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(digits.count / 2)
-        for index in stride(from: 0, to: digits.count, by: 2) {
-            guard let byte = UInt8(String(decoding: digits[index..<index + 2], as: UTF8.self), radix: 16) else { return nil }
-            bytes.append(byte)
-        }
-        return bytes
     }
 }

@@ -12,10 +12,11 @@ import Testing
     final class Nbdkit {
         let child: ChildProcess
         let uri: String
-        init(_ image: String, in dir: TempDir, name: String = "nbdkit", _ arguments: [String] = []) throws {
+        /// `plugin`: another plugin and its parameters instead of `file IMAGE`.
+        init(_ image: String, in dir: TempDir, name: String = "nbdkit", _ arguments: [String] = [], plugin: [String]? = nil) throws {
             let socket = dir.file("\(name).sock")
             try? FileManager.default.removeItem(atPath: socket)
-            child = try ChildProcess(["nbdkit", "-f", "-U", socket] + arguments.filter { $0.hasPrefix("--") } + ["file", image]
+            child = try ChildProcess(["nbdkit", "-f", "-U", socket] + arguments.filter { $0.hasPrefix("--") } + (plugin ?? ["file", image])
                                      + arguments.filter { !$0.hasPrefix("--") }, in: dir)
             uri = "nbd+unix:///?socket=\(socket)"
             guard waitUntil(timeout: 60, { FileManager.default.fileExists(atPath: socket) || !child.isRunning }), child.isRunning else {
@@ -171,6 +172,33 @@ import Testing
         let differs = try run([binary, "verify", remote.uri, old], in: dir)
         #expect(differs.exited && differs.status == 3 && differs.stdout.contains("mismatch_cnt=1") && differs.stdout.contains("offset \(5 << 20)"),
                 "\(differs)")
+    }
+
+    /// Geometries the mirror cannot run are one error line before anything is served: a source of
+    /// 2^62 bytes (more regions than a bitmap holds), regions smaller than the remote's minimum
+    /// block size (as source and as target).
+    @Test func geometriesARemoteCannotTakeAreOneError() throws {
+        try Tools.require("nbdkit")
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let local = dir.file("local.img"), blocky = dir.file("blocky.img")
+        try makeSparseFile(local, size: 8 << 20)
+        try makeSparseFile(blocky, size: 8 << 20)
+        let huge = try Nbdkit("", in: dir, name: "huge", ["--filter=nozero"], plugin: ["null", "size=\(UInt64(1) << 62)"])
+        defer { huge.kill() }
+        let large = try Nbdkit(blocky, in: dir, name: "blocky", ["--filter=blocksize-policy", "blocksize-minimum=65536", "blocksize-preferred=65536",
+                                                                 "blocksize-error-policy=error"])
+        defer { large.kill() }
+        let cases: [(source: String, target: String, extra: [String], says: String)] = [
+            (huge.uri, "missing", [], "more than the 1073741824 a bitmap holds (use --region-size 4294967296 or more)"),
+            (large.uri, "missing", ["--region-size", "4K"], "takes only requests in multiples of 65536 bytes: use --region-size 65536 or more"),
+            (local, large.uri, ["--region-size", "4K"], "more than the mirror's 4096-byte regions: build it with --region-size 65536 or more"),
+        ]
+        for (source, target, extra, says) in cases {
+            let build = try run([try BlockMirrorBinary.path(), "build", "m0", "--source", source, "--target", target,
+                                 "--listen", "unix:\(dir.file("m0.sock"))", "--run-dir", dir.file("run")] + extra, in: dir)
+            #expect(!build.succeeded && build.stderr.contains(says) && build.stdout.isEmpty, "\(source) → \(target): \(build)")
+        }
     }
 
     /// Each wrong remote is one error line naming the URI, and nothing is served.

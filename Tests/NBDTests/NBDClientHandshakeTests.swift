@@ -116,11 +116,14 @@ import Testing
     @Test func brokenRepliesEndIt() {
         let export = info { NBDCodec.writeInfoExport(size: 4096, flags: [.hasFlags], into: &$0) }
         let badSizes = info { NBDCodec.writeInfoBlockSize(minimum: 3, preferred: 4096, maximum: 1 << 20, into: &$0) }
+        // A maximum of 1 byte would cut a 32 MiB read into 32 Mi requests in flight.
+        let tinyMaximum = info { NBDCodec.writeInfoBlockSize(minimum: 1, preferred: 1, maximum: 1, into: &$0) }
         let cases: [([(NBDOption, NBDOptionReply, ByteBuffer)], String)] = [
             ([(.go, .ack, ByteBuffer())], "a reply to GO where one to STRUCTURED_REPLY was due"),
             ([(.structuredReply, .errorUnsupported, ByteBuffer()), (.go, .ack, ByteBuffer())], "without the export's size"),
             ([(.structuredReply, .errorUnsupported, ByteBuffer()), (.go, .info, ByteBuffer(bytes: [0, 0, 1]))], "INFO_EXPORT reply of 3 bytes"),
             ([(.structuredReply, .errorUnsupported, ByteBuffer()), (.go, .info, export), (.go, .info, badSizes)], "block sizes minimum 3"),
+            ([(.structuredReply, .errorUnsupported, ByteBuffer()), (.go, .info, export), (.go, .info, tinyMaximum)], "maximum 1 break"),
             ([(.structuredReply, .metaContext, ByteBuffer())], "reply type 4 to STRUCTURED_REPLY"),
         ]
         for (replies, problem) in cases {

@@ -190,4 +190,36 @@ import Testing
         }
         #expect(failure?.path == dying.uri.description && failure?.errno == .ioError, "\(String(describing: failure))")
     }
+
+    /// A server that answers slowly but steadily (one request a second, one at a time) is not
+    /// given up on, though the requests queued behind each other wait longer than the timeout: the
+    /// watchdog counts silence, not queueing.
+    @Test func aSlowButLiveServerIsNotGivenUp() async throws {
+        let dir = try scratchDirectory("nbd-leg-test")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = try image(in: dir)
+        let nbdkit = try await Nbdkit(directory: dir, ["--filter=blocksize-policy", "--filter=noparallel", "--filter=delay", "file", path,
+                                                       "blocksize-maximum=1048576", "serialize=all-requests", "delay-write=1"])
+        defer { nbdkit.stop() }
+        let leg = try await NBDLeg.open(nbdkit.uri, readOnly: false, options: NBDLeg.Options(connections: 1, requestTimeout: .seconds(2)),
+                                        logger: logger)
+        defer { leg.close() }
+        // Four 1 MiB writes sent at once, answered a second apart: the last waits 4 s.
+        let data = bytes(4 << 20, seed: 0x44)
+        try await write(leg, data, at: 0)
+        #expect(try contents(path, at: 0, count: 4 << 20) == data)
+    }
+
+    /// A server that takes fewer connections than it offers multi-conn for (nbdkit's limit filter)
+    /// is used with those it took.
+    @Test func fewerConnectionsThanAskedAreEnough() async throws {
+        let dir = try scratchDirectory("nbd-leg-test")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = try image(in: dir)
+        let nbdkit = try await Nbdkit(directory: dir, ["--filter=limit", "file", path, "limit=1"])
+        defer { nbdkit.stop() }
+        let leg = try await NBDLeg.open(nbdkit.uri, readOnly: false, options: NBDLeg.Options(connections: 4), logger: logger)
+        defer { leg.close() }
+        #expect(try await read(leg, count: 4096, at: 0) == (try contents(path, at: 0, count: 4096)))
+    }
 }

@@ -131,7 +131,11 @@ import Testing
     @Test func brokenPromisesAreProtocolErrors() {
         let cases: [([(NBDChunkType, done: Bool, payload: ByteBuffer)], String)] = [
             ([(.offsetData, true, data(1000, 60))], "answered with 60 bytes"),
-            ([(.offsetData, false, data(1000, 60)), (.offsetData, true, data(1050, 50))], "overlapping"),
+            ([(.offsetData, false, data(1000, 60)), (.offsetData, true, data(1030, 40))], "overlapping"),
+            // More than the READ asked for is refused at once (a server repeating chunks cannot
+            // pile them up until the timeout).
+            ([(.offsetData, false, data(1000, 60)), (.offsetData, true, data(1050, 50))], "more than the 100 bytes"),
+            ([(.offsetHole, false, hole(1000, 100)), (.offsetHole, false, hole(1000, 100))], "more than the 100 bytes"),
             ([(.offsetData, true, data(990, 100))], "outside the READ"),
             ([(.offsetData, true, data(1000, 101))], "outside the READ"),
             ([(.offsetHole, true, hole(1000, 0))], "outside the READ"),

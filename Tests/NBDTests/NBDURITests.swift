@@ -107,4 +107,14 @@ import Testing
         let tooLong = #expect(throws: NBDURIError.self) { try NBDURI.parse(long) }
         #expect(tooLong?.problem.contains("longer than 4096 bytes") == true)
     }
+
+    /// A remote leg is known by where its export is, however the URI spells it: the default port
+    /// written out or not, TLS and its credentials or not; another export or socket differs.
+    @Test func oneLocationForEverySpellingOfAnExport() throws {
+        let same = ["nbd://h/x", "nbd://h:10809/x", "nbds://h/x?tls-psk-file=/k.psk", "nbds://alice@h:10809/x?tls-psk-file=/other.psk"]
+        #expect(Set(try same.map { try NBDURI.parse($0).location }) == ["nbd://h:10809/x"])
+        #expect(try NBDURI.parse("nbd://h/y").location != NBDURI.parse("nbd://h/x").location)
+        #expect(try NBDURI.parse("nbd+unix:///x?socket=/a.sock").location == NBDURI.parse("nbds+unix:///x?socket=/a.sock&tls-certificates=/c").location)
+        #expect(try NBDURI.parse("nbd+unix:///x?socket=/a.sock").location != NBDURI.parse("nbd+unix:///x?socket=/b.sock").location)
+    }
 }
