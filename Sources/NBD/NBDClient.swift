@@ -136,11 +136,15 @@ final class NBDClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     private let health: NBDClient.Health
     private var handshake: NBDClientHandshake
     private var assembler = NBDReplyAssembler(baseAllocationID: nil)
-    private var promises: [UInt64: (promise: EventLoopPromise<NBDReplyAssembler.Reply>, command: NBDCommand, offset: UInt64)] = [:]
+    private var promises: [UInt64: (promise: EventLoopPromise<NBDReplyAssembler.Reply>, command: NBDCommand, offset: UInt64,
+                                    deadline: Scheduled<Void>)] = [:]
     /// Armed while requests are in flight, re-armed by every reply: the connection is given up
-    /// only when the server answers nothing at all for `requestTimeout` — not when requests merely
+    /// when the server answers nothing at all for `requestTimeout` — not when requests merely
     /// queue behind others (a slow link, a busy server).
     private var watchdog: Scheduled<Void>?
+    /// A server that goes on answering others but never one request is given up on too, once
+    /// that request waited this many times `requestTimeout`.
+    static let starvedRequestFactor: Int64 = 10
     private var context: ChannelHandlerContext?
     /// Set once the connection broke: every request from then on fails with it.
     private var broken: NBDClientError?
@@ -236,6 +240,7 @@ final class NBDClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func reply(_ message: NBDServerMessage) {
         do {
             guard let (cookie, outcome) = try assembler.receive(message), let entry = promises.removeValue(forKey: cookie) else { return }
+            entry.deadline.cancel()
             rearmWatchdog()
             switch outcome {
             case .success(let reply): entry.promise.succeed(reply)
@@ -255,7 +260,13 @@ final class NBDClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         guard disconnecting == nil else { return failed("the connection is closing") }
         let request = assembler.register(command, flags: flags, offset: offset, length: length)
         let promise = context.eventLoop.makePromise(of: NBDReplyAssembler.Reply.self)
-        promises[request.cookie] = (promise, command, offset)
+        let limit = TimeAmount.nanoseconds(requestTimeout.nanoseconds * Self.starvedRequestFactor)
+        let deadline = context.eventLoop.assumeIsolated().scheduleTask(in: limit) { [self] in
+            breakConnection("no reply to \(command) at offset \(offset) within \(limit.nanoseconds / 1_000_000_000) s, "
+                            + "though the server answered others")
+            self.context?.close(promise: nil)
+        }
+        promises[request.cookie] = (promise, command, offset, deadline)
         if watchdog == nil { rearmWatchdog() }
         var header = context.channel.allocator.buffer(capacity: NBDRequest.wireSize)
         NBDCodec.writeRequest(request, into: &header)
@@ -316,7 +327,10 @@ final class NBDClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         promises = [:]
         watchdog?.cancel()
         watchdog = nil
-        for (_, entry) in waiting { entry.promise.fail(error) }
+        for (_, entry) in waiting {
+            entry.deadline.cancel()
+            entry.promise.fail(error)
+        }
         disconnecting?.succeed(())
         disconnecting = nil
     }

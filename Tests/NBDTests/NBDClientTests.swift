@@ -115,4 +115,32 @@ import Testing
         let gone = await #expect(throws: NBDClientError.self) { try await NBDClient.connect(to: uri, group: self.group) }
         #expect(gone?.reason.hasPrefix("cannot connect") == true, "\(String(describing: gone))")
     }
+
+    /// A server that goes on answering other requests but never one is given up on too, once that
+    /// one waited ten times the timeout (here 1 s: the held FLUSH fails after 10 s while reads go on
+    /// being answered, so the silence watchdog alone would never fire).
+    @Test func aRequestTheServerNeverAnswersFailsWhileOthersAreAnswered() async throws {
+        let dir = try scratchDirectory("nbd-client-test")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let export = MemoryExport(size: 1 << 20, holdFlushes: true)
+        let server = NBDServer(registry: NBDExportRegistry([(name: "disk", export: export)]), group: group, logger: Logger(label: "server"))
+        _ = try await server.listen(on: .unix(path: dir + "/nbd.sock"))
+        let client = try await NBDClient.connect(to: try NBDURI.parse("nbd+unix:///disk?socket=\(dir)/nbd.sock"), group: group,
+                                                 requestTimeout: .seconds(1))
+        let held = client.request(.flush, offset: 0, length: 0)
+        let failed = Task { () -> NBDClientError? in
+            do { _ = try await held.get(); return nil } catch { return error as? NBDClientError }
+        }
+        var answered = 0
+        while !client.isBroken {
+            if (try? await client.request(.read, offset: 0, length: 512).get()) != nil { answered += 1 }
+            try await Task.sleep(nanoseconds: 200_000_000)
+        }
+        let error = await failed.value
+        #expect(answered > 5 && error?.reason.contains("no reply to FLUSH at offset 0 within 10 s, though the server answered others") == true,
+                "\(answered) reads answered; \(String(describing: error))")
+        export.release()
+        await client.close()
+        await server.shutdown()
+    }
 }
