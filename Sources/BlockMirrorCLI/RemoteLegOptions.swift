@@ -13,7 +13,7 @@ struct RemoteLegOptions: ParsableArguments {
     var nbdConnections: Int = defaults.connections
 
     @Option(name: .long, help: ArgumentHelp(
-        "An NBD leg's server must answer a request, and a connection attempt, within this time; else the leg fails (a target: the mirror degrades and keeps serving from the source).",
+        "An NBD leg's server must connect within this time, and answer something within it while requests wait (any one request within 10 times it); else the leg fails (a target: the mirror degrades and keeps serving from the source).",
         valueName: "SECONDS"))
     var nbdTimeout: Int = Int(defaults.requestTimeout.nanoseconds / 1_000_000_000)
 
