@@ -1,7 +1,6 @@
 import CLibAIO
 import Foundation
 import Logging
-import struct Synchronization.Atomic
 
 /// An open regular file or block device, ready for asynchronous I/O through libaio.
 ///
@@ -35,10 +34,9 @@ public final class BlockDevice: Sendable {
     private let direct: FileDescriptor
     private let buffered: FileDescriptor
     private let aio: AIOEngine
-    /// Operations using the descriptors, times 2, plus 1 once `close()` was called: the descriptors
-    /// are closed when it reaches exactly 1, so never under an operation, and a number freed by
-    /// the close is never used by a later one (it fails instead).
-    private let uses = Atomic<Int>(0)
+    /// The operations using the descriptors: they are closed when the last one after `close()`
+    /// ends, never under one, and a number freed by the close is never used by a later one.
+    private let uses = UseGate()
     private static let blockingQueue = DispatchQueue(label: "blockmirror.blocking-io", attributes: .concurrent)
 
     private init(path: String, kind: Kind, size: UInt64, isDirect: Bool, alignment: Int, isReadOnly: Bool,
@@ -49,7 +47,7 @@ public final class BlockDevice: Sendable {
     }
 
     deinit {
-        if uses.load(ordering: .acquiring) & 1 == 0 { closeDescriptors() }
+        if !uses.isClosed { closeDescriptors() }
     }
 
     /// Closes the file or device: at once if no I/O is in flight on it, else when the last
@@ -57,7 +55,7 @@ public final class BlockDevice: Sendable {
     /// again; I/O asked of it afterwards fails ("the device was closed"). Calling it again does
     /// nothing.
     public func close() {
-        if uses.bitwiseOr(1, ordering: .acquiringAndReleasing).oldValue == 0 { closeDescriptors() }
+        if uses.close() { closeDescriptors() }
     }
 
     private func closeDescriptors() {
@@ -66,20 +64,11 @@ public final class BlockDevice: Sendable {
     }
 
     /// Counts one operation on the descriptors, or returns false once the device is closed.
-    private func beginUse() -> Bool {
-        var current = uses.load(ordering: .relaxed)
-        while current & 1 == 0 {
-            let (exchanged, original) = uses.weakCompareExchange(expected: current, desired: current + 2,
-                                                                 successOrdering: .acquiring, failureOrdering: .relaxed)
-            if exchanged { return true }
-            current = original
-        }
-        return false
-    }
+    private func beginUse() -> Bool { uses.begin() }
 
     /// Ends an operation counted by `beginUse`; the last one after `close()` closes the descriptors.
     private func endUse() {
-        if uses.subtract(2, ordering: .acquiringAndReleasing).newValue == 1 { closeDescriptors() }
+        if uses.end() { closeDescriptors() }
     }
 
     /// Runs `body` with the descriptors open, or returns nil once the device is closed.
@@ -401,6 +390,19 @@ public final class BlockDevice: Sendable {
         guard let extents = try whileOpen({ () throws(BlockIOError) in try openAllocationMap(offset: offset, length: length, maxExtents: maxExtents) })
         else { throw closedError(.seek, offset, length) }
         return extents
+    }
+
+    /// The allocation map through a completion: a file's SEEK_DATA/SEEK_HOLE can wait on the
+    /// filesystem, so they run on the blocking queue, never on the caller's thread (an event loop);
+    /// a block device (everything data) answers at once.
+    public func allocationMap(offset: UInt64, length: UInt64, maxExtents: Int,
+                              completion: @escaping @Sendable (Result<[Extent], BlockIOError>) -> Void) {
+        guard kind == .file else {
+            return completion(Result { () throws(BlockIOError) in try allocationMap(offset: offset, length: length, maxExtents: maxExtents) })
+        }
+        Self.blockingQueue.async { [self] in
+            completion(Result { () throws(BlockIOError) in try allocationMap(offset: offset, length: length, maxExtents: maxExtents) })
+        }
     }
 
     private func openAllocationMap(offset: UInt64, length: UInt64, maxExtents: Int) throws(BlockIOError) -> [Extent] {

@@ -96,19 +96,10 @@ final class MirrorCopier: Sendable {
                 }
                 copyData(region, range: range, to: target)
             }
-            switch source.identity.kind {
-            case .blockDevice:
-                copyData(region, range: range, to: target)
-            case .nbd:
-                // BLOCK_STATUS: answered by the server, without blocking this thread.
-                source.allocationMap(offset: range.offset, length: range.length, maxExtents: 1, completion: mapped)
-            case .file:
-                // The lock may have been granted on an event loop; SEEK_DATA/SEEK_HOLE can wait on
-                // the filesystem, so a file source is asked from another thread.
-                DispatchQueue.global().async {
-                    mapped(Result { () throws(BlockIOError) in try source.allocationMap(offset: range.offset, length: range.length, maxExtents: 1) })
-                }
-            }
+            // The lock may have been granted on an event loop: the map is asked through its
+            // completion, which no leg answers by blocking this thread (a file seeks on the
+            // blocking queue, an NBD server answers BLOCK_STATUS).
+            source.allocationMap(offset: range.offset, length: range.length, maxExtents: 1, completion: mapped)
         }
     }
 
