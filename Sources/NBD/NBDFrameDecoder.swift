@@ -24,9 +24,9 @@ enum NBDClientMessage: Sendable, Equatable {
 /// its size (a whole payload already read is one piece, sliced, not copied).
 ///
 /// A class, so the negotiation handler can switch it to transmission while it handles the option
-/// that starts it: `ByteToMessageHandler` calls `decode` again only after that message's
-/// `fireChannelRead` returned, so the bytes that follow the option are read as requests.
-final class NBDFrameDecoder: ByteToMessageDecoder {
+/// that starts it: the connection's `NBDConnectionFraming` decodes the next message only after
+/// the handler returned from this one, so the bytes that follow the option are read as requests.
+final class NBDFrameDecoder: NIOSingleStepByteToMessageDecoder {
     typealias InboundOut = NBDClientMessage
 
     /// Option data beyond this closes the connection: no legitimate option comes near it.
@@ -66,10 +66,8 @@ final class NBDFrameDecoder: ByteToMessageDecoder {
         expecting = .optionHeader
     }
 
-    func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        guard let message = try next(from: &buffer) else { return .needMoreData }
-        context.fireChannelRead(wrapInboundOut(message))
-        return .continue
+    func decode(buffer: inout ByteBuffer) throws -> NBDClientMessage? {
+        try next(from: &buffer)
     }
 
     /// Consumed bytes are dropped from the front of the buffer (moving what is left) only once a
@@ -82,8 +80,8 @@ final class NBDFrameDecoder: ByteToMessageDecoder {
     }
 
     /// At the end of the stream a partial message is dropped: the connection is gone.
-    func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
-        .needMoreData
+    func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> NBDClientMessage? {
+        nil
     }
 
     /// The next message `buffer` holds (consumed from it), or nil if it does not hold one whole yet

@@ -16,9 +16,10 @@ struct NBDNegotiated {
 
 /// The fixed-newstyle negotiation of one connection (the phase of nbdkit's
 /// protocol-handshake-newstyle.c): greets the client and answers its options, framed by the
-/// `NBDFrameDecoder` before it. Once a GO or EXPORT_NAME selects an export it switches the decoder
-/// to transmission and replaces itself in the pipeline with an `NBDTransmissionHandler`, handing it
-/// what was negotiated and the connection's clock.
+/// connection's `NBDConnectionFraming`. Once a GO or EXPORT_NAME selects an export it switches the
+/// decoder to transmission and replaces itself in the pipeline with an `NBDTransmissionHandler`,
+/// handing it what was negotiated, the framing and the connection's clock; requests that came in
+/// the same read as the GO go to it from there.
 ///
 /// A connection beyond the server's limit is greeted, then every option is refused with a text
 /// naming the limit, then it is closed. Framing errors (`NBDProtocolError`: bad magic, unknown
@@ -26,11 +27,11 @@ struct NBDNegotiated {
 /// close the connection with a rate-limited warning; malformed data of other options gets
 /// `NBD_REP_ERR_INVALID` and negotiation goes on (docs/ARCHITECTURE.md, "Error rules").
 final class NBDNegotiationHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = NBDClientMessage
+    typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     private let environment: NBDConnectionEnvironment
-    private let decoder: NBDFrameDecoder
+    private let framing: NBDConnectionFraming
     private var logger: Logger
     private let clock: NBDConnectionClock
     /// Set when the server is at its connection limit: every option is refused with this text.
@@ -41,13 +42,13 @@ final class NBDNegotiationHandler: ChannelInboundHandler, RemovableChannelHandle
     private var closing = false
     /// STARTTLS succeeded: the stream is TLS (or its handshake runs).
     private var tlsActive = false
-    /// The transmission handler took over (and with it the clock).
-    private var handedOver = false
+    /// The transmission handler that took over (and with it the clock), once one did.
+    private var transmission: NBDTransmissionHandler?
 
-    /// Negotiates for the connection whose stream `decoder` frames, on its `clock`.
-    init(environment: NBDConnectionEnvironment, decoder: NBDFrameDecoder, clock: NBDConnectionClock, logger: Logger) {
+    /// Negotiates for the connection whose stream `framing` frames, on its `clock`.
+    init(environment: NBDConnectionEnvironment, framing: NBDConnectionFraming, clock: NBDConnectionClock, logger: Logger) {
         self.environment = environment
-        self.decoder = decoder
+        self.framing = framing
         self.clock = clock
         self.logger = logger
     }
@@ -57,7 +58,7 @@ final class NBDNegotiationHandler: ChannelInboundHandler, RemovableChannelHandle
     // MARK: Channel events
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        if !handedOver { clock.stop() }
+        if transmission == nil { clock.stop() }
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -91,7 +92,22 @@ final class NBDNegotiationHandler: ChannelInboundHandler, RemovableChannelHandle
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !closing else { return }
-        switch unwrapInboundIn(data) {
+        do throws(NBDProtocolError) {
+            try framing.process(unwrapInboundIn(data)) { message in
+                if let transmission {
+                    transmission.receive(message)
+                } else if !closing {
+                    handle(message, context: context)
+                }
+            }
+        } catch {
+            if let transmission { transmission.receive(violation: error) } else { close(after: error, context: context) }
+        }
+        if transmission != nil { context.pipeline.syncOperations.removeHandler(context: context, promise: nil) }
+    }
+
+    private func handle(_ message: NBDClientMessage, context: ChannelHandlerContext) {
+        switch message {
         case .clientFlags(let flags):
             noZeroes = flags.contains(.noZeroes)
             if !flags.contains(.fixedNewstyle) { logger.debug("client did not set FIXED_NEWSTYLE") }
@@ -102,7 +118,7 @@ final class NBDNegotiationHandler: ChannelInboundHandler, RemovableChannelHandle
                 close(after: error, context: context)
             }
         case .request, .payload:
-            // The decoder frames requests only once this handler has handed over.
+            // The decoder frames requests only once a transmission handler took over.
             preconditionFailure("a transmission message reached the negotiation")
         }
     }
@@ -118,14 +134,10 @@ final class NBDNegotiationHandler: ChannelInboundHandler, RemovableChannelHandle
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        guard !closing else { return }  // what follows an ABORT or a protocol error is not read
-        if let error = error as? NBDProtocolError {
-            close(after: error, context: context)
-        } else {
-            logger.debug("connection error: \(error)")
-            closing = true
-            context.close(promise: nil)
-        }
+        guard !closing else { return }
+        logger.debug("connection error: \(error)")
+        closing = true
+        context.close(promise: nil)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -133,7 +145,7 @@ final class NBDNegotiationHandler: ChannelInboundHandler, RemovableChannelHandle
             finish(context: context)
         } else if case TLSUserEvent.handshakeCompleted = event, tlsActive {
             logger.debug("TLS established")
-            decoder.tlsStarted()
+            framing.decoder.tlsStarted()
             context.fireUserInboundEventTriggered(event)
         } else {
             context.fireUserInboundEventTriggered(event)
@@ -240,7 +252,7 @@ final class NBDNegotiationHandler: ChannelInboundHandler, RemovableChannelHandle
         tlsActive = true
         structuredReplies = false
         baseAllocationSelected = false
-        decoder.awaitTLS()
+        framing.decoder.awaitTLS()
         do {
             try context.pipeline.syncOperations.addHandler(handler, position: .first)
         } catch {
@@ -318,17 +330,17 @@ final class NBDNegotiationHandler: ChannelInboundHandler, RemovableChannelHandle
     // MARK: Hand-over
 
     /// The decoder reads requests from the next byte on, and a transmission handler takes this
-    /// one's place (the replies written so far stay queued in order; its first read completion
-    /// flushes them).
+    /// one's place once the read in hand is framed (the replies written so far stay queued in
+    /// order; its first read completion flushes them).
     private func startTransmission(_ entry: NBDExportRegistry.Entry, context: ChannelHandlerContext) {
-        decoder.startTransmission()
+        framing.decoder.startTransmission()
         clock.stop()
-        handedOver = true
         logger[metadataKey: "export"] = "\(entry.name)"
         logger.debug("transmission started", metadata: ["structured": "\(structuredReplies)"])
         let negotiated = NBDNegotiated(name: entry.name, export: entry.export, structuredReplies: structuredReplies,
                                        baseAllocationSelected: baseAllocationSelected)
-        let transmission = NBDTransmissionHandler(environment: environment, negotiated: negotiated, clock: clock, logger: logger)
+        let transmission = NBDTransmissionHandler(environment: environment, negotiated: negotiated, framing: framing,
+                                                  clock: clock, logger: logger)
         do {
             try context.pipeline.syncOperations.addHandler(transmission, position: .after(self))
         } catch {
@@ -336,6 +348,6 @@ final class NBDNegotiationHandler: ChannelInboundHandler, RemovableChannelHandle
             logger.debug("cannot start transmission: \(error)")
             return finish(context: context)
         }
-        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        self.transmission = transmission
     }
 }

@@ -4,7 +4,7 @@ import Logging
 import NIOCore
 
 /// The transmission phase of one connection (nbdkit's protocol.c): requests framed by the
-/// `NBDFrameDecoder`, checked (`NBDRequestValidation`), sent to the export, and answered.
+/// connection's `NBDConnectionFraming`, checked (`NBDRequestValidation`), sent to the export, and answered.
 /// Requests are dispatched as soon as they are admitted, so many are in flight at once and replies
 /// go out in completion order, flushed once per event-loop tick.
 ///
@@ -17,7 +17,7 @@ import NIOCore
 /// (`NBDConnectionTimeouts`, through the connection's clock) close connections that stall or (if
 /// asked) idle. Every log line a client can cause goes through the server's `NBDLogLimiter`.
 final class NBDTransmissionHandler: ChannelInboundHandler {
-    typealias InboundIn = NBDClientMessage
+    typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     /// Extents returned by one BLOCK_STATUS reply at most.
@@ -43,6 +43,7 @@ final class NBDTransmissionHandler: ChannelInboundHandler {
 
     private let environment: NBDConnectionEnvironment
     private let negotiated: NBDNegotiated
+    private let framing: NBDConnectionFraming
     private let clock: NBDConnectionClock
     private let logger: Logger
     private var phase = Phase.request
@@ -56,9 +57,11 @@ final class NBDTransmissionHandler: ChannelInboundHandler {
     /// Written after the replies of each flush; its completion releases them.
     private var marker = ByteBuffer()
 
-    init(environment: NBDConnectionEnvironment, negotiated: NBDNegotiated, clock: NBDConnectionClock, logger: Logger) {
+    init(environment: NBDConnectionEnvironment, negotiated: NBDNegotiated, framing: NBDConnectionFraming,
+         clock: NBDConnectionClock, logger: Logger) {
         self.environment = environment
         self.negotiated = negotiated
+        self.framing = framing
         self.clock = clock
         self.logger = logger
         load = NBDConnectionLoad(maximumRequests: environment.limits.maximumRequestsPerConnection,
@@ -107,7 +110,23 @@ final class NBDTransmissionHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        receive(.message(unwrapInboundIn(data)), context: context)
+        do throws(NBDProtocolError) {
+            try framing.process(unwrapInboundIn(data)) { message in receive(.message(message), context: context) }
+        } catch {
+            receive(.violation(error), context: context)
+        }
+    }
+
+    /// A message framed from the read in which the negotiation handed over (bytes behind the GO).
+    func receive(_ message: NBDClientMessage) {
+        guard let context else { return }
+        receive(.message(message), context: context)
+    }
+
+    /// The stream broke in the read in which the negotiation handed over.
+    func receive(violation: NBDProtocolError) {
+        guard let context else { return }
+        receive(.violation(violation), context: context)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -120,15 +139,8 @@ final class NBDTransmissionHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        switch error {
-        case let violation as NBDProtocolError:
-            receive(.violation(violation), context: context)
-        case is ByteToMessageDecoderError:
-            return  // bytes read after a violation: they are never looked at
-        default:
-            logger.debug("connection error: \(error)")
-            context.close(promise: nil)
-        }
+        logger.debug("connection error: \(error)")
+        context.close(promise: nil)
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
