@@ -117,8 +117,10 @@ import Testing
     }
 
     /// A server that goes on answering other requests but never one is given up on too, once that
-    /// one waited ten times the timeout (here 1 s: the held FLUSH fails after 10 s while reads go on
-    /// being answered, so the silence watchdog alone would never fire).
+    /// one waited ten times the timeout (here 2 s: the held FLUSH fails after 20 s while reads go on
+    /// being answered, so the silence watchdog alone would never fire). Two readers keep a read in
+    /// flight nearly all the time, so a stalled machine cannot leave the FLUSH alone in flight for
+    /// a whole timeout (which the silence watchdog would rightly call a dead server).
     @Test func aRequestTheServerNeverAnswersFailsWhileOthersAreAnswered() async throws {
         let dir = try scratchDirectory("nbd-client-test")
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -126,18 +128,26 @@ import Testing
         let server = NBDServer(registry: NBDExportRegistry([(name: "disk", export: export)]), group: group, logger: Logger(label: "server"))
         _ = try await server.listen(on: .unix(path: dir + "/nbd.sock"))
         let client = try await NBDClient.connect(to: try NBDURI.parse("nbd+unix:///disk?socket=\(dir)/nbd.sock"), group: group,
-                                                 requestTimeout: .seconds(1))
+                                                 requestTimeout: .seconds(2))
         let held = client.request(.flush, offset: 0, length: 0)
         let failed = Task { () -> NBDClientError? in
             do { _ = try await held.get(); return nil } catch { return error as? NBDClientError }
         }
-        var answered = 0
-        while !client.isBroken {
-            if (try? await client.request(.read, offset: 0, length: 512).get()) != nil { answered += 1 }
-            try await Task.sleep(nanoseconds: 200_000_000)
+        let answered = await withTaskGroup(of: Int.self) { group in
+            for _ in 0..<2 {
+                group.addTask {
+                    var answered = 0
+                    while !client.isBroken {
+                        if (try? await client.request(.read, offset: 0, length: 512).get()) != nil { answered += 1 }
+                        try? await Task.sleep(nanoseconds: 10_000_000)
+                    }
+                    return answered
+                }
+            }
+            return await group.reduce(0, +)
         }
         let error = await failed.value
-        #expect(answered > 5 && error?.reason.contains("no reply to FLUSH at offset 0 within 10 s, though the server answered others") == true,
+        #expect(answered > 5 && error?.reason.contains("no reply to FLUSH at offset 0 within 20 s, though the server answered others") == true,
                 "\(answered) reads answered; \(String(describing: error))")
         export.release()
         await client.close()
