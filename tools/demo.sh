@@ -4,7 +4,9 @@
 # writing; --stop; boot on NEW) with BlockMirror in md's place:
 #   OLD holds an ext4 filesystem with files; a degraded mirror on OLD is exported over NBD and
 #   mounted (nbdfuse + loop: the "VM"); NEW is added and copied in the background while 100 MiB
-#   more are written; the mirror is checked and stopped; NEW mounts alone with every file intact.
+#   more are written; the mirror is checked; complete switches the export onto NEW while the
+#   filesystem stays mounted (no second outage); more writes land on NEW alone; the mirror is
+#   stopped; NEW mounts alone with every file, and OLD is exactly the disk of the moment of complete.
 # Usage: tools/demo.sh   (as root on Debian 12; SIZE=512M, SPEED_MAX=KiB/s of the copy, WORK=dir)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -82,22 +84,40 @@ RECOVERY_S=$(elapsed "$T0" "$T1")
 say "7. Check: compare OLD and NEW region by region (md's check, mismatch_cnt)"
 bm check vm-disk | tee "$WORK/check.out"
 
-say "8. Shut the VM down and stop the mirror (mdadm --stop)"
+say "8. Complete: the export switches onto NEW under the running VM (no second outage)"
+bm complete vm-disk | tee "$WORK/completed"
+OLD_AT_SWITCH=$(md5sum < "$OLD")
+head -c 8M /dev/urandom > "$MNT/written-after-complete.data"
+sync -f "$MNT/written-after-complete.data"
+(cd "$MNT" && md5sum *.data > "$WORK/final.md5")
+echo "the VM wrote 8 MiB more, now on NEW alone"
+bm status vm-disk
+
+say "9. Whenever the VM shuts down: stop the mirror"
 umount "$MNT"; losetup -d "$LOOP"; LOOP=
 fusermount3 -u "$FUSE"
 bm stop vm-disk | tee "$WORK/stopped"
 
-say "9. Boot on NEW alone: mount it and verify every file"
+say "10. NEW alone holds every file; OLD is the disk as it was at complete (the way back)"
 mount -o ro,loop "$NEW" "$WORK/check"
-(cd "$WORK/check" && md5sum -c "$WORK/after.md5")
+(cd "$WORK/check" && md5sum -c "$WORK/final.md5")
 umount "$WORK/check"
-cmp "$OLD" "$NEW" && echo "OLD and NEW are identical byte for byte (OLD still holds everything: reverting is possible)"
+[[ $(md5sum < "$OLD") == "$OLD_AT_SWITCH" ]] && echo "OLD unchanged since complete"
+cp --sparse=always "$OLD" "$WORK/old-copy.img"   # mounted with its journal replayed: a copy, OLD stays as it is
+mount -o loop "$WORK/old-copy.img" "$WORK/check"
+(cd "$WORK/check" && md5sum -c --quiet "$WORK/after.md5") && echo "OLD holds the 4 files of the moment of complete"
+[[ ! -e $WORK/check/written-after-complete.data ]] && echo "and not the one written after it"
+umount "$WORK/check"; rm -f "$WORK/old-copy.img"
 
 say "The story"
 cat <<STORY
 A $SIZE disk with a live ext4 filesystem moved from OLD to NEW without unmounting it: the mirror
 started degraded on OLD, NEW was added, and the copy ran in the background (${RECOVERY_S} s from
 'add' to in sync, held to ${SPEED_MAX}K/sec until step 6) while the filesystem took 100 MiB of new
-writes (${WRITE_S} s). check reported $(grep -o 'mismatch_cnt=[0-9]*' "$WORK/check.out"), stop reported
-"$(cat "$WORK/stopped")", and NEW mounted alone with all 4 files intact.
+writes (${WRITE_S} s). check reported $(grep -o 'mismatch_cnt=[0-9]*' "$WORK/check.out"). Then
+complete switched the same export onto NEW while the filesystem stayed mounted:
+"$(cat "$WORK/completed")". The second outage of the md way (stop, point the VM at NEW, boot) is
+gone: the VM kept running on the same URI and wrote 8 MiB more, to NEW alone. stop reported
+"$(cat "$WORK/stopped")"; NEW mounted alone with all 5 files, and OLD still holds the disk as it
+was at complete, for the way back (add it to the mirror again: only the regions written since are copied).
 STORY

@@ -11,7 +11,8 @@ public struct BlockMirrorCommand: AsyncParsableCommand {
             """,
         version: "0.1.0",
         subcommands: [BuildCommand.self, AddCommand.self, FailCommand.self, RemoveCommand.self, StatusCommand.self,
-                      DetailCommand.self, ListCommand.self, WaitCommand.self, CheckCommand.self, SpeedCommand.self, StopCommand.self,
+                      DetailCommand.self, ListCommand.self, WaitCommand.self, CheckCommand.self, SpeedCommand.self, CompleteCommand.self,
+                      ReverseCommand.self, StopCommand.self,
                       VerifyCommand.self, ExamineCommand.self, ServeCommand.self])
 
     public init() {}

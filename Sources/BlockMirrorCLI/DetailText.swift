@@ -38,6 +38,8 @@ enum DetailText {
         }
         rows.append(("Speed Limits", "\(status.speedLimits.minimum)K/sec min, " + (status.speedLimits.maximum.map { "\($0)K/sec max" } ?? "unlimited max")))
         if let failure = status.failure { rows.append(("Failure", failure)) }
+        if let switched = status.switched { rows.append(("Roles Switched", switched)) }
+        if let retired = status.retired { rows.append(("Retired", "\(retired) (written no more since the switch)")) }
         for (index, uri) in (daemon?.exports ?? []).enumerated() { rows.append((index == 0 ? "Exports" : "", uri)) }
         if let pid = daemon?.pid { rows.append(("Daemon PID", "\(pid)")) }
 

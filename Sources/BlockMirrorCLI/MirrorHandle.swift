@@ -20,6 +20,10 @@ protocol MirrorHandle {
     func speed(minimum: UInt64?, maximum: UInt64?) throws -> String
     /// `timeout`: seconds to wait for the answer (nil: as long as it takes).
     func check(repair: Bool, timeout: Int?) throws -> CheckReport
+    /// Switches onto the in-sync target (`keepOld`: the old source stays as the target).
+    func complete(keepOld: Bool) throws -> String
+    /// Swaps the roles of an in-sync mirror.
+    func reverse() throws -> String
     func stop(timeout: Int?) throws -> String
 }
 
@@ -70,6 +74,12 @@ struct EngineMirror: MirrorHandle {
         return report
     }
 
+    func complete(keepOld: Bool) throws -> String {
+        try send(ControlRequest(verb: .complete, keepOld: keepOld), timeout: 300).message ?? "completed"
+    }
+
+    func reverse() throws -> String { try send(ControlRequest(verb: .reverse), timeout: 300).message ?? "reversed" }
+
     func stop(timeout: Int?) throws -> String {
         try RuntimeDirectory.validate(name: name)
         let response: ControlResponse
@@ -119,6 +129,19 @@ struct MDMirror: MirrorHandle {
     }
 
     func check(repair: Bool, timeout: Int?) throws -> CheckReport { try array.check(repair: repair) }
+
+    func complete(keepOld: Bool) throws -> String {
+        guard !keepOld else {
+            throw CLIError("\(name): md has nothing to switch with --keep-old: both members of a RAID1 are written on every write "
+                           + "already; complete without it fails and removes the source (mdadm --fail, --remove)")
+        }
+        return try array.completeOntoTarget()
+    }
+
+    func reverse() throws -> String {
+        throw CLIError("\(name): md cannot reverse: a RAID1's members have no source and target roles to swap (an in-sync "
+                       + "array reads from either); use the engine backend for the way back with a bitmap")
+    }
 
     func stop(timeout: Int?) throws -> String { try array.stop() }
 }

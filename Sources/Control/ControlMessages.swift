@@ -17,6 +17,10 @@ public struct ControlRequest: Codable, Sendable, Equatable {
         case fail
         /// Detach a failed target (`mdadm --remove`).
         case remove
+        /// Switch the export onto the in-sync target (`keepOld`: the old source becomes the target).
+        case complete
+        /// Swap the roles of an in-sync mirror: the target serves, the source becomes its target.
+        case reverse
         /// Drain, flush both legs, save the bitmap and exit; answers with the final report.
         case stop
     }
@@ -30,13 +34,17 @@ public struct ControlRequest: Codable, Sendable, Equatable {
     public var speedMax: UInt64?
     /// `check`: rewrite mismatching sectors on the target from the source.
     public var repair: Bool?
+    /// `complete`: keep the old source as the target, written on every write.
+    public var keepOld: Bool?
 
-    public init(verb: Verb, target: String? = nil, speedMin: UInt64? = nil, speedMax: UInt64? = nil, repair: Bool? = nil) {
+    public init(verb: Verb, target: String? = nil, speedMin: UInt64? = nil, speedMax: UInt64? = nil, repair: Bool? = nil,
+                keepOld: Bool? = nil) {
         self.verb = verb; self.target = target; self.speedMin = speedMin; self.speedMax = speedMax; self.repair = repair
+        self.keepOld = keepOld
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case verb, target, speedMin, speedMax, repair
+        case verb, target, speedMin, speedMax, repair, keepOld
     }
 }
 

@@ -20,7 +20,8 @@ extension ControlRequest {
                   target: try Self.field(.target, String.self, in: container, "must be a string (the target's path)"),
                   speedMin: try Self.field(.speedMin, UInt64.self, in: container, speed),
                   speedMax: try Self.field(.speedMax, UInt64.self, in: container, speed),
-                  repair: try Self.field(.repair, Bool.self, in: container, "must be true or false"))
+                  repair: try Self.field(.repair, Bool.self, in: container, "must be true or false"),
+                  keepOld: try Self.field(.keepOld, Bool.self, in: container, "must be true or false"))
     }
 
     /// The value of `key`, nil if absent; a value of another type or out of range is a

@@ -56,6 +56,16 @@ public enum MirrorControl {
             } catch {
                 return .failure(name, "cannot remove the target: \(error)")
             }
+        case .complete, .reverse:
+            do {
+                let switched = request.verb == .complete ? try await mirror.complete(keepOld: request.keepOld ?? false)
+                                                         : try await mirror.reverse()
+                let message = switched.retired.map { "\(switched.source) serves alone; \($0) is retired and holds what it held now" }
+                    ?? "\(switched.source) serves, \(switched.target ?? "") is its target"
+                return ControlResponse(ok: true, name: name, message: message, status: mirror.status)
+            } catch {
+                return .failure(name, "cannot \(request.verb.rawValue): \(error)")
+            }
         case .stop:
             return .failure(name, "stop is handled by the daemon")
         }

@@ -55,6 +55,19 @@ public struct MDArray: Sendable {
         return target
     }
 
+    /// `complete`: once the target is in sync, `mdadm --fail` and `--remove` of the source, so
+    /// the array runs on the target alone (the source keeps what it held then).
+    public func completeOntoTarget() throws(MDError) -> String {
+        let status = try status()
+        guard status.state == .inSync, let target = status.target else {
+            throw MDError("\(device): complete needs the target in sync (state \(status.state.rawValue), "
+                          + "\(status.regionsDirty) of \(status.regionsTotal) regions to copy)")
+        }
+        try mdadm.run([device, "--fail", status.source])
+        try mdadm.run([device, "--remove", status.source])
+        return "\(target) serves alone; \(status.source) removed (mdadm --fail, --remove) and holds what it held at the switch"
+    }
+
     /// `mdadm --stop`; says whether the target was a complete copy when it stopped.
     public func stop() throws(MDError) -> String {
         let status = try status()

@@ -57,9 +57,16 @@ public enum BitmapFileFormat {
         public var target: LegRecord?
         /// When the mirror stopped cleanly (ISO 8601), for messages.
         public var stopped: String?
+        /// When `complete` or `reverse` last switched the roles (ISO 8601): from then on `source`
+        /// may be the leg the mirror was built with as its target, and a restart serves it.
+        public var switched: String?
+        /// The leg that served until `complete` (without `--keep-old`) retired it: no longer written,
+        /// it holds what it held then (its write trace of that moment); the bits say what it misses.
+        public var retired: LegRecord?
 
-        public init(source: LegRecord, target: LegRecord? = nil, stopped: String? = nil) {
-            self.source = source; self.target = target; self.stopped = stopped
+        public init(source: LegRecord, target: LegRecord? = nil, stopped: String? = nil, switched: String? = nil,
+                    retired: LegRecord? = nil) {
+            self.source = source; self.target = target; self.stopped = stopped; self.switched = switched; self.retired = retired
         }
     }
 

@@ -13,6 +13,9 @@ import MirrorModel
 /// part of the state in a pure type (`TargetSlot`, `CopierState`, `WriteIntentState`, `CheckState`).
 final class MirrorCore: Sendable {
     struct Shared {
+        /// The leg reads come from: the one built as source, until `complete` or `reverse` switch
+        /// the roles (with no request in flight: `MirrorExport+Roles`).
+        var source: any Leg
         /// The target and its lifecycle.
         var target = TargetSlot()
         var bitmap: RegionBitmap
@@ -38,6 +41,10 @@ final class MirrorCore: Sendable {
         var verifiedDiffering = 0
         /// The source's path no longer names the file or device served (deleted, replaced).
         var sourceProblem: String?
+        /// When `complete` or `reverse` last switched the roles (ISO 8601), and the leg `complete`
+        /// retired, by path.
+        var switched: String?
+        var retired: String?
         /// A region now holds the same bytes on both legs.
         mutating func markClean(_ region: Int) {
             bitmap.setClean(region)
@@ -46,7 +53,6 @@ final class MirrorCore: Sendable {
     }
 
     let shared: Mutex<Shared>
-    let source: any Leg
     let logger: Logger
     /// Held exclusively by a copy or a check of a region, shared by writes: a copy never lands
     /// over a newer write (invariant 3).
@@ -54,10 +60,12 @@ final class MirrorCore: Sendable {
 
     /// The state of a mirror over `source` whose bitmap is `bitmap`, as persisted (or all dirty).
     init(source: any Leg, bitmap: RegionBitmap, logger: Logger) {
-        self.source = source
         self.logger = logger
-        shared = Mutex(Shared(bitmap: bitmap, intent: WriteIntentState(persisted: bitmap)))
+        shared = Mutex(Shared(source: source, bitmap: bitmap, intent: WriteIntentState(persisted: bitmap)))
     }
+
+    /// The leg serving reads now.
+    var source: any Leg { shared.withLock { $0.source } }
 
     /// Monotonic nanoseconds.
     static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
@@ -71,13 +79,14 @@ final class MirrorCore: Sendable {
         else if shared.target.leg == nil { state = .degraded }
         else if shared.bitmap.dirtyCount > 0 { state = .recovering }
         else { state = .inSync }
-        return MirrorStatus(state: state, source: "", target: shared.target.leg?.path, size: shared.bitmap.deviceSize,
+        return MirrorStatus(state: state, source: shared.source.path, target: shared.target.leg?.path, size: shared.bitmap.deviceSize,
                             regionSize: shared.bitmap.regionSize, regionsTotal: shared.bitmap.regionCount,
                             regionsDirty: shared.bitmap.dirtyCount, bytesCopied: shared.copier.bytesCopied, speedBytesPerSecond: 0,
                             speedLimits: SpeedLimits(), foregroundInFlight: 0, check: shared.check.running, lastCheck: shared.check.last,
                             failure: shared.target.failure, sourceProblem: shared.sourceProblem,
                             regionsVerifying: shared.verifying?.dirtyCount,
-                            verifiedDiffering: shared.verifying == nil ? nil : shared.verifiedDiffering)
+                            verifiedDiffering: shared.verifying == nil ? nil : shared.verifiedDiffering,
+                            switched: shared.switched, retired: shared.retired)
     }
 
     // MARK: Waiting for the recovery

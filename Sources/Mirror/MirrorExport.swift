@@ -24,9 +24,11 @@ public final class MirrorExport: BlockExport, Sendable {
         public let description: String
     }
 
-    public let source: any Leg
+    /// The leg reads come from: the one built as source until `complete` or `reverse` switch roles.
+    public var source: any Leg { core.source }
     public let capabilities: ExportCapabilities
-    public var size: UInt64 { source.size }
+    /// The source's size when the mirror was built: a leg that serves later may be larger.
+    public let size: UInt64
     public var exportDescription: String { "mirror of \(source.path)" }
 
     /// Copies in flight at once, each one region.
@@ -40,17 +42,20 @@ public final class MirrorExport: BlockExport, Sendable {
     let core: MirrorCore
     let recorder: WriteIntentRecorder
     let copier: MirrorCopier
-    private let tracker = InFlightTracker()
+    let tracker = InFlightTracker()
+    /// Closed while the legs switch roles: requests wait (`MirrorExport+Roles`).
+    let gate = RequestGate()
 
     /// A mirror over `source`, degraded until `attach` gives it a target. With `intentLog`, the
     /// bitmap is persisted there; `resuming` is the bitmap read back from it after a crash or stop
     /// (otherwise every region starts dirty). `blockSize` is the granularity the export asks of its
     /// clients (at least the source's required alignment): that of a target to come that needs
-    /// aligned requests (an NBD server's minimum block size).
-    public init(source: any Leg, blockSize: Int = 1, regionSize: UInt64 = 1 << 20, copiesInFlight: Int = 8, limits: SpeedLimits = SpeedLimits(),
+    /// aligned requests (an NBD server's minimum block size). `size` is the export's (nil: the
+    /// source's): after a role switch the serving leg may be larger than the mirror it serves.
+    public init(source: any Leg, size: UInt64? = nil, blockSize: Int = 1, regionSize: UInt64 = 1 << 20, copiesInFlight: Int = 8, limits: SpeedLimits = SpeedLimits(),
                 pool: BufferPool, logger: Logger, intentLog: WriteIntentLog? = nil, resuming: RegionBitmap? = nil,
                 writeHoldNanos: UInt64 = 2_000_000_000) {
-        self.source = source
+        self.size = size ?? source.size
         self.pool = pool
         self.logger = logger
         self.capabilities = ExportCapabilities(
@@ -58,8 +63,14 @@ public final class MirrorExport: BlockExport, Sendable {
             blockSizes: BlockSizeConstraints(minimum: UInt32(max(blockSize, source.requiredAlignment)),
                                              preferred: UInt32(max(4096, source.alignment, blockSize)),
                                              maximum: BlockSizeConstraints.maximumPayload))
-        let bitmap = resuming ?? RegionBitmap(deviceSize: source.size, regionSize: regionSize, allDirty: true)
+        let bitmap = resuming ?? RegionBitmap(deviceSize: self.size, regionSize: regionSize, allDirty: true)
         core = MirrorCore(source: source, bitmap: bitmap, logger: logger)
+        if let record = intentLog?.record, record.switched != nil {
+            core.shared.withLock { shared in
+                shared.switched = record.switched
+                shared.retired = record.retired?.identity.path
+            }
+        }
         recorder = WriteIntentRecorder(core: core, log: intentLog, writeHoldNanos: writeHoldNanos)
         copier = MirrorCopier(core: core, recorder: recorder, throttle: CopyThrottle(limits: limits), depth: copiesInFlight,
                               pool: pool, foreground: tracker)
@@ -70,7 +81,6 @@ public final class MirrorExport: BlockExport, Sendable {
     public var status: MirrorStatus {
         let now = MirrorCore.now()
         var status = core.shared.withLock { MirrorCore.status(of: $0) }
-        status.source = source.path
         status.bitmap = intentLog?.path
         let speed = copier.throttle.bytesPerSecond(now: now)
         status.speedBytesPerSecond = UInt64(speed)
@@ -108,10 +118,11 @@ public final class MirrorExport: BlockExport, Sendable {
         }
         let bitmap: RegionBitmap = try core.shared.withLock { shared throws(TargetError) in
             guard !shared.stopping else { throw TargetError(description: "the mirror is stopping") }
-            try shared.target.checkAttach(target, sourcePath: source.path, sourceSize: source.size,
+            try shared.target.checkAttach(target, sourcePath: shared.source.path, sourceSize: size,
                                           exportBlockSize: Int(capabilities.blockSizes.minimum), regionSize: shared.bitmap.regionSize)
             guard shared.check.running == nil else { throw TargetError(description: "a check is running") }
             shared.target.attach(target)
+            shared.retired = nil
             shared.verifiedDiffering = 0
             if case .trust = verdict {
                 let verifying = doubtful.subtracting(shared.bitmap)
@@ -192,19 +203,46 @@ public final class MirrorExport: BlockExport, Sendable {
 
     // MARK: Export operations
 
+    /// The legs a request works on, as they were when it started.
+    private struct Legs {
+        let source: any Leg
+        /// Nil when degraded or failed.
+        let target: (any Leg)?
+    }
+
+    /// Runs a request through the gate (it waits while the legs switch roles), then `admitted`.
+    private func gated<T: Sendable>(
+        _ command: ExportCommand?, offset: UInt64, length: UInt64, lockingRegions: Bool = true, on eventLoop: any EventLoop,
+        _ body: @escaping @Sendable (_ legs: Legs, _ promise: EventLoopPromise<T>) -> Void
+    ) -> EventLoopFuture<T> {
+        var waiting: EventLoopFuture<T>?
+        gate.enter(otherwise: {
+            let promise = eventLoop.makePromise(of: T.self)
+            waiting = promise.futureResult
+            return { [self] in
+                eventLoop.execute { [self] in
+                    admitted(command, offset: offset, length: length, lockingRegions: lockingRegions, on: eventLoop, body)
+                        .cascade(to: promise)
+                }
+            }
+        })
+        return waiting ?? admitted(command, offset: offset, length: length, lockingRegions: lockingRegions, on: eventLoop, body)
+    }
+
     /// Runs a tracked, range-checked operation with its regions locked shared (unless
     /// `lockingRegions` is false: operations that only read the source need no lock); `body` gets
-    /// the target (nil when degraded) and must complete the promise exactly once.
-    private func locked<T: Sendable>(
-        _ command: ExportCommand?, offset: UInt64, length: UInt64, lockingRegions: Bool = true, on eventLoop: any EventLoop,
-        _ body: @escaping @Sendable (_ target: (any Leg)?, _ promise: EventLoopPromise<T>) -> Void
+    /// the legs (the target nil when degraded) and must complete the promise exactly once. Leaves
+    /// the gate when it completes.
+    private func admitted<T: Sendable>(
+        _ command: ExportCommand?, offset: UInt64, length: UInt64, lockingRegions: Bool, on eventLoop: any EventLoop,
+        _ body: @escaping @Sendable (_ legs: Legs, _ promise: EventLoopPromise<T>) -> Void
     ) -> EventLoopFuture<T> {
         let regions = lockingRegions ? core.shared.withLock { $0.bitmap.regions(offset: offset, length: length) } : 0..<0
         let recordsIntent = (command?.modifies ?? false) && recorder.recordsWrites
         copier.foregroundArrived()
-        return tracker.run(self, command, offset: offset, length: length, on: eventLoop) { (promise: EventLoopPromise<T>) in
+        let future = tracker.run(self, command, offset: offset, length: length, on: eventLoop) { (promise: EventLoopPromise<T>) in
             core.locks.lock(regions, .shared) { [self] in
-                let target = core.shared.withLock { $0.target.healthy }
+                let legs = core.shared.withLock { Legs(source: $0.source, target: $0.target.healthy) }
                 // Write intent before write (invariant 4): while this request is in flight its
                 // regions stay set on disk; a clear bit is set durably before any data moves.
                 let waitsForIntent = recordsIntent && recorder.writeBegins(regions)
@@ -214,10 +252,10 @@ public final class MirrorExport: BlockExport, Sendable {
                     if recordsIntent { recorder.writeEnded(regions) }
                     core.locks.unlock(regions, .shared)
                 }
-                guard waitsForIntent else { return body(target, promise) }
+                guard waitsForIntent else { return body(legs, promise) }
                 recorder.persist(regions) { [logger] result in
                     switch result {
-                    case .success: eventLoop.execute { body(target, promise) }  // back to the request's event loop
+                    case .success: eventLoop.execute { body(legs, promise) }  // back to the request's event loop
                     case .failure(let error):
                         logger.error("cannot record write intent; request refused", metadata: ["error": "\(error)"])
                         promise.fail(BlockExportError(.io, "\(error)"))
@@ -225,14 +263,17 @@ public final class MirrorExport: BlockExport, Sendable {
                 }
             }
         }
+        future.whenComplete { [gate] _ in gate.leave() }
+        return future
     }
 
     /// Runs the same operation on source and target (when there is one) and completes when both
     /// did. A source failure fails the request; a target failure degrades the mirror. When both
     /// succeeded, the regions the range covers whole hold the same bytes on both legs: clean;
     /// without a healthy target, the regions it touched are dirty.
-    private func fanOut(offset: UInt64, length: UInt64, target: (any Leg)?, promise: EventLoopPromise<Void>,
+    private func fanOut(offset: UInt64, length: UInt64, legs: Legs, promise: EventLoopPromise<Void>,
                         _ operation: @escaping @Sendable (any Leg, @escaping @Sendable (Result<Void, BlockIOError>) -> Void) -> Void) {
+        let target = legs.target
         let outcome = Mutex<(pending: Int, source: Result<Void, BlockIOError>?, targetOK: Bool)>((target == nil ? 1 : 2, nil, target != nil))
         let finish: @Sendable () -> Void = { [self] in
             let (sourceResult, targetOK) = outcome.withLock { ($0.source!, $0.targetOK) }
@@ -257,7 +298,7 @@ public final class MirrorExport: BlockExport, Sendable {
                 copier.pump()
             }
         }
-        operation(source) { result in
+        operation(legs.source) { result in
             if outcome.withLock({ $0.source = result; $0.pending -= 1; return $0.pending == 0 }) { finish() }
         }
         if let target {
@@ -274,8 +315,8 @@ public final class MirrorExport: BlockExport, Sendable {
     }
 
     public func read(offset: UInt64, length: Int, allocator: ByteBufferAllocator, on eventLoop: any EventLoop) -> EventLoopFuture<ByteBuffer> {
-        locked(.read, offset: offset, length: UInt64(length), lockingRegions: false, on: eventLoop) { [self] _, promise in
-            source.read(offset: offset, length: length, allocator: allocator, pool: pool, completing: promise)
+        gated(.read, offset: offset, length: UInt64(length), lockingRegions: false, on: eventLoop) { [pool] legs, promise in
+            legs.source.read(offset: offset, length: length, allocator: allocator, pool: pool, completing: promise)
         }
     }
 
@@ -284,9 +325,9 @@ public final class MirrorExport: BlockExport, Sendable {
         // Copy the payload now: `data` belongs to the connection's input buffer.
         let buffer = pool.take(capacity: max(length, 1))
         data.withUnsafeReadableBytes { if length > 0 { buffer.baseAddress.copyMemory(from: $0.baseAddress!, byteCount: length) } }
-        let future: EventLoopFuture<Void> = locked(.write, offset: offset, length: UInt64(length), on: eventLoop) { [self] target, promise in
+        let future: EventLoopFuture<Void> = gated(.write, offset: offset, length: UInt64(length), on: eventLoop) { [self] legs, promise in
             guard length > 0 else { return promise.succeed(()) }
-            fanOut(offset: offset, length: UInt64(length), target: target, promise: promise) { device, done in
+            fanOut(offset: offset, length: UInt64(length), legs: legs, promise: promise) { device, done in
                 device.write(from: buffer.baseAddress, count: length, offset: offset, durable: fua, completion: done)
             }
         }
@@ -295,10 +336,10 @@ public final class MirrorExport: BlockExport, Sendable {
 
     /// FLUSH: both legs durable, then the bitmap file saved (so a restart recopies little).
     public func flush(on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
-        locked(nil, offset: 0, length: 0, on: eventLoop) { [self] target, promise in
-            let legs = eventLoop.makePromise(of: Void.self)
-            fanOut(offset: 0, length: 0, target: target, promise: legs) { device, done in device.flush(completion: done) }
-            legs.futureResult.whenComplete { [self] result in
+        gated(nil, offset: 0, length: 0, on: eventLoop) { [self] legs, promise in
+            let flushed = eventLoop.makePromise(of: Void.self)
+            fanOut(offset: 0, length: 0, legs: legs, promise: flushed) { device, done in device.flush(completion: done) }
+            flushed.futureResult.whenComplete { [self] result in
                 guard case .success = result else { return promise.completeWith(result) }
                 // A writeback error a bitmap save's fdatasync took from the source is this FLUSH's.
                 if let error = core.shared.withLock({ shared -> BlockIOError? in
@@ -326,9 +367,9 @@ public final class MirrorExport: BlockExport, Sendable {
 
     private func zero(_ command: ExportCommand, offset: UInt64, length: UInt64, mayTrim: Bool, fua: Bool,
                       on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
-        locked(command, offset: offset, length: length, on: eventLoop) { [self] target, promise in
+        gated(command, offset: offset, length: length, on: eventLoop) { [self] legs, promise in
             guard length > 0 else { return promise.succeed(()) }
-            fanOut(offset: offset, length: length, target: target, promise: promise) { device, done in
+            fanOut(offset: offset, length: length, legs: legs, promise: promise) { device, done in
                 device.writeZeroes(offset: offset, length: length, mayDeallocate: mayTrim, fastOnly: false) { result in
                     guard fua, case .success = result else { return done(result) }
                     device.flush(completion: done)
@@ -338,14 +379,14 @@ public final class MirrorExport: BlockExport, Sendable {
     }
 
     public func cache(offset: UInt64, length: UInt64, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
-        locked(.cache, offset: offset, length: length, lockingRegions: false, on: eventLoop) { [self] _, promise in
-            source.prefetch(offset: offset, length: length) { promise.completeWith($0.mapError { BlockExportError($0) }) }
+        gated(.cache, offset: offset, length: length, lockingRegions: false, on: eventLoop) { legs, promise in
+            legs.source.prefetch(offset: offset, length: length) { promise.completeWith($0.mapError { BlockExportError($0) }) }
         }
     }
 
     public func blockStatus(offset: UInt64, length: UInt64, maxExtents: Int, on eventLoop: any EventLoop) -> EventLoopFuture<[BlockExtent]> {
-        locked(.blockStatus, offset: offset, length: length, lockingRegions: false, on: eventLoop) { [self] _, promise in
-            source.blockStatus(offset: offset, length: length, maxExtents: maxExtents, completing: promise)
+        gated(.blockStatus, offset: offset, length: length, lockingRegions: false, on: eventLoop) { legs, promise in
+            legs.source.blockStatus(offset: offset, length: length, maxExtents: maxExtents, completing: promise)
         }
     }
 

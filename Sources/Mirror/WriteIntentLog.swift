@@ -42,6 +42,8 @@ public final class WriteIntentLog: @unchecked Sendable {
     public var regionSize: UInt64 { header.regionSize }
     /// The target the bits describe, as recorded.
     public var recordedTarget: BitmapFileFormat.LegRecord? { header.record.target }
+    /// What the file records of the legs and their roles.
+    public var record: BitmapFileFormat.Record { header.record }
 
     private init(path: String, fd: FileDescriptor, header: BitmapFileFormat.Header) {
         self.path = path; self.fd = fd; self.header = header
@@ -230,15 +232,21 @@ public final class WriteIntentLog: @unchecked Sendable {
 
     // MARK: The legs
 
-    /// Whether the bits may be kept for `target` (`BitmapTrust.target`).
+    /// Whether the bits may be kept for `target` (`BitmapTrust.target`): against the recorded
+    /// target, or with none, the leg `complete` retired (the bits mark what it missed since).
     public func verdict(forTarget target: LegIdentity, trace: LegWriteTrace) -> BitmapTrust.Verdict {
-        BitmapTrust.target(recorded: header.record.target, identity: target, trace: trace, stopped: header.record.stopped)
+        if header.record.target == nil, let retired = header.record.retired {
+            return BitmapTrust.target(recorded: retired, identity: target, trace: trace, stopped: header.record.switched)
+        }
+        return BitmapTrust.target(recorded: header.record.target, identity: target, trace: trace, stopped: header.record.stopped)
     }
 
     /// Records an attached target, with `bitmap` as it is now (every region dirty for a new one),
-    /// durably before this returns: from now on its writes are the bits' business.
+    /// durably before this returns: from now on its writes are the bits' business (and a retired
+    /// leg, if any, is no longer what they describe).
     public func attach(target: LegIdentity, bitmap: RegionBitmap) throws(Failure) {
         header.record.target = .init(identity: target)
+        header.record.retired = nil
         try save(bitmap)
     }
 
@@ -247,6 +255,27 @@ public final class WriteIntentLog: @unchecked Sendable {
     public func detachTarget(bitmap: RegionBitmap) throws(Failure) {
         header.record.target?.detached = true
         try save(bitmap)
+    }
+
+    /// Records that the legs switch roles (`complete`, `reverse`), durably before this returns
+    /// and so before the switch takes effect: `source` serves from now on, `target` (if any) is
+    /// its target, `retired` (if any) is no longer used. `bitmap` is the bits as they are now.
+    /// If the save fails, the record is put back as it was and saved again (the switch does not
+    /// happen, so later saves must not record it).
+    public func switchRoles(source: LegIdentity, target: BitmapFileFormat.LegRecord?, retired: BitmapFileFormat.LegRecord?,
+                            bitmap: RegionBitmap) throws(Failure) {
+        let before = header.record
+        header.record.source = .init(identity: source)
+        header.record.target = target
+        header.record.retired = retired
+        header.record.switched = ISO8601DateFormatter().string(from: Date())
+        do {
+            try save(bitmap)
+        } catch {
+            header.record = before
+            try? save(bitmap)
+            throw error
+        }
     }
 
     // MARK: Saving

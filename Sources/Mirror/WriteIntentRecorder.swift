@@ -76,6 +76,31 @@ final class WriteIntentRecorder: @unchecked Sendable {
         }
     }
 
+    /// Records in the file that the legs switch roles (`WriteIntentLog.switchRoles`), durably,
+    /// before the switch takes effect. The caller has made both legs durable with no request in
+    /// flight, so this save clears every clean bit, like a clean stop's: the bits left say what
+    /// the leg the switch leaves behind (target or retired) lacks.
+    func recordSwitch(source: any Leg, target: (any Leg)?, retired: (any Leg)?) async throws(WriteIntentLog.Failure) {
+        guard let log else { return }
+        let result = await onQueue { [core, writeHoldNanos] () -> Result<Void, WriteIntentLog.Failure> in
+            let now = MirrorCore.now()
+            let (started, persisted) = core.shared.withLock { shared in
+                (shared.intent.beginSave(dirty: shared.bitmap, now: now, holdNanos: writeHoldNanos, final: true), shared.intent.persisted)
+            }
+            do throws(WriteIntentLog.Failure) {
+                try log.switchRoles(source: source.identity, target: target.map { .init(identity: $0.identity) },
+                                    retired: retired.map { .init(identity: $0.identity, trace: $0.writeTrace()) },
+                                    bitmap: started?.bits ?? persisted)
+                if let started { core.shared.withLock { $0.intent.saved(started) } }
+                return .success(())
+            } catch {
+                if let started { core.shared.withLock { $0.intent.failed(started) } }
+                return .failure(error)
+            }
+        }
+        try result.get()
+    }
+
     // MARK: Write intent
 
     /// Whether writes are recorded at all (there is a bitmap file).

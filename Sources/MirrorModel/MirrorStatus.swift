@@ -55,6 +55,11 @@ public struct MirrorStatus: Sendable, Equatable, Codable {
     /// target: `resync` (both legs present, made consistent), or `resync=PENDING`/`resync=DELAYED`
     /// while it waits its turn. Nil for the engine, whose only such work is a recovery.
     public var syncAction: String?
+    /// When `complete` or `reverse` last switched the roles (ISO 8601): `source` is then not
+    /// necessarily the leg the mirror was built with as its source.
+    public var switched: String?
+    /// The leg `complete` retired: served until then, written no more, holding what it held then.
+    public var retired: String?
 
     /// Bytes the target still lacks (whole regions; the last may be partial).
     public var bytesDirty: UInt64 { min(UInt64(regionsDirty) * regionSize, size) }
@@ -64,13 +69,13 @@ public struct MirrorStatus: Sendable, Equatable, Codable {
                 regionsDirty: Int, bytesCopied: UInt64, speedBytesPerSecond: UInt64, etaSeconds: Double? = nil,
                 speedLimits: SpeedLimits, foregroundInFlight: Int, check: CheckReport? = nil, lastCheck: CheckReport? = nil,
                 failure: String?, bitmap: String? = nil, sourceProblem: String? = nil, regionsVerifying: Int? = nil,
-                verifiedDiffering: Int? = nil, syncAction: String? = nil) {
+                verifiedDiffering: Int? = nil, syncAction: String? = nil, switched: String? = nil, retired: String? = nil) {
         self.state = state; self.source = source; self.target = target; self.size = size; self.regionSize = regionSize
         self.regionsTotal = regionsTotal; self.regionsDirty = regionsDirty; self.bytesCopied = bytesCopied
         self.speedBytesPerSecond = speedBytesPerSecond; self.etaSeconds = etaSeconds; self.speedLimits = speedLimits
         self.foregroundInFlight = foregroundInFlight; self.check = check; self.lastCheck = lastCheck; self.failure = failure
         self.bitmap = bitmap; self.sourceProblem = sourceProblem; self.regionsVerifying = regionsVerifying
-        self.verifiedDiffering = verifiedDiffering; self.syncAction = syncAction
+        self.verifiedDiffering = verifiedDiffering; self.syncAction = syncAction; self.switched = switched; self.retired = retired
     }
 }
 

@@ -14,9 +14,9 @@ import Testing
     @Test func malformedRequestsAreDescribed() {
         #expect(failure("{") == "not JSON (a message is one JSON object on one line, such as {\"verb\":\"status\"})")
         #expect(failure("[1]") == "not a JSON object (a message is one JSON object on one line, such as {\"verb\":\"status\"})")
-        #expect(failure("{\"target\":\"x\"}") == "missing \"verb\" (one of status, add, speed, check, fail, remove, stop)")
-        #expect(failure("{\"verb\":7}") == "\"verb\" must be a string, one of status, add, speed, check, fail, remove, stop (got 7)")
-        #expect(failure("{\"verb\":\"format-disk\"}") == "unknown verb \"format-disk\"; expected one of status, add, speed, check, fail, remove, stop")
+        #expect(failure("{\"target\":\"x\"}") == "missing \"verb\" (one of status, add, speed, check, fail, remove, complete, reverse, stop)")
+        #expect(failure("{\"verb\":7}") == "\"verb\" must be a string, one of status, add, speed, check, fail, remove, complete, reverse, stop (got 7)")
+        #expect(failure("{\"verb\":\"format-disk\"}") == "unknown verb \"format-disk\"; expected one of status, add, speed, check, fail, remove, complete, reverse, stop")
         #expect(failure("{\"verb\":\"add\",\"target\":[\"/dev/sdb\"]}") == "\"target\" must be a string (the target's path) (got an array)")
         #expect(failure("{\"verb\":\"check\",\"repair\":\"yes\"}") == "\"repair\" must be true or false (got a string)")
     }
@@ -41,7 +41,7 @@ import Testing
     /// What a request sends is escaped before it is echoed back or logged.
     @Test func unknownVerbsAreEscaped() {
         let text = failure("{\"verb\":\"x\\u001b[2J\\u202e\\n\\\"\"}")
-        #expect(text == "unknown verb \"x\\x1b[2J\\u{202e}\\n\\\"\"; expected one of status, add, speed, check, fail, remove, stop", "\(text)")
+        #expect(text == "unknown verb \"x\\x1b[2J\\u{202e}\\n\\\"\"; expected one of status, add, speed, check, fail, remove, complete, reverse, stop", "\(text)")
         #expect(!failure("{\"verb\":\"\(String(repeating: "v", count: 5000))\"}").contains(String(repeating: "v", count: 300)))
     }
 

@@ -181,7 +181,7 @@ import Glibc
             #expect(!reply.ok && reply.error == "malformed request: \"speedMin\" \(range) (got \(got))", "\(value): \(reply)")
         }
         let unknown = try answer("{\"verb\":\"format\\u001b[2J\"}")
-        #expect(unknown.error == "malformed request: unknown verb \"format\\x1b[2J\"; expected one of status, add, speed, check, fail, remove, stop",
+        #expect(unknown.error == "malformed request: unknown verb \"format\\x1b[2J\"; expected one of status, add, speed, check, fail, remove, complete, reverse, stop",
                 "\(unknown)")
         #expect(!mirror.log.contains("\u{1B}[2J"), "an escape sequence from a request reached the log")
         #expect(try answer("{\"verb\":\"status\"}").ok)
