@@ -17,6 +17,9 @@ enum StatusText {
                      "      \(status.size / 1024)K, \(status.regionSize / 1024)K regions, speed limits \(limits) \(healthy)"]
         if let line = progressLine(status) { lines.append("      " + line) }
         if let failure = status.failure { lines.append("      target failed: \(failure)") }
+        if let retired = status.retired {
+            lines.append("      completed at \(status.switched ?? "?"): \(retired) retired, holding what it held then")
+        }
         if let last = status.lastCheck, status.check == nil {
             lines.append("      last \(last.repair ? "repair" : "check"): mismatch_cnt=\(last.mismatchedSectors)"
                          + (last.interrupted.map { " (interrupted: \($0))" } ?? ""))
