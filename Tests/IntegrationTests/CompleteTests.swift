@@ -48,6 +48,11 @@ import Testing
         #expect(copying.waitForExit(timeout: 240) && copying.exitCode == 0, "the copy across the switch failed\n\(copying.stderr)")
         let status = try mirror.status()
         #expect(status.source == new && status.target == nil && status.retired == old && status.switched != nil, "\(status)")
+        let shown = try mirror.cli("status", "m0")
+        #expect(shown.stdout.contains("m0 : degraded \(new)[0]") && shown.stdout.contains("\(old) retired, holding what it held then"),
+                "\(shown)")
+        let detail = try mirror.cli("detail", "m0")
+        #expect(detail.stdout.contains("Roles Switched :") && detail.stdout.contains("Retired : \(old)"), "\(detail)")
         // What OLD holds from the switch on: nothing may change it any more.
         let oldAtSwitch = try md5(old, in: dir)
 
