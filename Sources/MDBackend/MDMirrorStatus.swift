@@ -74,11 +74,13 @@ public enum MDMirrorStatus {
         return status
     }
 
-    /// The source (role 0), the target (the other device, if any) and whether the target is faulty.
+    /// The source (role 0; after `complete` removed it, the one active member left), the target
+    /// (the other device, if any) and whether the target is faulty.
     static func devices(stat: MDArrayStat, detail: MDDetail?) -> (source: String?, target: String?, faulty: Bool) {
         if let detail {
             let present = detail.devices.filter { $0.path != nil }
-            let source = present.first { $0.raidDevice == 0 && !$0.state.contains("faulty") }?.path
+            let active = present.filter { !$0.state.contains("faulty") && !$0.state.contains("spare") }
+            let source = (present.first { $0.raidDevice == 0 && !$0.state.contains("faulty") } ?? (present.count == 1 ? active.first : nil))?.path
             let other = present.first { $0.path != source }
             return (source, other?.path, other?.state.contains("faulty") ?? false)
         }

@@ -6,7 +6,8 @@ import Testing
 /// The md backend against a real kernel md: this host's kernel has no md, so tools/md-vm.sh boots
 /// Debian's cloud kernel in qemu (TCG) with mdadm and this build's blockmirror in an initramfs, and
 /// runs the scenario through blockmirror's verbs with `--backend md`: build degraded on vda, fio
-/// writes on /dev/md0, add vdb, wait, check (mismatch_cnt 0), status --json and detail, stop; then
+/// writes on /dev/md0, add vdb, wait, check (mismatch_cnt 0), status --json and detail, complete
+/// (md fails and removes vda: the array runs on vdb alone), stop; then
 /// both disks' md5s compared on the host. The harness installs qemu, the kernel, busybox and mdadm
 /// when they are missing; the test fails (never skips) when it cannot run.
 @Suite(.serialized) struct KernelMDTests {
@@ -24,7 +25,8 @@ import Testing
                              in: dir, timeout: 1500)
         #expect(result.succeeded, "\(result)")
         let output = result.stdout
-        #expect(output.contains("@@ STOP md0: in sync: /dev/vdb is a complete copy of /dev/vda"), "\(result)")
+        #expect(output.contains("@@ COMPLETE md0: /dev/vdb serves alone; /dev/vda removed (mdadm --fail, --remove)"), "\(result)")
+        #expect(output.contains("@@ STOP md0: degraded: no target attached; /dev/vdb holds every write"), "\(result)")
         #expect(output.contains("@@ MISMATCH_CNT 0"), "\(result)")
         #expect(output.contains("@@ STATUS 0"), "\(result)")
         let md5s = output.split(separator: "\n").filter { $0.contains("md5 OLD") }
@@ -45,6 +47,8 @@ import Testing
         let synced = try status("status.json")
         #expect(synced.state == .inSync && synced.target == "/dev/vdb" && synced.regionsDirty == 0
                 && synced.lastCheck?.mismatchedSectors == 0)
+        let completed = try status("status-completed.json")
+        #expect(completed.state == .degraded && completed.source == "/dev/vdb" && completed.target == nil, "\(completed)")
         let detail = readText(files + "detail.txt")
         #expect(detail.contains("Backend : md (kernel)") && detail.contains("State : clean\n")
                 && detail.contains("active sync   /dev/vda") && detail.contains("active sync   /dev/vdb"), "\(detail)")

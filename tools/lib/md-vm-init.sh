@@ -287,6 +287,10 @@ sc_md() {
         bm status.json status md0 --backend md --json || fail "blockmirror status: $(bm_last status.json)"
         cat /out/status.json; echo
         grep -q '"state" *: *"in-sync"' /out/status.json || fail "status --json does not say in-sync"
+        # complete: md fails and removes the source; the array runs on the target alone
+        bm complete.log complete md0 --backend md || fail "blockmirror complete: $(bm_last complete.log)"
+        mark COMPLETE "$(bm_last complete.log)"
+        bm status-completed.json status md0 --backend md --json || fail "blockmirror status (completed): $(bm_last status-completed.json)"
         bm stop.log stop md0 --backend md || fail "blockmirror stop: $(bm_last stop.log)"
         mark STOP "$(bm_last stop.log)"
         [ -e /sys/block/md0/md ] && fail "md0 still exists after blockmirror stop"
