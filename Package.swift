@@ -110,7 +110,7 @@ let package = Package(
         .testTarget(
             name: "DaemonTests",
             dependencies: [
-                "Daemon", "BlockIO", "BlockExport", "NBD", "Control", "MirrorModel",
+                "Daemon", "BlockIO", "BlockExport", "Mirror", "NBD", "Control", "MirrorModel",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(

@@ -75,10 +75,21 @@ struct EngineMirror: MirrorHandle {
     }
 
     func complete(keepOld: Bool) throws -> String {
-        try send(ControlRequest(verb: .complete, keepOld: keepOld), timeout: 300).message ?? "completed"
+        try switching("complete") { try send(ControlRequest(verb: .complete, keepOld: keepOld), timeout: 300).message ?? "completed" }
     }
 
-    func reverse() throws -> String { try send(ControlRequest(verb: .reverse), timeout: 300).message ?? "reversed" }
+    func reverse() throws -> String {
+        try switching("reverse") { try send(ControlRequest(verb: .reverse), timeout: 300).message ?? "reversed" }
+    }
+
+    /// A role switch asked with `body`: an answer that does not come in time leaves the outcome open.
+    private func switching(_ verb: String, _ body: () throws -> String) throws -> String {
+        do { return try body() } catch {
+            guard (error as? ControlError)?.timedOut == true else { throw error }
+            throw CLIError("\(name): the daemon did not answer \(verb) within 300 s: whether the roles switched is unknown "
+                           + "(blockmirror status \(name) shows the source now; see \(directory.logFile(for: name)))")
+        }
+    }
 
     func stop(timeout: Int?) throws -> String {
         try RuntimeDirectory.validate(name: name)

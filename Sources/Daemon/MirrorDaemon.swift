@@ -42,25 +42,10 @@ public struct MirrorDaemon: Sendable {
     /// file (its notes logged; resumed from if it holds a previous run), builds the mirror and
     /// attaches the target. The export asks its clients for requests the target can take (an NBD
     /// server's minimum block size). The mirror logs once when its recovery ends.
-    ///
-    /// When the bitmap file records that `complete` or `reverse` made the leg given as target the
-    /// source, that leg serves (a restart after the switch never serves the old source again), at
-    /// the size the mirror was built with; the leg given as source is its target if the file says
-    /// so (`--keep-old`, `reverse`), else it is retired and left alone.
+    /// After `complete` or `reverse`, the legs serve in the roles the bitmap file records
+    /// (`openLegs`).
     public func open(aio: AIOEngine, logger: Logger) async throws -> MirrorExport {
-        var sourceDevice = try await LegOpener.open(source, readOnly: false, aio: aio, remote: remote, logger: logger)
-        // Before any bitmap is made of it: a source too large for one, or off its own block size.
-        try MirrorExport.checkGeometry(of: sourceDevice, regionSize: regionSize ?? Self.defaultRegionSize)
-        if let target { try MirrorExport.refuseSource(target, of: sourceDevice) }
-        var targetDevice: (any Leg)?
-        if let target { targetDevice = try await LegOpener.open(target, readOnly: false, aio: aio, remote: remote, logger: logger) }
-        var size = sourceDevice.size
-        if let bitmap, let switched = Self.switchedRoles(bitmap: bitmap, source: sourceDevice, target: targetDevice) {
-            let old = switched.target == nil ? "\(sourceDevice.path) is retired and left alone" : "\(sourceDevice.path) is its target"
-            logger.notice("bitmap \(bitmap): the roles switched at \(switched.at): \(switched.source.path) serves; \(old)")
-            if switched.target == nil { sourceDevice.close() }
-            (sourceDevice, targetDevice, size) = (switched.source, switched.target, switched.size)
-        }
+        let (sourceDevice, targetDevice, size) = try await openLegs(aio: aio, logger: logger)
         var log: WriteIntentLog?
         var resumed: RegionBitmap?
         if let bitmap {
@@ -89,16 +74,6 @@ public struct MirrorDaemon: Sendable {
         return mirror
     }
 
-    /// The legs as a role switch recorded in `bitmap` left them, if the file records one that made
-    /// `target` the source (nil otherwise, or if the file cannot be read: opening it says why).
-    private static func switchedRoles(bitmap: String, source: any Leg, target: (any Leg)?)
-        -> (at: String, source: any Leg, target: (any Leg)?, size: UInt64)? {
-        guard let target, let header = try? WriteIntentLog.examine(path: bitmap).header, let at = header.record.switched,
-              target.identity.differences(from: header.record.source.identity).isEmpty else { return nil }
-        let keepsSource = header.record.target.map { source.identity.differences(from: $0.identity).isEmpty } ?? false
-        return (at, target, keepsSource ? source : nil, header.deviceSize)
-    }
-
     /// What a stopped mirror left: whether the target is a complete copy of the source, and if not
     /// why and how to resume (the answer to `stop`, and what the daemon prints).
     public func report(_ status: MirrorStatus) -> String {
@@ -107,6 +82,7 @@ public struct MirrorDaemon: Sendable {
         if status.target == nil, let retired = status.retired {
             return "\(name): completed at \(status.switched ?? "?"): \(source) holds every write; \(retired) holds what it held "
                 + "then (to go back, add it as the target: only the regions written since are copied)"
+                + (bitmap.map { "; restart with --source \(source) --bitmap \($0), or with this build's command line" } ?? "")
         }
         guard let target = status.target else {
             return "\(name): degraded: no target attached; \(source) holds every write (add one with --target NEW\(resume))"
@@ -120,6 +96,6 @@ public struct MirrorDaemon: Sendable {
             check.regionsMarkedDirty > 0 ? "; the last check found \(check.mismatchedSectors) mismatched sectors" : nil
         } ?? ""
         return "\(name): not in sync\(why): \(target) is incomplete (\(status.regionsDirty) of \(status.regionsTotal) regions to copy\(found))"
-            + (bitmap == nil ? "" : "; restart with --target \(target)\(resume) to resume") + warning
+            + (bitmap == nil ? "" : "; restart with --source \(source) --target \(target)\(resume) to resume") + warning
     }
 }

@@ -28,12 +28,14 @@ public enum BitmapTrust {
                            + "\(identity.kind.rawValue) (\(differences.joined(separator: ", "))): give the source it was written "
                            + "for, or remove the bitmap file to copy everything")
         }
-        return compare(trace, with: recorded.trace, leg: "the source \(identity.path)", stopped: stopped)
+        return compare(trace, with: recorded.trace, leg: "the source \(identity.path)",
+                       since: stopped.map { "since the mirror stopped cleanly at \($0)" } ?? "since the mirror stopped cleanly")
     }
 
     /// A target about to be attached, against what the file records of its target.
+    /// `retiredAt`: the record is of the leg `complete` retired then (its trace is of that moment).
     public static func target(recorded: BitmapFileFormat.LegRecord?, identity: LegIdentity, trace: LegWriteTrace,
-                              stopped: String?) -> Verdict {
+                              stopped: String?, retiredAt: String? = nil) -> Verdict {
         guard let recorded else { return .copyAll("\(identity.path) is a new target: every region is copied") }
         let differences = identity.differences(from: recorded.identity)
         guard differences.isEmpty else {
@@ -46,14 +48,15 @@ public enum BitmapTrust {
         if recorded.detached == true {
             return .copyAll("\(identity.path) was removed from the mirror earlier and what it holds since is unknown: every region is copied")
         }
-        return compare(trace, with: recorded.trace, leg: "the target \(identity.path)", stopped: stopped)
+        let since = retiredAt.map { "since it was retired at \($0)" }
+            ?? stopped.map { "since the mirror stopped cleanly at \($0)" } ?? "since the mirror stopped cleanly"
+        return compare(trace, with: recorded.trace, leg: "the target \(identity.path)", since: since)
     }
 
     /// A leg recorded at a clean stop must show no write since; a leg in use when the mirror
     /// ended (no trace) is covered by the bits.
-    private static func compare(_ trace: LegWriteTrace, with recorded: LegWriteTrace?, leg: String, stopped: String?) -> Verdict {
+    private static func compare(_ trace: LegWriteTrace, with recorded: LegWriteTrace?, leg: String, since: String) -> Verdict {
         guard let recorded else { return .trust(note: nil) }
-        let since = stopped.map { "since the mirror stopped cleanly at \($0)" } ?? "since the mirror stopped cleanly"
         switch trace.compared(with: recorded) {
         case .unchanged: return .trust(note: nil)
         case .written(let why): return .copyAll("\(leg) was written outside the mirror \(since) (\(why)): every region is copied")

@@ -45,6 +45,8 @@ final class MirrorCore: Sendable {
         /// retired, by path.
         var switched: String?
         var retired: String?
+        /// A role switch holds the legs: the verbs that change them are refused until it ends.
+        var switching = false
         /// A region now holds the same bytes on both legs.
         mutating func markClean(_ region: Int) {
             bitmap.setClean(region)

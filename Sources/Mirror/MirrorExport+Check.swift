@@ -18,6 +18,7 @@ extension MirrorExport {
         let workers = copiesInFlight
         let target: any Leg = try core.shared.withLock { shared throws(CheckError) in
             guard !shared.stopping else { throw CheckError(description: "the mirror is stopping") }
+            guard !shared.switching else { throw CheckError(description: "a complete or reverse is in progress") }
             guard let target = shared.target.healthy else {
                 throw CheckError(description: "no healthy target to compare with (state \(MirrorCore.status(of: shared).state.rawValue))")
             }

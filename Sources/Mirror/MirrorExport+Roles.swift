@@ -24,47 +24,67 @@ extension MirrorExport {
     }
 
     /// The switch: no new request starts (they wait at the gate), those in flight and the
-    /// background work finish, both legs are flushed, the bitmap file records the new roles
-    /// durably — and only then the roles change, and the waiting requests go on, on the new source.
-    /// Any failure before the record leaves the roles as they were.
+    /// background work finish, and the verbs that change the legs (`add`, `fail`, `remove`,
+    /// `check`) are refused until it ends; both legs are flushed; then, on the bitmap queue (where
+    /// no save or housekeeping can slip in), the legs are checked once more, the bitmap file records
+    /// the new roles durably, and only then the roles change. The waiting requests go on, on the
+    /// new source. Any failure before the record leaves the roles as they were.
     private func switchRoles(retiringSource: Bool, verb: String) async throws(TargetError) -> RoleSwitch {
         guard intentLog != nil else {
             throw TargetError(description: "\(verb) needs a bitmap file (build --bitmap): without one a restart could not know "
                               + "that the roles switched, and would serve \(source.path) again")
         }
-        _ = try legsInSync(for: verb)
+        let status = status
+        _ = try core.shared.withLock { shared throws(TargetError) in try Self.inSyncLegs(shared, for: verb, status: status) }
         guard await gate.close() else { throw TargetError(description: "another complete or reverse is in progress") }
         defer { gate.open() }
         await core.waitUntilBackgroundIdle()
-        // Checked again: a write may have failed the target while the requests drained.
-        let (old, new) = try legsInSync(for: verb)
-        do {
-            try await old.flush()
-        } catch {
+        // Checked again (a write may have failed the target while the requests drained), and from
+        // here on the legs are this switch's.
+        let (old, new) = try core.shared.withLock { shared throws(TargetError) in
+            let legs = try Self.inSyncLegs(shared, for: verb, status: nil)
+            shared.switching = true
+            return legs
+        }
+        defer { core.shared.withLock { $0.switching = false } }
+        if case .failure(let error) = await Self.flush(old) {
+            // A writeback error is reported once per file: the next FLUSH of a client must get it.
+            core.shared.withLock { $0.unreportedSourceError = error }
             throw TargetError(description: "\(verb): cannot flush the source \(old.path): \(error); the roles are unchanged")
         }
-        do {
-            try await new.flush()
-        } catch {
-            _ = core.markFailed("flush failed: \(error)", on: new)
+        if case .failure(let error) = await Self.flush(new) {
+            core.targetFailed(error, on: new)
             throw TargetError(description: "\(verb): cannot flush the target \(new.path): \(error); the roles are unchanged")
         }
-        do {
-            try await recorder.recordSwitch(source: new, target: retiringSource ? nil : old, retired: retiringSource ? old : nil)
-        } catch {
-            throw TargetError(description: "\(verb): cannot record the switch: \(error); the roles are unchanged")
-        }
-        let switched = core.shared.withLock { shared -> RoleSwitch in
-            shared.source = new
-            shared.target.remove()
-            if !retiringSource {
-                shared.target.attach(old)
-                shared.target.attached()
+        let outcome: Result<RoleSwitch, TargetError> = await recorder.exclusively { [self] in
+            do throws(TargetError) {
+                try core.shared.withLock { shared throws(TargetError) in
+                    guard !shared.stopping else { throw TargetError(description: "the mirror is stopping") }
+                    guard shared.source === old, shared.target.isHealthy(new), shared.bitmap.dirtyCount == 0 else {
+                        throw TargetError(description: "\(verb): \(new.path) failed or fell behind during the switch; the roles are unchanged")
+                    }
+                }
+                do {
+                    try recorder.recordSwitch(source: new, target: retiringSource ? nil : old, retired: retiringSource ? old : nil)
+                } catch {
+                    throw TargetError(description: "\(verb): cannot record the switch: \(error); the roles are unchanged")
+                }
+                return .success(core.shared.withLock { shared -> RoleSwitch in
+                    shared.source = new
+                    shared.target.remove()
+                    if !retiringSource {
+                        shared.target.attach(old)
+                        shared.target.attached()
+                    }
+                    shared.switched = intentLog?.record.switched
+                    shared.retired = retiringSource ? old.path : nil
+                    return RoleSwitch(source: new.path, target: retiringSource ? nil : old.path, retired: retiringSource ? old.path : nil)
+                })
+            } catch {
+                return .failure(error)
             }
-            shared.switched = intentLog?.record.switched
-            shared.retired = retiringSource ? old.path : nil
-            return RoleSwitch(source: new.path, target: retiringSource ? nil : old.path, retired: retiringSource ? old.path : nil)
         }
+        let switched = try outcome.get()
         if retiringSource {
             old.close()
             logger.notice("\(verb): \(new.path) serves alone; \(old.path) is retired and holds the data of this moment",
@@ -75,26 +95,31 @@ extension MirrorExport {
         return switched
     }
 
-    /// The source and the target, if the mirror is in sync with nothing else running; otherwise
-    /// the error says what stands in the way (how much is left to copy, the failure, the check).
-    private func legsInSync(for verb: String) throws(TargetError) -> (source: any Leg, target: any Leg) {
-        let status = status
-        return try core.shared.withLock { shared throws(TargetError) -> (source: any Leg, target: any Leg) in
-            guard !shared.stopping else { throw TargetError(description: "the mirror is stopping") }
-            guard let target = shared.target.leg else {
-                throw TargetError(description: "\(verb) needs a target in sync, and the mirror is degraded (no target)")
-            }
-            if let failure = shared.target.failure {
-                throw TargetError(description: "\(verb) needs a target in sync, and \(target.path) has failed: \(failure)")
-            }
-            guard shared.bitmap.dirtyCount == 0 else {
-                throw TargetError(description: "\(verb) needs a target in sync: \(target.path) still lacks \(shared.bitmap.dirtyCount) of "
-                                  + "\(shared.bitmap.regionCount) regions (\(status.bytesDirty) bytes to copy)"
-                                  + (status.etaSeconds.map { ", about \(Int($0.rounded(.up))) s at the current speed" } ?? ""))
-            }
-            guard shared.target.attaching == 0 else { throw TargetError(description: "a target is being attached") }
-            guard shared.check.running == nil else { throw TargetError(description: "a check is running: wait for it to end") }
-            return (shared.source, target)
+    /// Makes `leg`'s completed writes durable, with the leg's own error.
+    private static func flush(_ leg: any Leg) async -> Result<Void, BlockIOError> {
+        await withCheckedContinuation { continuation in leg.flush { continuation.resume(returning: $0) } }
+    }
+
+    /// The source and the target of `shared`, if the mirror is in sync with nothing else running;
+    /// otherwise the error says what stands in the way (how much is left to copy and, with
+    /// `status`, how long that takes; the failure; the check).
+    private static func inSyncLegs(_ shared: MirrorCore.Shared, for verb: String,
+                                   status: MirrorStatus?) throws(TargetError) -> (source: any Leg, target: any Leg) {
+        guard !shared.stopping else { throw TargetError(description: "the mirror is stopping") }
+        guard !shared.switching else { throw TargetError(description: "another complete or reverse is in progress") }
+        guard let target = shared.target.leg else {
+            throw TargetError(description: "\(verb) needs a target in sync, and the mirror is degraded (no target)")
         }
+        if let failure = shared.target.failure {
+            throw TargetError(description: "\(verb) needs a target in sync, and \(target.path) has failed: \(failure)")
+        }
+        guard shared.bitmap.dirtyCount == 0 else {
+            let left = status.map { " (\($0.bytesDirty) bytes to copy" + ($0.etaSeconds.map { ", about \(Int($0.rounded(.up))) s at the current speed" } ?? "") + ")" } ?? ""
+            throw TargetError(description: "\(verb) needs a target in sync: \(target.path) still lacks \(shared.bitmap.dirtyCount) of "
+                              + "\(shared.bitmap.regionCount) regions\(left)")
+        }
+        guard shared.target.attaching == 0 else { throw TargetError(description: "a target is being attached: \(target.path)") }
+        guard shared.check.running == nil else { throw TargetError(description: "a check is running: wait for it to end") }
+        return (shared.source, target)
     }
 }

@@ -118,6 +118,7 @@ public final class MirrorExport: BlockExport, Sendable {
         }
         let bitmap: RegionBitmap = try core.shared.withLock { shared throws(TargetError) in
             guard !shared.stopping else { throw TargetError(description: "the mirror is stopping") }
+            guard !shared.switching else { throw TargetError(description: "a complete or reverse is in progress") }
             try shared.target.checkAttach(target, sourcePath: shared.source.path, sourceSize: size,
                                           exportBlockSize: Int(capabilities.blockSizes.minimum), regionSize: shared.bitmap.regionSize)
             guard shared.check.running == nil else { throw TargetError(description: "a check is running") }
@@ -174,7 +175,9 @@ public final class MirrorExport: BlockExport, Sendable {
     /// Marks a healthy target faulty on the administrator's word (`mdadm --fail`): writes go to the
     /// source alone from now on and the copy stops; the target keeps what it had.
     public func failTarget() throws(TargetError) {
-        guard let target = core.shared.withLock({ $0.target.healthy }) else {
+        let (target, switching) = core.shared.withLock { ($0.target.healthy, $0.switching) }
+        guard !switching else { throw TargetError(description: "a complete or reverse is in progress") }
+        guard let target else {
             throw TargetError(description: "no healthy target to fail (state \(status.state.rawValue))")
         }
         if core.markFailed("\(target.path) marked faulty by the administrator", on: target) {
@@ -187,6 +190,7 @@ public final class MirrorExport: BlockExport, Sendable {
     @discardableResult
     public func removeTarget() async throws(TargetError) -> String {
         let (removed, leg): (String, (any Leg)?) = try core.shared.withLock { shared throws(TargetError) in
+            guard !shared.switching else { throw TargetError(description: "a complete or reverse is in progress") }
             let path = try shared.target.checkRemove()
             guard shared.check.running == nil else { throw TargetError(description: "a check is running") }
             let leg = shared.target.leg

@@ -1,8 +1,9 @@
 import BlockIO
 
 /// Holds a mirror's new requests while its legs switch roles (`complete`, `reverse`): closing it
-/// waits for the requests let through to finish; requests that arrive meanwhile wait in order and
-/// start when it opens again, so clients see a pause, never an error or a reconnect.
+/// waits for the requests let through to finish; requests that arrive meanwhile wait and start
+/// when it opens again (in the order they came; one arriving just then may go first, which NBD
+/// allows), so clients see a pause, never an error or a reconnect.
 ///
 /// Counts requests from the moment they are let through to their `leave()`; a pure lock and a
 /// list, no I/O.

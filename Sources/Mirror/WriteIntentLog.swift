@@ -37,6 +37,8 @@ public final class WriteIntentLog: @unchecked Sendable {
     private let fd: FileDescriptor
     private var header: BitmapFileFormat.Header
     private let wordCount: Int
+    /// Set when the file's record can no longer be vouched for: every save and page write fails with it.
+    private var unusable: String?
 
     /// Bytes per region.
     public var regionSize: UInt64 { header.regionSize }
@@ -129,7 +131,9 @@ public final class WriteIntentLog: @unchecked Sendable {
         }
         var (bitmap, notes) = log.readPages()
         switch BitmapTrust.source(recorded: header.record.source, identity: source, trace: sourceTrace, stopped: header.record.stopped) {
-        case .refuse(let why): throw failure(path, why)
+        case .refuse(let why):
+            guard let switched = header.record.switched else { throw failure(path, why) }
+            throw failure(path, Self.notTheSwitchedSource(header.record, given: source, switched: switched))
         case .copyAll(let why):
             bitmap.setAll()
             notes.append(why)
@@ -142,6 +146,20 @@ public final class WriteIntentLog: @unchecked Sendable {
         log.header.record.stopped = nil
         try log.save(bitmap)
         return Opened(log: log, bitmap: bitmap, resumed: true, notes: notes)
+    }
+
+    /// Why `given` cannot be the source of a mirror whose roles switched at `switched`, and what
+    /// to start instead: removing the file (the usual way out of a foreign bitmap) would serve a
+    /// leg that lacks the writes made since the switch.
+    static func notTheSwitchedSource(_ record: BitmapFileFormat.Record, given: LegIdentity, switched: String) -> String {
+        let serving = record.source.identity.path
+        let retired = record.retired.map { $0.identity.differences(from: given).isEmpty } ?? false
+        let other = record.target?.identity.path ?? record.retired?.identity.path
+        return "the roles switched at \(switched) (complete or reverse): \(serving) serves, not \(given.path)"
+            + (retired ? ", which was retired then and lacks every write made since" : "")
+            + "; start with --source \(serving)" + (record.target.map { " --target \($0.identity.path)" } ?? "")
+            + (other.map { " (or with the build's command line, --source \($0) --target \(serving))" } ?? "")
+            + "; do not remove the bitmap file, which knows what the other leg lacks"
     }
 
     /// What a bitmap file holds, read without using it (no lock, nothing written): for
@@ -236,7 +254,7 @@ public final class WriteIntentLog: @unchecked Sendable {
     /// target, or with none, the leg `complete` retired (the bits mark what it missed since).
     public func verdict(forTarget target: LegIdentity, trace: LegWriteTrace) -> BitmapTrust.Verdict {
         if header.record.target == nil, let retired = header.record.retired {
-            return BitmapTrust.target(recorded: retired, identity: target, trace: trace, stopped: header.record.switched)
+            return BitmapTrust.target(recorded: retired, identity: target, trace: trace, stopped: nil, retiredAt: header.record.switched)
         }
         return BitmapTrust.target(recorded: header.record.target, identity: target, trace: trace, stopped: header.record.stopped)
     }
@@ -261,7 +279,9 @@ public final class WriteIntentLog: @unchecked Sendable {
     /// and so before the switch takes effect: `source` serves from now on, `target` (if any) is
     /// its target, `retired` (if any) is no longer used. `bitmap` is the bits as they are now.
     /// If the save fails, the record is put back as it was and saved again (the switch does not
-    /// happen, so later saves must not record it).
+    /// happen, so later saves must not record it); if that fails too, the file may name either
+    /// leg as the source, and every later save and page write fails, so no write is acknowledged
+    /// that a restart could then lose.
     public func switchRoles(source: LegIdentity, target: BitmapFileFormat.LegRecord?, retired: BitmapFileFormat.LegRecord?,
                             bitmap: RegionBitmap) throws(Failure) {
         let before = header.record
@@ -273,7 +293,10 @@ public final class WriteIntentLog: @unchecked Sendable {
             try save(bitmap)
         } catch {
             header.record = before
-            try? save(bitmap)
+            do { try save(bitmap) } catch {
+                unusable = "a role switch could not be recorded nor undone (\(error.reason)): the file may name either leg as "
+                    + "the source; stop the mirror and check which leg holds the latest data (blockmirror verify)"
+            }
             throw error
         }
     }
@@ -284,6 +307,7 @@ public final class WriteIntentLog: @unchecked Sendable {
 
     /// Writes the whole bitmap under a new generation and makes it durable (lazy clearing).
     public func save(_ bitmap: RegionBitmap) throws(Failure) {
+        if let unusable { throw failure(unusable) }
         header.generation += 1
         try writePages(bitmap.words, generation: header.generation)
         try writeHeader()
@@ -303,6 +327,7 @@ public final class WriteIntentLog: @unchecked Sendable {
     /// Makes the words of `regions` durable as they are in `bitmap` (the pages holding them are
     /// written, then `fdatasync`). Call before writing data into a region whose bit was clear.
     public func persist(regions: [Int], of bitmap: RegionBitmap) throws(Failure) {
+        if let unusable { throw failure(unusable) }
         for page in Set(regions.map(BitmapFileFormat.page(ofRegion:))).sorted() {
             try writePage(page, of: bitmap.words, generation: header.generation)
         }

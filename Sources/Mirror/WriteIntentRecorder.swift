@@ -76,29 +76,32 @@ final class WriteIntentRecorder: @unchecked Sendable {
         }
     }
 
-    /// Records in the file that the legs switch roles (`WriteIntentLog.switchRoles`), durably,
-    /// before the switch takes effect. The caller has made both legs durable with no request in
-    /// flight, so this save clears every clean bit, like a clean stop's: the bits left say what
-    /// the leg the switch leaves behind (target or retired) lacks.
-    func recordSwitch(source: any Leg, target: (any Leg)?, retired: (any Leg)?) async throws(WriteIntentLog.Failure) {
+    /// Runs `body` on the bitmap queue, where every save, page write and the housekeeping run:
+    /// nothing of the bitmap file's work interleaves with it (a role switch checks, records and
+    /// swaps there in one go).
+    func exclusively<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+        await onQueue(body)
+    }
+
+    /// Records in the file that the legs switch roles (`WriteIntentLog.switchRoles`), durably; call
+    /// on the queue (`exclusively`), before the switch takes effect. The caller has made both legs
+    /// durable with no request in flight, so this save clears every clean bit, like a clean stop's:
+    /// the bits left say what the leg the switch leaves behind (target or retired) lacks.
+    func recordSwitch(source: any Leg, target: (any Leg)?, retired: (any Leg)?) throws(WriteIntentLog.Failure) {
         guard let log else { return }
-        let result = await onQueue { [core, writeHoldNanos] () -> Result<Void, WriteIntentLog.Failure> in
-            let now = MirrorCore.now()
-            let (started, persisted) = core.shared.withLock { shared in
-                (shared.intent.beginSave(dirty: shared.bitmap, now: now, holdNanos: writeHoldNanos, final: true), shared.intent.persisted)
-            }
-            do throws(WriteIntentLog.Failure) {
-                try log.switchRoles(source: source.identity, target: target.map { .init(identity: $0.identity) },
-                                    retired: retired.map { .init(identity: $0.identity, trace: $0.writeTrace()) },
-                                    bitmap: started?.bits ?? persisted)
-                if let started { core.shared.withLock { $0.intent.saved(started) } }
-                return .success(())
-            } catch {
-                if let started { core.shared.withLock { $0.intent.failed(started) } }
-                return .failure(error)
-            }
+        let now = MirrorCore.now()
+        let (started, persisted) = core.shared.withLock { shared in
+            (shared.intent.beginSave(dirty: shared.bitmap, now: now, holdNanos: writeHoldNanos, final: true), shared.intent.persisted)
         }
-        try result.get()
+        do {
+            try log.switchRoles(source: source.identity, target: target.map { .init(identity: $0.identity) },
+                                retired: retired.map { .init(identity: $0.identity, trace: $0.writeTrace()) },
+                                bitmap: started?.bits ?? persisted)
+            if let started { core.shared.withLock { $0.intent.saved(started) } }
+        } catch {
+            if let started { core.shared.withLock { $0.intent.failed(started) } }
+            throw error
+        }
     }
 
     // MARK: Write intent

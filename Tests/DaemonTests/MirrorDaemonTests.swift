@@ -20,7 +20,7 @@ import Testing
         #expect(settings.report(status(sourceProblem: "/dev/old was replaced"))
                     == "m0: in sync: /dev/new is a complete copy of /dev/old; warning: /dev/old was replaced")
         #expect(settings.report(status(dirty: 3))
-                    == "m0: not in sync: /dev/new is incomplete (3 of 64 regions to copy); restart with --target /dev/new --bitmap /var/lib/m0.bitmap to resume")
+                    == "m0: not in sync: /dev/new is incomplete (3 of 64 regions to copy); restart with --source /dev/old --target /dev/new --bitmap /var/lib/m0.bitmap to resume")
         #expect(settings.report(status(failure: "EIO at offset 4096")).hasPrefix("m0: not in sync (target failed: EIO at offset 4096): /dev/new is incomplete"),
                 "a failed target is never complete, even with no region dirty")
         var check = CheckReport(repair: false, regionsTotal: 64)

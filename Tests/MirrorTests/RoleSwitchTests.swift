@@ -10,12 +10,12 @@ import Testing
 /// acknowledged (the ones that arrived during the switch waited), NEW ends equal to every write
 /// made, and what comes after the switch never reaches a retired OLD.
 @Suite struct RoleSwitchTests {
-    private func mirror(_ rig: MirrorExportTests.Rig) async throws -> MirrorExport {
-        let source = try rig.open(rig.sourcePath)
+    private func mirror(_ rig: MirrorExportTests.Rig, source: (any Leg)? = nil, target: (any Leg)? = nil) async throws -> MirrorExport {
+        let source = try source ?? rig.open(rig.sourcePath)
         let log = try WriteIntentLog.openOrCreate(path: rig.dir + "/bitmap", source: source.identity, sourceTrace: source.writeTrace(),
                                                   deviceSize: source.size, regionSize: 1 << 20, defaultRegionSize: 1 << 20).log
         let mirror = MirrorExport(source: source, regionSize: 1 << 20, pool: BufferPool(), logger: Logger(label: "mirror"), intentLog: log)
-        try await mirror.attach(target: try rig.open(rig.targetPath))
+        try await mirror.attach(target: try target ?? rig.open(rig.targetPath))
         #expect(await mirror.waitUntilSettled().state == .inSync)
         return mirror
     }
@@ -82,6 +82,46 @@ import Testing
         try await mirror.close()
         let old = try Data(contentsOf: URL(fileURLWithPath: rig.sourcePath)), new = try Data(contentsOf: URL(fileURLWithPath: rig.targetPath))
         #expect(old == new && old[(1 << 20)..<((1 << 20) + 4096)] == Data(repeating: 0xa5, count: 4096))
+    }
+
+    /// While the switch waits for NEW's flush, the verbs that change the legs are refused (a NEW
+    /// failed and removed meanwhile would otherwise become the source, closed); the switch then
+    /// ends, and the export reads from NEW.
+    @Test func verbsThatChangeTheLegsAreRefusedDuringTheSwitch() async throws {
+        let rig = try MirrorExportTests.Rig()
+        defer { rig.tearDown() }
+        let new = FaultInjectingLeg(try rig.open(rig.targetPath))
+        let mirror = try await mirror(rig, target: new)
+        new.holdCompletions()
+        let completing = Task { try await mirror.complete(keepOld: true) }
+        let deadline = ContinuousClock.now + .seconds(60)
+        while new.heldCompletions == 0, ContinuousClock.now < deadline { try await Task.sleep(nanoseconds: 10_000_000) }
+        try #require(new.heldCompletions > 0, "the switch never flushed NEW")
+        #expect(throws: MirrorExport.TargetError.self) { try mirror.failTarget() }
+        await #expect(throws: MirrorExport.TargetError.self) { try await mirror.removeTarget() }
+        await #expect(throws: (any Error).self) { _ = try await mirror.check(repair: false) }
+        await #expect(throws: MirrorExport.TargetError.self) { try await mirror.complete(keepOld: false) }
+        new.releaseCompletions()
+        #expect(try await completing.value == .init(source: rig.targetPath, target: rig.sourcePath, retired: nil))
+        let read = try await mirror.read(offset: 0, length: 4096, allocator: ByteBufferAllocator(), on: rig.group.next()).get()
+        #expect(Data(read.readableBytesView) == (try Data(contentsOf: URL(fileURLWithPath: rig.targetPath))).prefix(4096))
+        try await mirror.close()
+    }
+
+    /// A writeback error the switch's flush takes from OLD is the next client FLUSH's (the kernel
+    /// reports it once), and the roles stay as they were.
+    @Test func aSourceFlushErrorDuringTheSwitchReachesTheNextFlush() async throws {
+        let rig = try MirrorExportTests.Rig()
+        defer { rig.tearDown() }
+        let old = FaultInjectingLeg(try rig.open(rig.sourcePath))
+        let mirror = try await mirror(rig, source: old)
+        try await mirror.flush(on: rig.group.next()).get()
+        old.inject(.init([.flush], times: 1))
+        await #expect(throws: MirrorExport.TargetError.self) { try await mirror.complete(keepOld: false) }
+        #expect(mirror.status.source == rig.sourcePath && mirror.status.target == rig.targetPath)
+        await #expect(throws: (any Error).self) { try await mirror.flush(on: rig.group.next()).get() }
+        try await mirror.flush(on: rig.group.next()).get()
+        try await mirror.close()
     }
 
     /// Not in sync: refused, saying how much is left, and the roles stay as they were.
