@@ -55,8 +55,14 @@ struct ExamineCommand: ParsableCommand {
              Region size : \(header.regionSize) bytes
                   Source : \(leg(header.record.source))
                   Target : \(leg(header.record.target))
-                  Bitmap : \(report.regionsDirty) of \(report.regionsTotal) regions dirty (\(String(format: "%.1f", percent))%)
             """)
+        if let switched = header.record.switched {
+            print("          Roles switched : \(switched) (complete or reverse): the source above serves")
+        }
+        if let retired = header.record.retired {
+            print("                 Retired : \(retired.identity.summary), written no more since (the bits mark what it lacks)")
+        }
+        print("                  Bitmap : \(report.regionsDirty) of \(report.regionsTotal) regions dirty (\(String(format: "%.1f", percent))%)")
         for note in examined.notes { print("                 warning: \(note)") }
     }
 }

@@ -119,6 +119,9 @@ import Testing
         mirror.server.child.send(SIGKILL)
         #expect(mirror.server.child.waitForExit(timeout: 60))
 
+        let examine = try run([try BlockMirrorBinary.path(), "examine", bitmap], in: dir)
+        #expect(examine.succeeded && examine.stdout.contains("Roles switched : ") && examine.stdout.contains("Retired : \(old) (inode")
+                && examine.stdout.contains("Source : \(new) (inode"), "\(examine)")
         let restarted = try MirrorDaemon(source: old, target: new, in: dir, arguments)
         let status = try restarted.status()
         #expect(status.source == new && status.target == nil && status.retired == old, "\(status)\n\(restarted.log)")
