@@ -13,7 +13,7 @@ let package = Package(
         .library(name: "Control", targets: ["Control"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-nio.git", from: "2.81.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
@@ -116,6 +116,14 @@ let package = Package(
         .testTarget(
             name: "BlockIOTests",
             dependencies: ["BlockIO"]),
+        .testTarget(
+            name: "BlockExportTests",
+            dependencies: [
+                "BlockExport", "BlockIO",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .testTarget(
             name: "MirrorTests",
             dependencies: [

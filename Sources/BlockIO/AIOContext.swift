@@ -84,6 +84,16 @@ public final class AIOContext: @unchecked Sendable {
         if eventFD >= 0 { close(eventFD) }
     }
 
+    /// With `.eventFD` delivery: called on the submitting thread each time requests were handed to
+    /// the kernel, so that the thread's event loop can busy-poll for their completions
+    /// (`LoopPoller`). Set before the first submission; nil: nothing is told.
+    public var onSubmit: (() -> Void)?
+
+    /// Whether completions are ready to reap, read from the ring libaio shares with the kernel
+    /// (its head and tail, no system call): what a busy-polling loop checks between socket polls.
+    @inline(__always)
+    public var hasCompletions: Bool { bm_aio_ring_has_events(context) != 0 }
+
     /// Submits one operation; `completion` runs when it finishes.
     public func submit(_ operation: AIOOperation, completion: @escaping Completion) {
         submit([Request(operation: operation, completion: completion)])
@@ -114,7 +124,10 @@ public final class AIOContext: @unchecked Sendable {
             for request in requests { request.completion(.failure(Errno(rawValue: ESHUTDOWN))) }
             return
         }
-        if !ready.isEmpty { hand(ready) }
+        if !ready.isEmpty {
+            hand(ready)
+            onSubmit?()
+        }
     }
 
     /// Gives reserved requests to the kernel; any it refuses complete with the error.
@@ -215,19 +228,24 @@ public final class AIOContext: @unchecked Sendable {
         }
     }
 
-    /// With `.eventFD` delivery: runs every completion that is ready, without blocking. Call it when
-    /// `eventFD` becomes readable, after reading (clearing) its counter.
-    public func reapCompleted() {
+    /// With `.eventFD` delivery: runs every completion that is ready, without blocking, and returns
+    /// how many ran. Call it when `eventFD` becomes readable, after reading (clearing) its counter,
+    /// or when `hasCompletions` says so.
+    @discardableResult
+    public func reapCompleted() -> Int {
         precondition(delivery == .eventFD, "reapCompleted() is for .eventFD delivery")
-        withUnsafeTemporaryAllocation(of: io_event.self, capacity: Self.batch) { events in
+        return withUnsafeTemporaryAllocation(of: io_event.self, capacity: Self.batch) { events in
             var zero = timespec(tv_sec: 0, tv_nsec: 0)
+            var reaped = 0
             while true {
                 let count = io_getevents(context, 0, Self.batch, events.baseAddress!, &zero)
                 if count == -EINTR { continue }
                 guard count > 0 else { break }
+                reaped += Int(count)
                 if complete(events.baseAddress!, count: Int(count)) { drained.signal() }
                 if count < Self.batch { break }
             }
+            return reaped
         }
     }
 

@@ -60,6 +60,7 @@ struct BuildCommand: AsyncParsableCommand {
     @OptionGroup var remote: RemoteLegOptions
     @OptionGroup var serverLimits: ServerLimitsOptions
     @OptionGroup var serverTLS: ServerTLSOptions
+    @OptionGroup var busyPoll: BusyPollOption
     @OptionGroup var metrics: MetricsOption
     @OptionGroup var runtime: RuntimeOptions
     @OptionGroup var logging: LoggingOptions
@@ -121,7 +122,7 @@ struct BuildCommand: AsyncParsableCommand {
             metricsSettings?.sample = { mirrorMetrics.update(from: $0.status) }
         }
         let tls = try attempt { try serverTLS.policy() }
-        try await ExportDaemon.serve(name: name, listen: addresses, limits: serverLimits.limits, tls: tls, logger: logger, control: control,
+        try await ExportDaemon.serve(name: name, listen: addresses, limits: serverLimits.limits, tls: tls, busyPoll: busyPoll, logger: logger, control: control,
                                      metrics: metricsSettings, open: { aio in try await settings.open(aio: aio, logger: logger) },
                                      report: { settings.report($0.status) })
     }

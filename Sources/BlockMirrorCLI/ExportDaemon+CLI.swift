@@ -11,12 +11,13 @@ extension ExportDaemon {
     /// detached, for a daemon started in the background), a failure to one error line and exit
     /// status 1.
     static func serve<Export: BlockExport>(
-        name: String, listen addresses: [ListenAddress], limits: NBDServerLimits, tls: NBDServerTLSPolicy? = nil, logger: Logger,
+        name: String, listen addresses: [ListenAddress], limits: NBDServerLimits, tls: NBDServerTLSPolicy? = nil,
+        busyPoll: BusyPollOption, logger: Logger,
         control: Control<Export>? = nil, metrics: Metrics<Export>? = nil, open: (AIOEngine) async throws -> Export, report: (Export) -> String? = { _ in nil }
     ) async throws {
         let text: String?
         do {
-            text = try await run(name: name, listen: addresses, limits: limits, tls: tls, logger: logger, control: control, metrics: metrics,
+            text = try await run(name: name, listen: addresses, limits: limits, tls: tls, busyPoll: busyPoll.amount, logger: logger, control: control, metrics: metrics,
                                  announce: { print($0) }, ready: {
                                      fflush(nil)
                                      Daemonizer.detachStandardOutput()

@@ -28,6 +28,7 @@ struct ServeCommand: AsyncParsableCommand {
 
     @OptionGroup var serverLimits: ServerLimitsOptions
     @OptionGroup var serverTLS: ServerTLSOptions
+    @OptionGroup var busyPoll: BusyPollOption
     @OptionGroup var metrics: MetricsOption
     @OptionGroup var logging: LoggingOptions
 
@@ -42,7 +43,7 @@ struct ServeCommand: AsyncParsableCommand {
         let addresses = try listen.map { value throws(ListenAddress.ParseError) in try ListenAddress(parsing: value) }
         let metricsSettings: ExportDaemon.Metrics<FileExport>? = try metrics.daemonMetrics()
         let tls = try attempt { try serverTLS.policy() }
-        try await ExportDaemon.serve(name: name, listen: addresses, limits: serverLimits.limits, tls: tls, logger: logger, metrics: metricsSettings) { aio in
+        try await ExportDaemon.serve(name: name, listen: addresses, limits: serverLimits.limits, tls: tls, busyPoll: busyPoll, logger: logger, metrics: metricsSettings) { aio in
             let device = try BlockDevice.open(path: path, readOnly: readonly, aio: aio, logger: logger)
             logger.info("opened", metadata: ["device": "\(path)", "kind": "\(device.kind.rawValue)", "size": "\(device.size)",
                                              "direct": "\(device.isDirect)", "alignment": "\(device.alignment)"])

@@ -23,6 +23,7 @@
 #include <sys/syscall.h>
 #include <linux/stat.h>
 #include <malloc.h>
+#include <sys/epoll.h>
 
 /* Constants Swift cannot import (function-like or _GNU_SOURCE-guarded macros). */
 static inline int bm_o_direct(void) { return __O_DIRECT; }
@@ -95,5 +96,27 @@ static inline void bm_prep_fdsync(struct iocb *cb, int fd, uint64_t tag) {
 static inline void bm_set_eventfd(struct iocb *cb, int eventfd) { if (eventfd >= 0) io_set_eventfd(cb, eventfd); }
 static inline uint64_t bm_event_tag(const struct io_event *ev) { return (uint64_t)(uintptr_t)ev->data; }
 static inline long long bm_event_result(const struct io_event *ev) { return (long long)(long)ev->res; }
+
+
+/* Whether completions wait in a libaio context's ring. io_setup maps the ring (the kernel's
+ * struct aio_ring, whose first fields libaio also reads) into user memory; its head and tail
+ * tell, without a system call, whether io_getevents would return anything. A ring without the
+ * kernel's magic (0xa10a10a1, as libaio checks it) answers "maybe" (1): io_getevents then asks. */
+struct bm_aio_ring_header { unsigned id, nr, head, tail, magic, compat_features, incompat_features, header_length; };
+static inline int bm_aio_ring_has_events(io_context_t context) {
+    const struct bm_aio_ring_header *ring = (const struct bm_aio_ring_header *)context;
+    if (ring->magic != 0xa10a10a1) return 1;
+    return __atomic_load_n(&ring->head, __ATOMIC_ACQUIRE) != __atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE);
+}
+
+/* A hint to the CPU inside a busy-wait loop (x86 PAUSE, Arm YIELD): lets a sibling hyperthread run
+ * and saves power while spinning. */
+static inline void bm_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
 
 #endif

@@ -56,9 +56,11 @@ public enum ExportDaemon {
     /// was left in: returned, and the answer to a `stop` request. A failure to start or stop is
     /// thrown after everything was torn down. With `takeSignals` (a daemon process), SIGINT and
     /// SIGTERM stop it; a daemon inside another program (a test) leaves the process's signals alone
-    /// and stops on a `stop` request only.
+    /// and stops on a `stop` request only. `busyPoll` is how long at most an event loop spins after
+    /// its I/O before it sleeps (`LoopPoller`; zero: never).
     public static func run<Export: BlockExport>(
-        name: String, listen addresses: [ListenAddress], limits: NBDServerLimits, tls: NBDServerTLSPolicy? = nil, logger: Logger,
+        name: String, listen addresses: [ListenAddress], limits: NBDServerLimits, tls: NBDServerTLSPolicy? = nil,
+        busyPoll: TimeAmount = .zero, logger: Logger,
         control: Control<Export>? = nil, metrics: Metrics<Export>? = nil, takeSignals: Bool = true, announce: (String) -> Void, ready: () -> Void = {},
         open: (AIOEngine) async throws -> Export, report: (Export) -> String? = { _ in nil }
     ) async throws -> String? {
@@ -82,15 +84,17 @@ public enum ExportDaemon {
         var metricsServer: MetricsServer?
         var pidFile: String?
         defer { if let pidFile { unlink(pidFile) } }
+        let polling: BusyPolling
         do {
             try control?.directory.prepare()
-            try await aio.bind(to: group)
+            polling = try await aio.bind(to: group, busyPoll: busyPoll)
             export = try await open(aio)
         } catch {
             await tearDown()
             throw error
         }
-        let server = NBDServer(registry: NBDExportRegistry([(name, export)]), group: group, logger: logger, limits: limits, tls: tls)
+        let server = NBDServer(registry: NBDExportRegistry([(name, export)]), group: group, logger: logger, limits: limits, tls: tls,
+                               busyPolling: polling)
         do {
             if let control {
                 let answer = control.answer

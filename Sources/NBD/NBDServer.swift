@@ -23,12 +23,15 @@ public final class NBDServer: Sendable {
     private let logger: Logger
     private let environment: NBDConnectionEnvironment
     private let acceptBackoff: NBDAcceptBackoff
+    private let busyPolling: BusyPolling?
     private let listeners = Mutex<[(address: ListenAddress, channel: any Channel)]>([])
 
-    /// A server for `registry`'s exports, offering TLS as `tls` says (nil: none). Raises the
-    /// process's soft limit on open descriptors to the hard limit: every connection takes one.
+    /// A server for `registry`'s exports, offering TLS as `tls` says (nil: none); each connection's
+    /// socket is given to `busyPolling`, the loops' pollers, if they poll. Raises the process's
+    /// soft limit on open descriptors to the hard limit: every connection takes one.
     public init(registry: NBDExportRegistry, group: any EventLoopGroup, logger: Logger, limits: NBDServerLimits = NBDServerLimits(),
-                tls: NBDServerTLSPolicy? = nil) {
+                tls: NBDServerTLSPolicy? = nil, busyPolling: BusyPolling? = nil) {
+        self.busyPolling = busyPolling
         self.registry = registry
         self.limits = limits
         self.group = group
@@ -47,6 +50,7 @@ public final class NBDServer: Sendable {
     public func listen(on address: ListenAddress) async throws -> ListenAddress {
         let environment = self.environment
         let acceptBackoff = self.acceptBackoff
+        let busyPolling = self.busyPolling
         let logger = self.logger
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 128)
@@ -67,6 +71,7 @@ public final class NBDServer: Sendable {
                 var connectionLogger = logger
                 connectionLogger[metadataKey: "connection"] = "\(UInt(bitPattern: ObjectIdentifier(channel).hashValue) % 100000)"
                 return channel.eventLoop.makeCompletedFuture {
+                    try busyPolling?.watch(channel)
                     try NBDConnectionPipeline.configure(channel, environment: environment, logger: connectionLogger)
                 }
             }
