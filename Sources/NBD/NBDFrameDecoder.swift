@@ -1,7 +1,7 @@
 import NIOCore
 
 /// A message from an NBD client, as `NBDFrameDecoder` frames its byte stream.
-enum NBDClientMessage: Sendable, Equatable {
+public enum NBDClientMessage: Sendable, Equatable {
     /// The client's flags: its first 4 bytes.
     case clientFlags(NBDClientFlags)
     /// An option request with all its data.
@@ -26,8 +26,11 @@ enum NBDClientMessage: Sendable, Equatable {
 /// A class, so the negotiation handler can switch it to transmission while it handles the option
 /// that starts it: the connection's `NBDConnectionFraming` decodes the next message only after
 /// the handler returned from this one, so the bytes that follow the option are read as requests.
-final class NBDFrameDecoder: NIOSingleStepByteToMessageDecoder {
-    typealias InboundOut = NBDClientMessage
+///
+/// Public (with `init`, `startTransmission()` and `next(from:)`) so that the micro-benchmarks in
+/// Benchmarks/, a separate package built without `-enable-testing`, measure the decoder the server runs.
+public final class NBDFrameDecoder: NIOSingleStepByteToMessageDecoder {
+    public typealias InboundOut = NBDClientMessage
 
     /// Option data beyond this closes the connection: no legitimate option comes near it.
     static let maximumOptionLength: UInt32 = 64 << 10
@@ -48,10 +51,10 @@ final class NBDFrameDecoder: NIOSingleStepByteToMessageDecoder {
     private var expecting = Expecting.clientFlags
     private var optionsReceived = 0
 
-    init() {}
+    public init() {}
 
     /// From the next message on, the stream holds transmission requests.
-    func startTransmission() {
+    public func startTransmission() {
         expecting = .request
     }
 
@@ -66,7 +69,7 @@ final class NBDFrameDecoder: NIOSingleStepByteToMessageDecoder {
         expecting = .optionHeader
     }
 
-    func decode(buffer: inout ByteBuffer) throws -> NBDClientMessage? {
+    public func decode(buffer: inout ByteBuffer) throws -> NBDClientMessage? {
         try next(from: &buffer)
     }
 
@@ -75,18 +78,18 @@ final class NBDFrameDecoder: NIOSingleStepByteToMessageDecoder {
     /// every read of a client streaming writes, and copied the whole buffer when a WRITE payload
     /// sliced from it was still at the disk (perf, 4k random writes: memmove took 2.9% of the
     /// server's samples with the default, 2.3% with this rule, 2.1% with the framing by hand before).
-    func shouldReclaimBytes(buffer: ByteBuffer) -> Bool {
+    public func shouldReclaimBytes(buffer: ByteBuffer) -> Bool {
         buffer.readerIndex > 1 << 20
     }
 
     /// At the end of the stream a partial message is dropped: the connection is gone.
-    func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> NBDClientMessage? {
+    public func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> NBDClientMessage? {
         nil
     }
 
     /// The next message `buffer` holds (consumed from it), or nil if it does not hold one whole yet
     /// (option headers are consumed as soon as they are whole and checked).
-    func next(from buffer: inout ByteBuffer) throws(NBDProtocolError) -> NBDClientMessage? {
+    public func next(from buffer: inout ByteBuffer) throws(NBDProtocolError) -> NBDClientMessage? {
         while true {
             switch expecting {
             case .clientFlags:
