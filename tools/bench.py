@@ -2,6 +2,7 @@
 """The benchmarks of BlockMirror, one entry point:
 
   tools/bench.py passthrough   blockmirror serve vs raw, qemu-nbd, nbdkit (fio through NBD)
+  tools/bench.py qd-sweep      the same peers at QD 1..64: IOPS and p50 latency per queue depth
   tools/bench.py recovery      blockmirror build vs a raw copy and qemu-storage-daemon's mirror
   tools/bench.py remote        recovery onto an NBD target on a second host (veth) vs qsd and nbdcopy
   tools/bench.py crash-cost    regions a restart copies again after kill -9 of an in-sync mirror
@@ -9,7 +10,7 @@
                                kernel md in a qemu VM next to the blockmirror engine
 
 Each is set up through environment variables (SIZE=, RUNTIME=, REPEAT=, TARGETS=, ...): see
-tools/bench.py COMMAND --help. tools/bench-passthrough.sh, tools/bench-recovery.sh,
+tools/bench.py COMMAND --help. tools/bench-passthrough.sh, tools/bench-qd-sweep.sh, tools/bench-recovery.sh,
 tools/bench-remote.sh, tools/bench-crash-cost.sh and tools/md-vm.sh run the same commands.
 """
 import argparse
@@ -20,7 +21,7 @@ import sys
 sys.dont_write_bytecode = True  # tools/ must stay as it is in git
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-COMMANDS = {"passthrough": "bench.passthrough", "recovery": "bench.recovery", "remote": "bench.remote",
+COMMANDS = {"passthrough": "bench.passthrough", "qd-sweep": "bench.qd_sweep", "recovery": "bench.recovery", "remote": "bench.remote",
             "crash-cost": "bench.crash_cost", "md-vm": "bench.md_vm"}
 OWN_ARGUMENTS = {"md-vm"}  # commands that read their own arguments (and usage exit status 64)
 
