@@ -444,6 +444,7 @@ class MirrorRun:
                                          b.work.file("blockmirror.out"), b.s.stop_timeout)
         self.uri = ""
         self.t0 = 0.0
+        self.startup_s: float | None = None  # from the daemon's start to its export serving
         self.stop_line = ""
 
     def _start(self, target: str) -> None:
@@ -456,6 +457,7 @@ class MirrorRun:
                                     *b.s.bm_args.split()], note=f"(target {target})")
         self.uri = wait_serving(daemon, lambda: first_stdout_line(self.mirror.out_path), b.s.size_bytes, "OLD",
                                 b.s.ready_timeout)
+        self.startup_s = round(time.time() - self.t0, 3)
 
     def begin(self, load_tag: str | None = None) -> bool:
         """A running mirror whose recovery has started at t0. BM_START=add: the daemon starts
