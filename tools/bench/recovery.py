@@ -74,6 +74,7 @@ from .workdir import WorkDir
 SUMMARY = "blockmirror build's recovery vs a raw copy and qemu-storage-daemon's blockdev-mirror"
 KNOWN_TARGETS = ["raw", "qsd", "blockmirror"]
 NAME = "benchrec"  # blockmirror's mirror name (and NBD export name)
+LOAD_TAIL = 0.3  # seconds the load runs on after a recovery (fio logs its bandwidth every 0.1 s)
 
 
 @dataclass
@@ -236,14 +237,18 @@ class Bench:
             self.load = None
 
     def load_result(self, target: str, rnd: int, start: float, end: float) -> None:
-        """Stops the load and records its MiB/s within [start, end] (and in the FIO_WARMUP s
-        before start, when it ran then: not with BM_START=build)."""
+        """Stops the load (LOAD_TAIL s after the recovery ended, so that fio's bandwidth log
+        covers the end of the window: fio stopped by a signal does not log its last, partial
+        interval) and records its MiB/s within [start, end] (and in the FIO_WARMUP s before
+        start, when it ran then: not with BM_START=build), and over time."""
         load = self.load
         if load.daemon.proc is not None and not load.alive():
             log("fio (load) ended before the recovery did:")
             echo_err(tail(load.err_path, 5))
+        time.sleep(max(0.0, end + LOAD_TAIL - time.time()))
         self.stop_load()
-        self.record(target, "load_foreground", rnd, fio.or_note(load.err_path, load.series, start, end) or [])
+        self.record(target, "load_foreground", rnd,
+                    fio.or_note(load.err_path, load.series, start, end + LOAD_TAIL) or [])
         mibs = fio.or_note(load.err_path, load.window_mibs, start, end)
         if mibs is None:
             echo_err(tail(load.err_path, 5))
