@@ -159,7 +159,7 @@ def measure_argv(s: Settings, name: str) -> list[str]:
 
 def estimate_minutes(s: Settings) -> int:
     """A rough length of the run, from the measures' sizes and runtimes (this machine's disk
-    speed unknown: 300 MiB/s assumed)."""
+    speed unknown: 300 MiB/s assumed; a VM boot ~20 s plus ~40 s per GiB under TCG)."""
     def secs(size: str) -> float:
         return (iec_number(size) or 0) / (300 << 20)
 
@@ -169,7 +169,7 @@ def estimate_minutes(s: Settings) -> int:
     per = {"passthrough": 16 * (rt(8) + 1.5), "qd-sweep": 2 * len(s.qds.split()) * 4 * (rt(5) + 2),
            "recovery": 3 * rt(10) + 8 * secs(s.size) + 15, "crash-cost": 2 * (6 + int(s.crash_idle)),
            "scaling": 2 * len(s.scaling_sizes.split()) * (2 * secs(s.scaling_data) + 10),
-           "md-vm": 3 * 90}
+           "md-vm": 3 * (20 + 40 * secs(s.vm_size) * 300 / 1024)}  # a boot: ~20 s, the rest TCG-slow
     return int(sum(per[m] for m in s.measures) * s.repeat / 60) + 1
 
 
@@ -265,14 +265,13 @@ def draw_plots(out: str, py: str) -> list[str]:
 
 def main(run: Run) -> int:
     s = Settings.from_env()
+    status_path = os.path.join(s.out, "measures.json")
+    if s.render_only and not os.path.exists(status_path):
+        raise BenchError(f"RENDER_ONLY=1: {status_path} does not exist (not a report folder)")
     os.makedirs(os.path.join(s.out, "logs"), exist_ok=True)
     ensure_packages(["python3-matplotlib"])
     py = plot_python()
-    status_path = os.path.join(s.out, "measures.json")
-    if s.render_only:
-        if not os.path.exists(status_path):
-            raise BenchError(f"RENDER_ONLY=1: {status_path} does not exist (not a report folder)")
-    else:
+    if not s.render_only:
         if not s.bin and s.measures:
             s.bin = blockmirror.binary("", "BLOCKMIRROR_BIN", ".build-release", os.path.join(s.out, "logs", "build.log"))
         status = {"started": now_iso(), "machine": env("MACHINE", platform.node()), "quick": s.quick, "repeat": s.repeat, "command": s.command(),
@@ -283,15 +282,20 @@ def main(run: Run) -> int:
         run_measures(s, status)
         status["finished"] = now_iso()
         write_json(status_path, status)
-    pngs = draw_plots(s.out, py)
+    try:
+        pngs = draw_plots(s.out, py)
+    except BenchError as e:  # the report is still written, without its plots
+        log(f"error: {e}")
+        pngs, plots_failed = [], True
+    else:
+        plots_failed = False
     write_report(s.out, pngs)
     log(f"report: {os.path.join(s.out, 'REPORT.md')} ({len(pngs)} plots)")
     with open(status_path) as f:
         failed = [n for n, m in json.load(f)["measures"].items() if m["exit"] != 0]
     if failed:
         log(f"failed measures: {' '.join(failed)} (see logs/ and REPORT.md)")
-        return 1
-    return 0
+    return 1 if failed or plots_failed else 0
 
 
 def cli() -> int:

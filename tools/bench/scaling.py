@@ -207,7 +207,11 @@ def main(run: Run) -> int:
     for size in s.sizes:
         s.size_bytes, b.label = size, size_label(size)
         log(f"creating OLD: {b.label} holding {size_label(s.data_bytes)} of random data")
-        sparse_file(b.old, size, s.data_bytes)
+        try:
+            sparse_file(b.old, size, s.data_bytes)
+        except OSError as e:
+            raise BenchError(f"cannot make a {b.label} sparse file in {s.workdir_base}: {e.strerror} "
+                             "(its file system may not allow files that large: set SIZES)")
         for rnd in range(1, s.repeat + 1):
             for i in range(n):
                 target = s.targets[(i + rnd - 1) % n]
