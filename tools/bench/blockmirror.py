@@ -142,13 +142,15 @@ class Mirror:
 
         The poll interval adapts to the copy's progress (0.25 s, down to 0.02 s when the end is
         near) so the status processes cost little CPU. Returns {"done", "start", "end",
-        "seconds", "resolution", "polls", "poll_cpu_wall_s", "status"[, "error"]}: end is the
-        middle between the last poll that did not see in-sync and the first that did,
-        resolution the width of that interval."""
+        "seconds", "resolution", "polls", "poll_cpu_wall_s", "status", "progress"[, "error"]}: end
+        is the middle between the last poll that did not see in-sync and the first that did,
+        resolution the width of that interval; progress the polls' [seconds since start, share of
+        the regions clean] (1 - regionsDirty / regionsTotal), ending with [seconds, 1] when done."""
         deadline = start + timeout
         prev_seen = start        # the last time the state was seen not in sync
         polls, cost = 0, 0.0
         samples = []             # (time, bytesCopied) for the rate estimate
+        progress: list[list[float]] = []
         last, last_err, errors_since = None, "", 0
         done, end, resolution = False, None, None
         while True:
@@ -176,7 +178,10 @@ class Mirror:
                 state = st.get("state")
                 if state == "in-sync":
                     done, end, resolution = True, (prev_seen + seen) / 2, seen - prev_seen
+                    progress.append([round(end - start, 3), 1.0])
                     break
+                if st.get("regionsTotal") and isinstance(st.get("regionsDirty"), int):
+                    progress.append([round(seen - start, 3), round(1 - st["regionsDirty"] / st["regionsTotal"], 5)])
                 if state in ("target-failed", "stopping"):
                     raise MirrorError(f"blockmirror state is {state}: {json.dumps(st)}")
                 prev_seen = seen
@@ -188,7 +193,7 @@ class Mirror:
                 break
             time.sleep(max(0.0, min(_next_poll(st, last, samples, size), deadline - time.time())))
         out = {"done": done, "start": start, "end": end, "seconds": end - start, "resolution": resolution,
-               "polls": polls, "poll_cpu_wall_s": cost, "status": last}
+               "polls": polls, "poll_cpu_wall_s": cost, "status": last, "progress": progress}
         if last is None and last_err:
             out["error"] = last_err
         return out

@@ -83,6 +83,23 @@ def value(path: str, direction: str, metric: str) -> float:
     return float(f"{v:.1f}")
 
 
+def latency(path: str, direction: str) -> dict:
+    """IOPS and the median latencies (µs, to 0.1) of a run's read or write side: "clat_p50_us"
+    (completion: submission to completion), "lat_p50_us" (total: slat + clat) and "slat_mean_us".
+    For libaio, clat excludes io_submit (it is in slat); through the nbd engine the client's clat
+    includes the server's own submit, so lat is the fair comparison with raw. The run needs
+    --clat_percentiles=1 --lat_percentiles=1."""
+    side = _job(path)[direction]
+    if side.get("total_ios", 0) == 0:
+        raise FioError(f"fio completed no {direction} I/O in {path}")
+
+    def p50(key: str) -> float:
+        return round(side[key]["percentile"]["50.000000"] / 1000, 1)
+
+    return {"iops": float(f"{side['iops']:.1f}"), "clat_p50_us": p50("clat_ns"), "lat_p50_us": p50("lat_ns"),
+            "slat_mean_us": round(side["slat_ns"]["mean"] / 1000, 2)}
+
+
 # What reading fio's files may raise: missing or truncated files, unexpected content, an error.
 PARSE_ERRORS = (OSError, ValueError, KeyError, IndexError, FioError)
 
@@ -149,17 +166,26 @@ class Load:
             return None
         return int(first) / 1000 if first.isdigit() else None
 
-    def window_mibs(self, start: float, end: float) -> float:
-        """fio's write MiB/s within [start, end] (epoch s), to 0.1, from its bandwidth log: entry
-        i is the average over (t[i-1], t[i]], the first one covers the 0.1 s before it."""
-        _job(self.prefix + ".fio.json")
+    def _writes(self) -> list[tuple[float, float]]:
+        """The bandwidth log's write entries: (epoch s, KiB/s), in time order."""
         entries = []
         with open(self.bw_log) as f:
             for line in f:
                 parts = [p.strip() for p in line.split(",")]
                 if len(parts) >= 3 and parts[2] == "1":  # direction 1 = write
                     entries.append((int(parts[0]) / 1000.0, float(parts[1])))  # epoch s, KiB/s
-        entries.sort()
+        return sorted(entries)
+
+    def series(self, start: float, end: float) -> list[list[float]]:
+        """fio's write MiB/s over time from its bandwidth log, [seconds since start, MiB/s] for
+        the entries up to end (each the average of the 0.1 s before it), from the load's start."""
+        return [[round(t - start, 3), round(kibs / 1024, 1)] for t, kibs in self._writes() if t <= end + 0.1]
+
+    def window_mibs(self, start: float, end: float) -> float:
+        """fio's write MiB/s within [start, end] (epoch s), to 0.1, from its bandwidth log: entry
+        i is the average over (t[i-1], t[i]], the first one covers the 0.1 s before it."""
+        _job(self.prefix + ".fio.json")
+        entries = self._writes()
         nbytes, covered = 0.0, 0.0
         prev = entries[0][0] - 0.1 if entries else 0.0
         for t, kibs in entries:

@@ -31,12 +31,15 @@ Environment:
   MD_SPEED_MAX=        KiB/s for /proc/sys/dev/raid/speed_limit_max (default: md's, 200000)
   BM_ARGS=             extra arguments of the engine's build (e.g. "--speed-max 200000")
   GUEST_MD5=0          1: also md5sum both disks in the guest (busybox: ~9 s per 512 MiB)
+  PROGRESS=1           the recovery's progress every 0.5 s (md: sync_completed; engine: its
+                       metrics endpoint, --metrics, one busybox wget a poll); 0: none
   REPEAT=1             boots per scenario (the order alternates); the table shows medians
   BLOCKMIRROR_BIN=     the binary to put in the VM (default: swift build -c release into
                        .build-vm); `build` and `all` rebuild it, `run` builds only if missing
   WORK=/var/tmp/blockmirror-md-vm   initramfs, images, logs and results (not on tmpfs:
                        the disks are opened with O_DIRECT, cache=none)
   FIXTURES_DIR=$WORK/fixtures       where `run fixtures` puts the captured files
+  RESULTS=$WORK/results/results.json   the JSON of all runs (results, progress, the table)
   MEM=2048 (MiB)  VM_TIMEOUT=600 (s: the VM must have powered off by then)  KVER= (guest kernel)
 Exit status: 0 if every scenario's steps succeeded, check found no mismatch, both legs have the
 same md5 and (with several scenarios) every scenario ended with the same contents; 1 otherwise
@@ -56,9 +59,10 @@ from .log import BenchError, log
 from .md_vm_disks import make_disks, md5_of, out_image, pristine_old, qemu_drives, remove_legs
 from .md_vm_fixtures import install_fixtures
 from .md_vm_guest import Kernel, build_initramfs, guest_kernel, initramfs_current, initramfs_path
-from .md_vm_report import boot_result, compare, console_lines, markers, scenario_ok, write_sorted
-from .packages import ensure_packages
+from .md_vm_report import boot_result, compare, console_lines, markers, progress, scenario_ok, write_results, write_sorted
+from .packages import ensure_packages, first_line
 from .procs import run_limited
+from .results import build_meta, machine_meta, now_iso
 from .run import run_main
 from .settings import env, iec_number, positive_int
 
@@ -95,6 +99,8 @@ class Settings:
     md_speed_max: str
     bm_args: str
     guest_md5: str
+    progress: str
+    results: str
     repeat: int
     mem: int
     vm_timeout: int
@@ -110,7 +116,9 @@ class Settings:
         return cls(work=work, size=size, nbytes=size_setting(size), fio_mb=env("FIO_MB", "64"),
                    fio_bs=env("FIO_BS", "64k"), fio_qd=env("FIO_QD", "8"), fio_seed=env("FIO_SEED", "1234"),
                    md_speed_max=env("MD_SPEED_MAX", ""), bm_args=env("BM_ARGS", ""),
-                   guest_md5=env("GUEST_MD5", "0"), repeat=positive_int("REPEAT", env("REPEAT", "1")),
+                   guest_md5=env("GUEST_MD5", "0"), progress=env("PROGRESS", "1"),
+                   results=env("RESULTS", os.path.join(work, "results", "results.json")),
+                   repeat=positive_int("REPEAT", env("REPEAT", "1")),
                    mem=positive_int("MEM", env("MEM", "2048"), "a number of MiB"),
                    vm_timeout=positive_int("VM_TIMEOUT", env("VM_TIMEOUT", "600"), "a number of seconds"),
                    fixtures_dir=env("FIXTURES_DIR", os.path.join(work, "fixtures")),
@@ -136,7 +144,8 @@ class Guest:
         s = self.s
         words = ["console=ttyS0", "loglevel=1", "panic=-1", f"bm_scenario={scenario}", f"bm_out={out_disk}",
                  f"bm_fio_mb={s.fio_mb}", f"bm_fio_bs={s.fio_bs}", f"bm_fio_qd={s.fio_qd}",
-                 f"bm_fio_seed={s.fio_seed}", f"bm_md5={s.guest_md5}", f"bm_timeout={s.guest_timeout()}"]
+                 f"bm_fio_seed={s.fio_seed}", f"bm_md5={s.guest_md5}", f"bm_progress={s.progress}",
+                 f"bm_timeout={s.guest_timeout()}"]
         if s.md_speed_max:
             words.append(f"bm_md_speed_max={s.md_speed_max}")
         if s.bm_args:
@@ -148,6 +157,15 @@ class Guest:
                 "-no-reboot", "-nodefaults", "-serial", "stdio", "-kernel", self.kernel.image,
                 "-initrd", initramfs_path(self.s.work), "-append", self.cmdline(scenario, out_disk),
                 *qemu_drives(disks)]
+
+    def meta(self) -> dict:
+        """What the JSON says about the runs: the settings, the VM, the host and the build."""
+        s = self.s
+        return {"date": now_iso(), "size_bytes": s.nbytes, "fio_mb": s.fio_mb, "fio_bs": s.fio_bs, "fio_qd": s.fio_qd,
+                "md_speed_max": s.md_speed_max or None, "bm_args": s.bm_args, "repeat": s.repeat, "mem_mib": s.mem,
+                "vcpus": VCPUS, "guest_kernel": self.kernel.version, "progress": s.progress == "1",
+                "qemu": first_line("qemu-system-x86_64", "--version"), **machine_meta(s.work),
+                "blockmirror_bin": self.bin_path, **build_meta()}
 
     def boot(self, scenario: str, run_dir: str) -> dict:
         """One VM run of a scenario: RUN_DIR/{console.log,markers.json,result.json,files/,out.img};
@@ -170,6 +188,7 @@ class Guest:
         sys.stdout.flush()
         found = markers(lines)
         write_sorted(os.path.join(run_dir, "markers.json"), found)
+        found["PROGRESS"] = progress(lines, found.get("RECOVERY_SPAN"))
         if subprocess.run(["tar", "-xf", out_image(run_dir), "-C", files], stderr=subprocess.DEVNULL).returncode:
             log(f"{scenario}: nothing readable on the out disk")
         md5_old, md5_new = md5_of(disks[0]), md5_of(disks[1])
@@ -204,6 +223,7 @@ class Guest:
             print("\n" + text, end="", flush=True)
             with open(os.path.join(results_dir, "compare.txt"), "w") as f:
                 f.write(text)
+            write_results(self.s.results, self.meta(), compared, lines, ok)
             status = status or (0 if ok else 1)
             log(f"results: {results_dir} (console.log, result.json and the guest's files per scenario)")
         return status

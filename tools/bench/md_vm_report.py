@@ -1,6 +1,7 @@
 """What a md-vm boot reports: the guest's "@@ KEY value" console lines collected into its
-result.json (with the host's md5s and qemu's outcome), and the scenarios side by side (recovery
-time, fio MiB/s during the recovery, check, md5s) with the ratios to md.
+result.json (with the host's md5s, qemu's outcome and the recovery's progress over time from the
+"%% PROGRESS" lines), the scenarios side by side (recovery time, fio MiB/s during the recovery,
+check, md5s) with the ratios to md, and the JSON of all runs.
 """
 from __future__ import annotations
 
@@ -54,6 +55,23 @@ def markers(lines: list[str]) -> dict:
         elif key:
             result[key] = value
     return result
+
+
+def progress(lines: list[str], span: str | None) -> list[list[float]]:
+    """The recovery's progress from the "%% PROGRESS UPTIME DONE TOTAL" lines: [seconds since the
+    recovery started, DONE / TOTAL], ending with [its length, 1]; span is RECOVERY_SPAN
+    ("t=T0..T1", guest uptime). Empty without a span."""
+    try:
+        t0, t1 = (float(x) for x in (span or "").removeprefix("t=").split(".."))
+    except ValueError:
+        return []
+    out = []
+    for line in lines:
+        at = line.find("%% PROGRESS ")
+        words = line[at + 12:].split() if at >= 0 else []
+        if len(words) == 3 and all(w.replace(".", "", 1).isdigit() for w in words) and float(words[2]) > 0:
+            out.append([round(float(words[0]) - t0, 2), round(float(words[1]) / float(words[2]), 5)])
+    return [p for p in out if 0 <= p[0] <= t1 - t0] + [[round(t1 - t0, 2), 1.0]]
 
 
 def boot_result(found: dict, qemu_status: int, limit: int, md5_old: str, md5_new: str, wall: float) -> dict:
@@ -145,6 +163,16 @@ def _ratios(groups: dict[str, list[dict]]) -> list[str]:
         if parts:
             out.append(f"ratio {other}/md: " + ", ".join(parts))
     return out
+
+
+def write_results(path: str, meta: dict, paths: list[str], lines: list[str], ok: bool) -> None:
+    """The JSON of a md-vm run: meta, every boot's result.json (with its scenario's round), the
+    side-by-side table's lines and whether it all succeeded."""
+    runs = []
+    for p in paths:
+        with open(p) as f:
+            runs.append({"dir": os.path.basename(os.path.dirname(p)), "result": json.load(f)})
+    write_json(path, {"meta": meta, "runs": runs, "compare": lines, "ok": ok})
 
 
 def compare(paths: list[str]) -> tuple[list[str], bool]:

@@ -66,14 +66,15 @@ class Settings:
     stop_timeout: float
 
     @classmethod
-    def from_env(cls) -> "Settings":
-        runtime = positive_int("RUNTIME", env("RUNTIME", "8"), "a positive number of seconds")
+    def from_env(cls, measure: str = "passthrough", runtime_default: str = "8") -> "Settings":
+        """measure names the default RESULTS file (the QD sweep reads the same settings)."""
+        runtime = positive_int("RUNTIME", env("RUNTIME", runtime_default), "a positive number of seconds")
         repeat = positive_int("REPEAT", env("REPEAT", "3"))
         size = env("SIZE", "2G")
         return cls(size=size, size_bytes=size_bytes(size), runtime=runtime, repeat=repeat,
                    targets=target_list(env("TARGETS", "raw blockmirror qemu-nbd nbdkit"), KNOWN_TARGETS),
                    bin=env("BLOCKMIRROR_BIN", ""), workdir_base=env("WORKDIR_BASE", "/var/tmp"),
-                   results=results_path("passthrough"),
+                   results=results_path(measure),
                    keep_work=env("KEEP_WORK", "0") == "1",
                    ready_timeout=positive_int("READY_TIMEOUT", env("READY_TIMEOUT", "60")),
                    stop_timeout=positive_int("STOP_TIMEOUT", env("STOP_TIMEOUT", "30")))
@@ -91,7 +92,8 @@ def install_tools(s: Settings) -> None:
 
 
 class Bench:
-    """One passthrough benchmark: the image, one fresh server per run, the samples."""
+    """One passthrough benchmark: the image, one fresh server per run, the samples (the QD sweep
+    runs its fio jobs through run_on too)."""
 
     def __init__(self, s: Settings, work: WorkDir):
         self.s, self.work = s, work
@@ -133,27 +135,25 @@ class Bench:
             if target == "blockmirror":
                 self.failures += 1
 
-    def measure(self, target: str, workload: str, rnd: int) -> None:
-        """One sample of (target, workload) in round rnd (None on failure), with its log line."""
-        key = (target, workload, str(rnd))
+    def run_on(self, target: str, fio_args: list[str], name: str, parse: Callable[[str], object]):
+        """One time-based fio run of fio_args (RUNTIME s) on target: a fresh server for it (raw: the
+        image with libaio O_DIRECT), fio's JSON in NAME.fio.json, parse(path) of it. Returns what
+        parse returned, None (logged, counted as a failure) if the server, fio or parse failed."""
         daemon, engine = None, fio.on_file(self.image)
         if target != "raw":
             try:
                 daemon, uri = self.start(target)
             except NotReady:
                 self.failures += 1
-                self.samples.add(key, None)
-                return
+                return None
             engine = fio.on_export(uri)
-        out = self.work.file(f"{target}.{workload}.{rnd}.fio.json")
-        args = ["--name=bench", "--numjobs=1", f"--runtime={self.s.runtime}", "--time_based",
-                *FIO_ARGS[workload], *engine]
-        title, direction, metric = WORKLOADS[workload]
+        out = self.work.file(f"{name}.fio.json")
+        args = ["--name=bench", "--numjobs=1", f"--runtime={self.s.runtime}", "--time_based", *fio_args, *engine]
         value = None
         if fio.run(args, out, fio.time_limit(self.s.runtime)):
-            value = fio.or_note(out + ".err", fio.value, out, direction, metric)
+            value = fio.or_note(out + ".err", parse, out)
         if value is None:
-            log(f"fio failed: {target} {workload} round {rnd}; fio said:")
+            log(f"fio failed: {name}; fio said:")
             echo_err(tail(out + ".err", 10))
             if daemon is not None:
                 log(f"tail of {daemon.log_path}:")
@@ -161,7 +161,14 @@ class Bench:
             self.failures += 1
         if daemon is not None:
             self.stop(target, daemon)
-        self.samples.add(key, value)
+        return value
+
+    def measure(self, target: str, workload: str, rnd: int) -> None:
+        """One sample of (target, workload) in round rnd (None on failure), with its log line."""
+        title, direction, metric = WORKLOADS[workload]
+        value = self.run_on(target, FIO_ARGS[workload], f"{target}.{workload}.{rnd}",
+                            lambda out: fio.value(out, direction, metric))
+        self.samples.add((target, workload, str(rnd)), value)
         unit = "IOPS" if metric == "iops" else "MiB/s"
         shown = "FAILED" if value is None else value
         log(f"round {rnd}/{self.s.repeat}  {workload:<11} {target:<11} {shown} {unit}")
@@ -187,16 +194,24 @@ class Bench:
                 "blockmirror_bin": s.bin or None, **build_meta(), "failed_runs": self.failures}
 
 
-def main(run: Run) -> int:
-    s = Settings.from_env()
+def prepare(run: Run, s: Settings, prefix: str = "blockmirror-bench") -> Bench:
+    """What every run on the image needs: the tools, the work dir (prefix), the binary, the image
+    of random data."""
     install_tools(s)
-    run.work = work = WorkDir(s.workdir_base, "blockmirror-bench", s.results, s.keep_work)
+    run.work = work = WorkDir(s.workdir_base, prefix, s.results, s.keep_work)
     work.check(s.size_bytes, f"a {s.size} image")
     if "blockmirror" in s.targets:
         s.bin = blockmirror.binary(s.bin, "BLOCKMIRROR_BIN", ".build-release", work.file("build.log"))
     bench = Bench(s, work)
     log(f"creating a {s.size} ({s.size_bytes} bytes) image of random data in {work.path}")
     random_file(bench.image, s.size_bytes)
+    return bench
+
+
+def main(run: Run) -> int:
+    s = Settings.from_env()
+    bench = prepare(run, s)
+    work = bench.work
     bench.run_all()
     if "blockmirror" in s.targets:
         note_logged_warnings(work.file("blockmirror.log"), "blockmirror")

@@ -55,11 +55,16 @@ class Table:
         return None if v is None or not b else v / b
 
     def cell(self, target: str, workload: str) -> str:
+        """"median (min–max) ratio-to-raw", the min–max when there were several runs."""
         v, r = self.medians.get((target, workload)), self.ratio(target, workload)
-        cell = fmt(v, WORKLOADS[workload][2])
-        if v is not None and r is not None:
-            cell += f" ({r:.2f}x)"
+        metric = WORKLOADS[workload][2]
+        cell = fmt(v, metric)
         vals = self.samples.get((target, workload), [])
+        ok = [x for x in vals if x is not None]
+        if v is not None and len(ok) > 1:
+            cell += f" ({fmt(min(ok), metric)}–{fmt(max(ok), metric)})"
+        if v is not None and r is not None:
+            cell += f" {r:.2f}x"
         failed = sum(1 for x in vals if x is None)
         if failed:
             cell += f" [{failed}/{len(vals)} runs failed]"
@@ -72,7 +77,7 @@ class Table:
             print(f"| {TARGET_TITLES.get(t, t)} | " + " | ".join(self.cell(t, w) for w in self.workloads) + " |")
         print()
         runs = meta.get("repeat")
-        print(f"Medians of {runs} run{'s' if runs != 1 else ''} of {meta.get('runtime_s')} s each, "
+        print(f"Medians of {runs} run{'s' if runs != 1 else ''} of {meta.get('runtime_s')} s each (min–max), "
               f"image {meta.get('size_bytes', 0) / 1073741824:.2f} GiB; ratio = median / raw median.")
 
     def goals(self) -> list[dict]:

@@ -129,6 +129,21 @@ def stop_all() -> None:
         d.stop()
 
 
+def memory_kib(pid: int) -> dict[str, int]:
+    """A process's resident memory from /proc/PID/status, in KiB: VmHWM (the peak so far) and
+    VmRSS (now); {} if the process is gone."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmHWM", "VmRSS"):
+                    out[key] = int(value.split()[0])
+    except (OSError, ValueError, IndexError):
+        return {}
+    return out
+
+
 def first_stdout_line(path: str) -> str | None:
     """The first complete line a server printed (servers that print their URI once listening)."""
     try:

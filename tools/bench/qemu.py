@@ -119,13 +119,18 @@ class StorageDaemon:
     both O_DIRECT with native AIO, and a QMP monitor; blockdev-mirror src -> dst runs on it.
     Without new, dst is added later: add_nbd_target (a remote NBD server)."""
 
-    def __init__(self, old: str, new: str | None, nbd_sock: str, qmp_sock: str, log_path: str, stop_timeout: float):
+    def __init__(self, old: str, new: str | None, nbd_sock: str, qmp_sock: str, log_path: str, stop_timeout: float,
+                 target_discard: bool = False):
+        """target_discard: NEW's nodes with discard=unmap, so that the mirror's zero writes punch
+        holes (without it, qemu zeroes a file with fallocate ZERO_RANGE: the whole target gets
+        allocated, seen at 16 GiB sparse)."""
         self.qmp_sock = qmp_sock
         self.uri = f"nbd+unix:///src?socket={nbd_sock}"
         self.stop_timeout = stop_timeout
         self.qmp: QMP | None = None
-        target = ["--blockdev", f"driver=file,node-name=df,filename={new},cache.direct=on,aio=native",
-                  "--blockdev", "driver=raw,node-name=dst,file=df"] if new else []
+        discard = ",discard=unmap" if target_discard else ""
+        target = ["--blockdev", f"driver=file,node-name=df,filename={new},cache.direct=on,aio=native{discard}",
+                  "--blockdev", f"driver=raw,node-name=dst,file=df{discard}"] if new else []
         self.daemon = Daemon("qemu-storage-daemon", [
             "qemu-storage-daemon",
             "--blockdev", f"driver=file,node-name=sf,filename={old},cache.direct=on,aio=native",
@@ -165,10 +170,12 @@ class StorageDaemon:
     def wait_ready(self, start: float, timeout: float) -> dict:
         """Waits until the job is ready (BLOCK_JOB_READY, query-block-jobs polled every 0.5 s as
         a fallback) or timeout seconds after start have passed. Returns {"done", "start", "end",
-        "seconds", "offset", "len", "status"}."""
+        "seconds", "offset", "len", "status", "progress"}: progress the polls' [seconds since
+        start, offset / len], ending with [seconds, 1] when ready."""
         qmp = self._monitor()
         deadline = start + timeout
         done = False
+        progress: list[list[float]] = []
         while True:
             got = qmp.wait_event({"BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED", "BLOCK_JOB_ERROR"},
                                  min(0.5, max(0.0, deadline - time.time())))
@@ -184,12 +191,17 @@ class StorageDaemon:
             if info.get("ready") or info.get("status") == "ready":
                 end, done = time.time(), True
                 break
+            if info.get("len"):
+                progress.append([round(time.time() - start, 3), round(info.get("offset", 0) / info["len"], 5)])
             if time.time() >= deadline:
                 end = time.time()
                 break
         info = self._job() or {}
+        if done:
+            progress.append([round(end - start, 3), 1.0])
         return {"done": done, "start": start, "end": end, "seconds": end - start,
-                "offset": info.get("offset"), "len": info.get("len"), "status": info.get("status")}
+                "offset": info.get("offset"), "len": info.get("len"), "status": info.get("status"),
+                "progress": progress}
 
     def cancel(self) -> None:
         """block-job-cancel of the ready job (NEW stays a consistent copy, no pivot); raises

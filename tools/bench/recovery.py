@@ -74,6 +74,7 @@ from .workdir import WorkDir
 SUMMARY = "blockmirror build's recovery vs a raw copy and qemu-storage-daemon's blockdev-mirror"
 KNOWN_TARGETS = ["raw", "qsd", "blockmirror"]
 NAME = "benchrec"  # blockmirror's mirror name (and NBD export name)
+LOAD_TAIL = 0.3  # seconds the load runs on after a recovery (fio logs its bandwidth every 0.1 s)
 
 
 @dataclass
@@ -154,19 +155,27 @@ def check_blockmirror(s: Settings) -> None:
 
 
 class Bench:
-    """One recovery benchmark: OLD, NEW, the samples and the failures, and what every target's
-    round shares (a fresh NEW, the 4k run, the load and its result, the comparison)."""
+    """One recovery benchmark: OLD, NEW, the samples, the time series (progress of each recovery,
+    the load's MiB/s) and the failures, and what every target's round shares (a fresh NEW, the 4k
+    run, the load and its result, the comparison)."""
 
     def __init__(self, s: Settings, work: WorkDir):
         self.s, self.work = s, work
         self.old, self.new = work.file("old.raw"), work.file("new.raw")
         self.run_dir = work.file("run")
         self.samples = Samples(work.file("samples.tsv"))
+        self.series: dict[str, dict[str, list[dict]]] = {}
         self.failures = 0
         self.load: fio.Load | None = None
 
     def sample(self, rnd: int, target: str, metric: str, value: float | None, done: bool = True) -> None:
         self.samples.add((str(rnd), target, metric), value, done)
+
+    def record(self, target: str, kind: str, rnd: int, points: list) -> None:
+        """A time series of one run ([seconds since the recovery started, value] points), kept
+        for the JSON: kind is METRIC_progress (the share copied) or load_foreground (MiB/s)."""
+        if points:
+            self.series.setdefault(target, {}).setdefault(kind, []).append({"round": rnd, "points": points})
 
     def tag(self, target: str, rnd: int) -> str:
         """How a run's files in the work dir begin."""
@@ -175,6 +184,11 @@ class Bench:
     def fail(self, message: str) -> None:
         log(f"FAILED: {message}")
         self.failures += 1
+
+    def storage_daemon(self, local_target: bool) -> StorageDaemon:
+        """qemu-storage-daemon on OLD and NEW (not local_target: on OLD only), not started."""
+        return StorageDaemon(self.old, self.new if local_target else None, self.work.file("qsd-nbd.sock"),
+                             self.work.file("qsd-qmp.sock"), self.work.file("qsd.log"), self.s.stop_timeout)
 
     def reset_new(self) -> None:
         fresh_file(self.new, self.s.size_bytes)
@@ -223,13 +237,18 @@ class Bench:
             self.load = None
 
     def load_result(self, target: str, rnd: int, start: float, end: float) -> None:
-        """Stops the load and records its MiB/s within [start, end] (and in the FIO_WARMUP s
-        before start, when it ran then: not with BM_START=build)."""
+        """Stops the load (LOAD_TAIL s after the recovery ended, so that fio's bandwidth log
+        covers the end of the window: fio stopped by a signal does not log its last, partial
+        interval) and records its MiB/s within [start, end] (and in the FIO_WARMUP s before
+        start, when it ran then: not with BM_START=build), and over time."""
         load = self.load
         if load.daemon.proc is not None and not load.alive():
             log("fio (load) ended before the recovery did:")
             echo_err(tail(load.err_path, 5))
+        time.sleep(max(0.0, end + LOAD_TAIL - time.time()))
         self.stop_load()
+        self.record(target, "load_foreground", rnd,
+                    fio.or_note(load.err_path, load.series, start, end + LOAD_TAIL) or [])
         mibs = fio.or_note(load.err_path, load.window_mibs, start, end)
         if mibs is None:
             echo_err(tail(load.err_path, 5))
@@ -306,8 +325,7 @@ def start_qsd(b: Bench, local_target: bool = True) -> StorageDaemon | None:
     for sock in ("qsd-qmp.sock", "qsd-nbd.sock"):
         if os.path.exists(b.work.file(sock)):
             os.unlink(b.work.file(sock))
-    qsd = StorageDaemon(b.old, b.new if local_target else None, b.work.file("qsd-nbd.sock"), b.work.file("qsd-qmp.sock"),
-                        b.work.file("qsd.log"), b.s.stop_timeout)
+    qsd = b.storage_daemon(local_target)
     qsd.daemon.start()
     try:
         wait_serving(qsd.daemon, lambda: qsd.uri, b.s.size_bytes, "OLD", b.s.ready_timeout)
@@ -354,6 +372,7 @@ def qsd_recovery(b: Bench, rnd: int, what: str, metric: str, remote: tuple[str, 
             qsd.add_nbd_target(*remote)
         res = qsd.wait_ready(qsd.start_mirror(s.qsd_copy_mode, s.qsd_speed), s.sync_timeout)
         b.save(f"{b.tag('qsd', rnd)}.{metric}.json", res)
+        b.record("qsd", metric.removesuffix("_s") + "_progress", rnd, res["progress"])
         if res["done"]:
             log(f"  qsd {what}: {round(res['seconds'], 3)} s to ready")
             b.sample(rnd, "qsd", metric, res["seconds"])
@@ -393,6 +412,7 @@ def qsd_round(b: Bench, rnd: int) -> None:
         qsd.stop()
         return
     b.save(f"qsd.r{rnd}.load.json", res)
+    progress = res["progress"]
     b.load_result("qsd", rnd, res["start"], res["end"])
     if res["done"]:
         log(f"  qsd recovery under load: {round(res['seconds'], 3)} s to ready")
@@ -404,6 +424,7 @@ def qsd_round(b: Bench, rnd: int) -> None:
         try:
             rest = qsd.wait_ready(res["start"], s.load_timeout + s.sync_timeout)
             b.save(f"qsd.r{rnd}.load.json.rest", rest)
+            progress = progress + rest["progress"]
         except QMPError as e:
             log(f"qsd: {e}")
             rest = {"done": False}
@@ -411,6 +432,7 @@ def qsd_round(b: Bench, rnd: int) -> None:
             b.fail(f"qsd recovery not done after the load stopped (round {rnd})")
             qsd.stop()
             return
+    b.record("qsd", "load_progress", rnd, progress)
     qsd_finish(b, qsd, "recovery under load")
 
 
@@ -427,6 +449,7 @@ class MirrorRun:
                                          b.work.file("blockmirror.out"), b.s.stop_timeout)
         self.uri = ""
         self.t0 = 0.0
+        self.startup_s: float | None = None  # from the daemon's start to its export serving
         self.stop_line = ""
 
     def _start(self, target: str) -> None:
@@ -439,6 +462,7 @@ class MirrorRun:
                                     *b.s.bm_args.split()], note=f"(target {target})")
         self.uri = wait_serving(daemon, lambda: first_stdout_line(self.mirror.out_path), b.s.size_bytes, "OLD",
                                 b.s.ready_timeout)
+        self.startup_s = round(time.time() - self.t0, 3)
 
     def begin(self, load_tag: str | None = None) -> bool:
         """A running mirror whose recovery has started at t0. BM_START=add: the daemon starts
@@ -514,6 +538,8 @@ def bm_recovery(b: Bench, rnd: int, what: str, metric: str, target: str | None =
     s = b.s
     m = MirrorRun(b, target)
     res = m.wait(f"{b.tag('blockmirror', rnd)}.{metric}.json", s.sync_timeout) if m.begin() else None
+    if res is not None:
+        b.record("blockmirror", metric.removesuffix("_s") + "_progress", rnd, res["progress"])
     if res is None:
         m.failed(f"blockmirror {what} (round {rnd})")
         b.sample(rnd, "blockmirror", metric, None)
@@ -550,6 +576,7 @@ def bm_round(b: Bench, rnd: int) -> None:
         m.stop()
         return
     load = b.load
+    progress = res["progress"]
     b.load_result("blockmirror", rnd, m.t0, res["end"])
     # When fio's first write landed, relative to the start of the recovery (< 0: load was on before).
     first = load.first_write()
@@ -572,8 +599,10 @@ def bm_round(b: Bench, rnd: int) -> None:
             b.fail(f"blockmirror not in sync after the load stopped (round {rnd})")
             m.stop()
             return
+        progress = progress + rest["progress"]
         log(f"  blockmirror in sync {round(rest['seconds'], 3)} s after the recovery started "
             f"(idle after {s.load_timeout}s)")
+    b.record("blockmirror", "load_progress", rnd, progress)
     m.finish("recovery under load")
 
 
@@ -644,7 +673,7 @@ def main(run: Run) -> int:
     if "blockmirror" in s.targets:
         note_logged_warnings(work.file("blockmirror.log"), "blockmirror")
     m = meta(s, b.failures)
-    return publish(work.file("meta.json"), m, lambda: report(b.samples, m, s.results), s.results,
+    return publish(work.file("meta.json"), m, lambda: report(b.samples, m, s.results, b.series), s.results,
                    b.failures, "failed or a copy did not compare equal")
 
 

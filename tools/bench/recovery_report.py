@@ -194,11 +194,14 @@ def print_ratios(heading: str, ratios: dict, notes: list[str] | None) -> None:
             print(f"Note: {n}")
 
 
-def report(samples: Samples, meta: dict, out_path: str) -> None:
-    """Prints the tables, the ratios and the notes; writes everything as JSON to out_path."""
+def report(samples: Samples, meta: dict, out_path: str, series: dict | None = None) -> None:
+    """Prints the tables, the ratios and the notes; writes everything as JSON to out_path, with
+    the time series of the runs (target -> kind -> [{"round", "points"}]: each recovery's
+    progress, the load's MiB/s) for the plots."""
     r = Report(samples, meta)
     r.recovery_table()
     r.randwrite_table()
     ratios = r.ratios()
     print_ratios("Ratios (medians; > 1 means blockmirror is faster):", ratios, meta.get("notes"))
-    write_json(out_path, {"meta": meta, "results": r.rows, "ratios": ratios, "samples": r.stats.all_samples()})
+    write_json(out_path, {"meta": meta, "results": r.rows, "ratios": ratios, "samples": r.stats.all_samples(),
+                          "series": series or {}})

@@ -52,8 +52,45 @@ def now_iso() -> str:
 
 
 def machine_meta(workdir_base: str) -> dict:
-    """Where the run happened: the work dir's file system, kernel, CPUs."""
-    return {"workdir_fs": fs_type(workdir_base), "kernel": platform.release(), "cpus": os.cpu_count()}
+    """Where the run happened: the work dir's file system and device, kernel, CPUs (count and
+    model), memory, and the virtualization systemd-detect-virt names (none on bare metal)."""
+    device = first_line("findmnt", "-n", "-o", "SOURCE", "-T", workdir_base)
+    return {"workdir_fs": fs_type(workdir_base), "workdir_device": device,
+            "workdir_rotational": _rotational(device), "kernel": platform.release(), "cpus": os.cpu_count(),
+            "cpu_model": _proc_field("/proc/cpuinfo", "model name"), "memory_kib": _mem_total(),
+            "virtualization": first_line("systemd-detect-virt")}
+
+
+def _proc_field(path: str, name: str) -> str | None:
+    """The value of the first "name : value" line of a /proc file."""
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
+    except OSError:
+        pass
+    return None
+
+
+def _mem_total() -> int | None:
+    value = _proc_field("/proc/meminfo", "MemTotal")
+    return int(value.split()[0]) if value else None
+
+
+def _rotational(device: str | None) -> bool | None:
+    """Whether the work dir's disk is rotational (sysfs queue/rotational), None if unknown."""
+    if not device or not device.startswith("/dev/"):
+        return None
+    name = os.path.basename(os.path.realpath(device))
+    for path in (f"/sys/class/block/{name}/queue/rotational", f"/sys/class/block/{name}/../queue/rotational"):
+        try:
+            with open(path) as f:
+                return f.read().strip() == "1"
+        except OSError:
+            continue
+    return None
 
 
 def build_meta() -> dict:

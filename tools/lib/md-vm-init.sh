@@ -8,6 +8,9 @@
 # Disks: vda = OLD (random data), vdb = NEW (zeros, same size); the fixtures scenario also gets
 # vdc and vdd with two partitions each (for resync=DELAYED).
 #
+# During each recovery a poller prints "%% PROGRESS UPTIME DONE TOTAL" lines every 0.5 s (md:
+# sync_completed in sectors; engine: clean regions from its metrics endpoint), unless bm_progress=0.
+#
 # Scenarios:
 #   md              kernel md through mdadm: --build vda missing, fio on /dev/md0 (libaio,
 #                   O_DIRECT), --add vdb while it writes, wait for idle, check, --stop
@@ -47,6 +50,8 @@ MD_SPEED_MAX=$(param bm_md_speed_max "")
 GUEST_MD5=$(param bm_md5 0)
 TIMEOUT=$(param bm_timeout 500)
 BM_ARGS=$(param bm_args "" | tr , ' ')
+PROGRESS=$(param bm_progress 1)
+METRICS=127.0.0.1:9100
 RUNDIR=/run/blockmirror
 
 # finish: files onto the out disk, the status marker, power off.
@@ -119,6 +124,38 @@ copy_watch_end() {
     else
         fail "no write reached vdb during the recovery"
     fi
+}
+# The recovery's progress over time (md: sync_completed of md0, in sectors; engine: clean regions
+# from its metrics endpoint, one busybox wget a poll), every 0.5 s as "%% PROGRESS UPTIME DONE
+# TOTAL" console lines, until /tmp/progress.stop exists. Nothing with bm_progress=0.
+progress_watch_start() {
+    rm -f /tmp/progress.stop
+    PROGRESS_WATCH=""
+    [ "$PROGRESS" = 1 ] || return 0
+    ( local u rest d s t name value
+      while [ ! -e /tmp/progress.stop ]; do
+          read -r u rest < /proc/uptime
+          if [ "$1" = engine ]; then
+              d=""; t=""
+              wget -q -O /tmp/metrics.txt "http://$METRICS/metrics" 2>/dev/null
+              while read -r name value; do
+                  case $name in
+                      blockmirror_regions_dirty*) d=${value%.*} ;;
+                      "blockmirror_regions{"*) t=${value%.*} ;;
+                  esac
+              done < /tmp/metrics.txt
+              [ -n "$t" ] && [ -n "$d" ] && echo "%% PROGRESS $u $((t - d)) $t"
+          else
+              read -r d s t < /sys/block/md0/md/sync_completed
+              [ "$s" = / ] && echo "%% PROGRESS $u $d $t"
+          fi
+          sleep 0.5
+      done ) &
+    PROGRESS_WATCH=$!
+}
+progress_watch_end() {
+    touch /tmp/progress.stop
+    [ -n "$PROGRESS_WATCH" ] && wait "$PROGRESS_WATCH"
 }
 wait_writes_since() {
     local n=0
@@ -243,6 +280,7 @@ sc_md() {
     wait_writes_since "$base" || fail "fio did not start writing within 60 s"
     log "fio writes; add vdb"
     copy_watch_start
+    progress_watch_start md
     t0=$(up)
     if [ "$mode" = raw ]; then
         mdadm /dev/md0 --add /dev/vdb || fail "mdadm --add"
@@ -252,6 +290,7 @@ sc_md() {
         bm verbs.log wait md0 --backend md --interval 0.1 || fail "blockmirror wait: $(bm_last verbs.log)"
     fi
     t1=$(up)
+    progress_watch_end
     copy_watch_end
     log "recovered: $(md_progress md0) degraded=$(cat /sys/block/md0/md/degraded)"
     # what the kernel says, whatever the verbs said
@@ -304,8 +343,10 @@ sc_engine() {
     mkdir -p "$RUNDIR"
     bm_startup
     log "blockmirror build m0 (vda + missing)"
+    local metrics=""
+    [ "$PROGRESS" = 1 ] && metrics="--metrics $METRICS"
     # shellcheck disable=SC2086
-    bm verbs.log build m0 --source /dev/vda --target missing --listen unix:/run/m0.sock --run-dir "$RUNDIR" --daemon $BM_ARGS ||
+    bm verbs.log build m0 --source /dev/vda --target missing --listen unix:/run/m0.sock --run-dir "$RUNDIR" --daemon $metrics $BM_ARGS ||
         { fail "blockmirror build: $(bm_last verbs.log 3 | tr '\n' ' ')"; cat "$RUNDIR"/*.log 2>/dev/null; return; }
     bm status-degraded.json status m0 --run-dir "$RUNDIR" --json || fail "blockmirror status: $(bm_last status-degraded.json)"
     local lmin lmax
@@ -317,10 +358,12 @@ sc_engine() {
     wait_writes_since "$base" || fail "fio did not start writing within 60 s"
     log "fio writes; add vdb"
     copy_watch_start
+    progress_watch_start engine
     t0=$(up)
     bm verbs.log add m0 /dev/vdb --run-dir "$RUNDIR" || fail "blockmirror add: $(bm_last verbs.log)"
     bm verbs.log wait m0 --run-dir "$RUNDIR" --interval 0.1 || fail "blockmirror wait: $(bm_last verbs.log)"
     t1=$(up)
+    progress_watch_end
     copy_watch_end
     recovery_marks "$t0" "$t1"
     fio_result "$t1"
