@@ -60,14 +60,14 @@ struct CopierState: Sendable, Equatable {
         delayed = false
     }
 
-    /// A copy ended having written `bytes`; `cleaned` if it cleaned its region, `dirtyLeft`
-    /// regions remaining. Returns whether a lazy save of the bitmap is due (every
+    /// A copy ended having written `bytes` and cleaned `cleaned` regions (its own, or a hole's
+    /// run), `dirtyLeft` regions remaining. Returns whether a lazy save of the bitmap is due (every
     /// `regionsPerSave` cleaned regions, and when the last one is) and whether no copy runs now.
-    mutating func finished(bytes: UInt64, cleaned: Bool, dirtyLeft: Int) -> (saveDue: Bool, idle: Bool) {
+    mutating func finished(bytes: UInt64, cleaned: Int, dirtyLeft: Int) -> (saveDue: Bool, idle: Bool) {
         bytesCopied += bytes
         copying -= 1
-        cleanedSinceSave += cleaned ? 1 : 0
-        let saveDue = cleanedSinceSave >= Self.regionsPerSave || (cleaned && dirtyLeft == 0)
+        cleanedSinceSave += cleaned
+        let saveDue = cleanedSinceSave >= Self.regionsPerSave || (cleaned > 0 && dirtyLeft == 0)
         if saveDue { cleanedSinceSave = 0 }
         return (saveDue, copying == 0)
     }

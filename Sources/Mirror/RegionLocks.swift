@@ -48,6 +48,21 @@ public final class RegionLocks: Sendable {
         if done { granted() }
     }
 
+    /// Takes as many of `regions` exclusively as are free now (no holder, nobody waiting), from the
+    /// first one on, without waiting: returns those taken, a prefix of `regions` (empty if the
+    /// first is busy). The copier extends a copy over the regions after it this way, and leaves
+    /// any region someone else holds or waits for to a copy of its own.
+    public func lockFreePrefix(_ regions: Range<Int>) -> Range<Int> {
+        table.withLock { table in
+            var end = regions.lowerBound
+            while end < regions.upperBound, table[end] == nil {
+                Self.hold(end, .exclusive, in: &table)
+                end += 1
+            }
+            return regions.lowerBound..<end
+        }
+    }
+
     /// Releases `regions` held in `mode`, granting waiters that can now proceed.
     public func unlock(_ regions: Range<Int>, _ mode: Mode) {
         var ready: [Request] = []

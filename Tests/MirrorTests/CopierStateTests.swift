@@ -19,10 +19,10 @@ import Testing
         for _ in 0..<3 { steps.append(state.next(in: map, depth: 2) { nil }) }
         #expect(steps == [.copy(1), .copy(4), .idle], "two at most")
         _ = map.setClean(1)
-        _ = state.finished(bytes: 1 << 20, cleaned: true, dirtyLeft: map.dirtyCount)
+        _ = state.finished(bytes: 1 << 20, cleaned: 1, dirtyLeft: map.dirtyCount)
         let third = state.next(in: map, depth: 2) { nil }
         #expect(third == .copy(6))
-        _ = state.finished(bytes: 1 << 20, cleaned: false, dirtyLeft: map.dirtyCount)
+        _ = state.finished(bytes: 1 << 20, cleaned: 0, dirtyLeft: map.dirtyCount)
         let wrapped = state.next(in: map, depth: 8) { nil }
         #expect(wrapped == .copy(4), "from the cursor round to the start (4 is dirty still)")
         let none = state.next(in: map, depth: 8) { nil }
@@ -57,16 +57,28 @@ import Testing
         var state = CopierState()
         let map = bitmap(dirty: Array(0..<8))
         for _ in 0..<3 { _ = state.next(in: map, depth: 8) { nil } }
-        var ended = state.finished(bytes: 0, cleaned: false, dirtyLeft: 0)
+        var ended = state.finished(bytes: 0, cleaned: 0, dirtyLeft: 0)
         #expect(!ended.saveDue && !ended.idle, "an uncleaned copy is no reason to save")
-        ended = state.finished(bytes: 0, cleaned: true, dirtyLeft: 3)
+        ended = state.finished(bytes: 0, cleaned: 1, dirtyLeft: 3)
         #expect(!ended.saveDue)
-        ended = state.finished(bytes: 0, cleaned: true, dirtyLeft: 0)
+        ended = state.finished(bytes: 0, cleaned: 1, dirtyLeft: 0)
         #expect(ended.saveDue && ended.idle, "the last dirty region is clean")
         for index in 1...CopierState.regionsPerSave {
             _ = state.next(in: map, depth: 8) { nil }
-            ended = state.finished(bytes: 0, cleaned: true, dirtyLeft: 100)
+            ended = state.finished(bytes: 0, cleaned: 1, dirtyLeft: 100)
             #expect(ended.saveDue == (index == CopierState.regionsPerSave), "after \(index) cleaned regions")
         }
+    }
+
+    /// A copy of a source hole's run cleans many regions at once: they count toward the next save.
+    @Test func aHoleRunCountsEveryRegionItCleaned() {
+        var state = CopierState()
+        let map = bitmap(dirty: Array(0..<8))
+        _ = state.next(in: map, depth: 8) { nil }
+        _ = state.next(in: map, depth: 8) { nil }
+        var ended = state.finished(bytes: 0, cleaned: CopierState.regionsPerSave - 1, dirtyLeft: 500)
+        #expect(!ended.saveDue && !ended.idle)
+        ended = state.finished(bytes: 0, cleaned: 1, dirtyLeft: 499)
+        #expect(ended.saveDue && ended.idle)
     }
 }

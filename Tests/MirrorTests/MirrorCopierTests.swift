@@ -74,6 +74,37 @@ import Testing
         #expect(holeOnTarget.allSatisfy { $0 == 0 }, "the hole is not zero on the target")
     }
 
+    /// A long hole of the source is covered in runs, not region by region: the target is zeroed
+    /// where it holds data and left alone where it is a hole already; the legs end identical with
+    /// far fewer zeroing requests than regions.
+    @Test func aLongHoleIsZeroedInRunsAndATargetHoleIsLeftAlone() async throws {
+        let rig = try MirrorExportTests.Rig()
+        defer { rig.tearDown() }
+        let hole: Range<UInt64> = (16 << 20)..<(48 << 20)  // 32 regions, to the end of the device
+        let device = try rig.open(rig.sourcePath)
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            device.discard(offset: hole.lowerBound, length: UInt64(hole.count)) { continuation.resume(with: $0.mapError { $0 as any Error }) }
+        }
+        // The target is a hole there but for 1 MiB of garbage, which the copy must zero.
+        let garbage = try FileHandle(forWritingTo: URL(fileURLWithPath: rig.targetPath))
+        try garbage.seek(toOffset: 40 << 20)
+        try garbage.write(contentsOf: Data(repeating: 0xA5, count: 1 << 20))
+        try garbage.close()
+        let target = ZeroCountingLeg(next: try rig.open(rig.targetPath))
+        let engine = Self.engine(source: device, target: target)
+        engine.copier.pump()
+        let settled = await engine.core.waitUntilSettled()
+        await engine.core.waitUntilBackgroundIdle()
+        #expect(settled.state == .inSync, "\(settled.failure ?? "")")
+        let old = try Data(contentsOf: URL(fileURLWithPath: rig.sourcePath))
+        let new = try Data(contentsOf: URL(fileURLWithPath: rig.targetPath))
+        let differs = firstDifference(old, new)
+        #expect(differs == nil, "the legs differ at byte \(differs ?? -1)")
+        let zeroings = target.zeroings.withLock { $0 }
+        #expect(zeroings.count < 16, "\(zeroings.count) zeroing requests for a hole of 32 regions: \(zeroings)")
+        #expect(zeroings.contains { $0.contains(40 << 20) }, "the garbage was not zeroed: \(zeroings)")
+    }
+
     /// The clean rule: a copy whose bytes reached the target, but whose completion arrives after
     /// the target failed, cleans nothing — every region stays dirty.
     @Test func aCopyOntoATargetFailedMeanwhileCleansNothing() async throws {
@@ -91,5 +122,19 @@ import Testing
         await engine.core.waitUntilBackgroundIdle()
         let (dirty, total) = engine.core.shared.withLock { ($0.bitmap.dirtyCount, $0.bitmap.regionCount) }
         #expect(dirty == total, "copies that completed after the failure cleaned \(total - dirty) regions")
+    }
+}
+
+/// A leg that records the ranges it is asked to zero (and zeroes them on the file it forwards to).
+final class ZeroCountingLeg: LegFilter, @unchecked Sendable {
+    let next: any Leg
+    let zeroings = Mutex<[Range<UInt64>]>([])
+
+    init(next: any Leg) { self.next = next }
+
+    func writeZeroes(offset: UInt64, length: UInt64, mayDeallocate: Bool, fastOnly: Bool,
+                     completion: @escaping @Sendable (Result<Void, BlockIOError>) -> Void) {
+        zeroings.withLock { $0.append(offset..<(offset + length)) }
+        next.writeZeroes(offset: offset, length: length, mayDeallocate: mayDeallocate, fastOnly: fastOnly, completion: completion)
     }
 }

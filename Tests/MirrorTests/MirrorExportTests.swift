@@ -52,8 +52,28 @@ import Testing
     /// expected content is known), write random-sized blocks while a degraded mirror gets its
     /// target attached; after the recovery, source and target equal the model byte for byte.
     @Test func writesRacingTheCopyEndIdenticalOnBothLegs() async throws {
+        try await writersRaceTheCopy(holes: [])
+    }
+
+    /// The same over a source that is mostly holes, which the copier zeroes on the target in runs
+    /// of regions it takes as it goes (`MirrorCopier.zeroHoleRun`): the writes land in the holes
+    /// while they are being zeroed, and none is lost or zeroed over.
+    @Test func writesRacingTheCopyOfASparseSourceEndIdentical() async throws {
+        try await writersRaceTheCopy(holes: [(1 << 20)..<(30 << 20), (33 << 20)..<Self.size])
+    }
+
+    /// Eight writers race the recovery of a mirror whose source has `holes` punched; at the end
+    /// both legs equal the model.
+    func writersRaceTheCopy(holes: [Range<Int>]) async throws {
         let rig = try Rig()
         defer { rig.tearDown() }
+        if !holes.isEmpty {
+            let sourceFD = try FileDescriptor.open(rig.sourcePath, flags: O_RDWR).get()
+            for hole in holes {
+                try sourceFD.allocate(mode: bm_falloc_punch_hole(), offset: UInt64(hole.lowerBound), length: UInt64(hole.count)).get()
+            }
+            sourceFD.close()
+        }
         var model = try Data(contentsOf: URL(fileURLWithPath: rig.sourcePath))
         let mirror = MirrorExport(source: try rig.open(rig.sourcePath), regionSize: 256 << 10, copiesInFlight: 4,
                                   pool: BufferPool(), logger: Logger(label: "mirror"))
