@@ -8,7 +8,9 @@ extension AIOEngine {
     ///
     /// Each context's eventfd is watched by the loop as a pipe channel, so a request submitted from
     /// the loop completes on the loop: the promise is fulfilled without a thread hop, and the
-    /// completions of a burst are processed together. Measured against the reaper thread alone
+    /// completions of a burst are processed together. The requests a loop submits while it handles
+    /// its events are handed to the kernel together once it is done (`gathersSubmissions`): one
+    /// `io_submit` per turn, not one per request. Measured against the reaper thread alone
     /// (fio's nbd engine, 4k QD32, same run): random writes 63k -> 73k IOPS; random reads unchanged,
     /// being bound by the client-server round trip rather than by the server. Returns the loops'
     /// pollers, which the NBD server tells about its connections.
@@ -30,7 +32,12 @@ extension AIOEngine {
                 }
                 .takingOwnershipOfDescriptor(input: watched).get()
             try await loop.submit {
-                context.onSubmit = poller.map { poller in { poller.activity() } }
+                let submitter = GatheredSubmitter(loop: loop, context: context)
+                context.gathersSubmissions = true
+                context.onSubmit = {
+                    submitter.schedule()
+                    poller?.activity()
+                }
                 self.registerForCurrentThread(context)
             }.get()
         }
@@ -54,6 +61,29 @@ public final class BusyPolling: Sendable {
         guard let poller = poller(of: channel.eventLoop) else { return }
         _ = try channel.pipeline.syncOperations.withUnsafeTransportIfAvailable(of: NIOBSDSocket.Handle.self) {
             poller.watch(socket: $0)
+        }
+    }
+}
+
+/// Hands a loop's gathered submissions to the kernel once per turn: scheduled by the first
+/// submission of a turn, it runs after the events and tasks that made them (and before a spin
+/// `LoopPoller` started after it). Confined to the loop's thread.
+private final class GatheredSubmitter: @unchecked Sendable {
+    private let loop: any EventLoop
+    private let context: AIOContext
+    private var scheduled = false
+
+    init(loop: any EventLoop, context: AIOContext) {
+        self.loop = loop
+        self.context = context
+    }
+
+    func schedule() {
+        guard !scheduled else { return }
+        scheduled = true
+        loop.execute { [self] in
+            scheduled = false
+            context.submitGathered()
         }
     }
 }

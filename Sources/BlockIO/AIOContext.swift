@@ -84,10 +84,23 @@ public final class AIOContext: @unchecked Sendable {
         if eventFD >= 0 { close(eventFD) }
     }
 
-    /// With `.eventFD` delivery: called on the submitting thread each time requests were handed to
-    /// the kernel, so that the thread's event loop can busy-poll for their completions
-    /// (`LoopPoller`). Set before the first submission; nil: nothing is told.
+    /// With `.eventFD` delivery: called on the submitting thread each time requests were submitted,
+    /// so that the thread's event loop hands the gathered ones to the kernel once it is done with
+    /// what it is doing (`submitGathered`) and busy-polls for their completions (`LoopPoller`).
+    /// Set before the first submission; nil: nothing is told.
     public var onSubmit: (() -> Void)?
+
+    /// With `.eventFD` delivery: writes and syncs are not handed to the kernel one `io_submit` each,
+    /// but gathered until `submitGathered()`, which the event loop owning the context runs once per
+    /// turn. One `io_submit` of many requests plugs the block layer once: on a virtual disk that is
+    /// one notification of the device (an exit to the hypervisor) instead of one per request —
+    /// 4k random writes at QD32 through the export went from 59-72k to 71-82k IOPS here (3 pairs,
+    /// alternated). Reads go at once: gathered, they reached this machine's disk in bursts and came
+    /// back in bursts, 40k IOPS against 60k (4k randread QD32, 4 pairs; batches capped at 8: 48-54k).
+    /// Set before the first submission; only the owning thread submits to such a context.
+    public var gathersSubmissions = false
+    /// The requests submitted since the last `submitGathered()` (owning thread only).
+    private var gathered: [(slot: Int, request: Request)] = []
 
     /// Whether completions are ready to reap, read from the ring libaio shares with the kernel
     /// (its head and tail, no system call): what a busy-polling loop checks between socket polls.
@@ -125,9 +138,26 @@ public final class AIOContext: @unchecked Sendable {
             return
         }
         if !ready.isEmpty {
-            hand(ready)
+            if gathersSubmissions {
+                var reads: [(slot: Int, request: Request)] = []
+                for entry in ready {
+                    if case .read = entry.request.operation { reads.append(entry) } else { gathered.append(entry) }
+                }
+                if !reads.isEmpty { hand(reads) }
+            } else {
+                hand(ready)
+            }
             onSubmit?()
         }
+    }
+
+    /// Hands the requests gathered since the last call to the kernel, in one `io_submit` where the
+    /// depth allows (see `gathersSubmissions`).
+    public func submitGathered() {
+        guard !gathered.isEmpty else { return }
+        let batch = gathered
+        gathered.removeAll(keepingCapacity: true)
+        hand(batch)
     }
 
     /// Gives reserved requests to the kernel; any it refuses complete with the error.
