@@ -83,6 +83,13 @@ def value(path: str, direction: str, metric: str) -> float:
     return float(f"{v:.1f}")
 
 
+def clat_ms(path: str, direction: str, percentiles: tuple[str, ...]) -> dict[str, float]:
+    """Completion latency percentiles of a run's read or write side in ms (to 0.01), by fio's
+    percentile names ("50.000000", "99.000000"...), of those fio reported."""
+    found = _job(path)[direction].get("clat_ns", {}).get("percentile", {})
+    return {p: round(found[p] / 1e6, 2) for p in percentiles if p in found}
+
+
 # What reading fio's files may raise: missing or truncated files, unexpected content, an error.
 PARSE_ERRORS = (OSError, ValueError, KeyError, IndexError, FioError)
 

@@ -10,7 +10,7 @@ serial console; OLD and NEW are compared on the host once the VM has powered off
 
 Usage: tools/md-vm.sh build                 the initramfs (and blockmirror unless BLOCKMIRROR_BIN)
        tools/md-vm.sh run [SCENARIO...]     boot once per scenario (default: both)
-       tools/md-vm.sh all                   build, then run md, md-blockmirror, engine
+       tools/md-vm.sh all                   build, then run md, md-blockmirror, engine-nbd, engine
        (tools/md-vm.sh runs tools/bench.py md-vm: the same commands)
 Scenarios (each starts from the same OLD and an empty NEW; the same fio writes during the recovery):
   md              kernel md through mdadm: mdadm --build /dev/md0 --level=1 --raid-disks=2
@@ -21,7 +21,11 @@ Scenarios (each starts from the same OLD and an empty NEW; the same fio writes d
                   detail, status --json, stop)
   engine          the blockmirror engine: build m0 --target missing (NBD on a unix socket), fio
                   through its export (fio's nbd engine), add /dev/vdb, wait, check, stop
+  engine-nbd      the engine reached as md is: the guest kernel's NBD client (nbd-client -unix,
+                  netlink, NBD_CONNECTIONS connections) makes the export /dev/nbd0 and md's fio job
+                  (libaio, O_DIRECT) writes there; add /dev/vdb, wait, check, nbd-client -d, stop
   both            md then engine, then the two side by side
+  like-for-like   md, engine-nbd and engine side by side (with REPEAT=3: medians of 3)
   fixtures        /proc/mdstat, mdadm --detail and md sysfs in named states (degraded,
                   recovering, in sync, check running, mismatches, repaired, resync, resync=PENDING,
                   resync=DELAYED, faulty, removed, stopped) into FIXTURES_DIR
@@ -30,6 +34,8 @@ Environment:
   FIO_MB=64            MiB fio writes during the recovery (FIO_BS=64k, FIO_QD=8, FIO_SEED=1234)
   MD_SPEED_MAX=        KiB/s for /proc/sys/dev/raid/speed_limit_max (default: md's, 200000)
   BM_ARGS=             extra arguments of the engine's build (e.g. "--speed-max 200000")
+  NBD_CONNECTIONS=2    engine-nbd: nbd-client's -C (the kernel client's connections, one
+                       hardware queue each)
   GUEST_MD5=0          1: also md5sum both disks in the guest (busybox: ~9 s per 512 MiB)
   REPEAT=1             boots per scenario (the order alternates); the table shows medians
   BLOCKMIRROR_BIN=     the binary to put in the VM (default: swift build -c release into
@@ -56,7 +62,7 @@ from .log import BenchError, log
 from .md_vm_disks import make_disks, md5_of, out_image, pristine_old, qemu_drives, remove_legs
 from .md_vm_fixtures import install_fixtures
 from .md_vm_guest import Kernel, build_initramfs, guest_kernel, initramfs_current, initramfs_path
-from .md_vm_report import boot_result, compare, console_lines, markers, scenario_ok, write_sorted
+from .md_vm_report import boot_result, compare, console_lines, fio_marks, markers, scenario_ok, write_sorted
 from .packages import ensure_packages
 from .procs import run_limited
 from .run import run_main
@@ -64,11 +70,14 @@ from .settings import env, iec_number, positive_int
 
 SUMMARY = "kernel md in a qemu VM (TCG) next to the blockmirror engine, side by side"
 PACKAGES = ("qemu-system-x86", "linux-image-cloud-amd64", "busybox-static", "mdadm", "cpio", "fio", "libnbd0",
-            "python3")
-SCENARIOS = ("md", "md-blockmirror", "engine", "fixtures")
+            "nbd-client", "python3")
+SCENARIOS = ("md", "md-blockmirror", "engine", "engine-nbd", "fixtures")
+# Run words that stand for several scenarios.
+GROUPS = {"both": ("md", "engine"), "like-for-like": ("md", "engine-nbd", "engine")}
 SCRATCH = ".build-vm"  # SwiftPM scratch path of the binary built for the VM
 VCPUS = 2
-USAGE = "usage: tools/md-vm.sh build | run [md|md-blockmirror|engine|both|fixtures]... | all"
+USAGE = ("usage: tools/md-vm.sh build | run [md|md-blockmirror|engine|engine-nbd|both|like-for-like|fixtures]... "
+         "| all")
 EXIT_USAGE = 64
 
 
@@ -94,6 +103,7 @@ class Settings:
     fio_seed: str
     md_speed_max: str
     bm_args: str
+    nbd_connections: int
     guest_md5: str
     repeat: int
     mem: int
@@ -110,6 +120,7 @@ class Settings:
         return cls(work=work, size=size, nbytes=size_setting(size), fio_mb=env("FIO_MB", "64"),
                    fio_bs=env("FIO_BS", "64k"), fio_qd=env("FIO_QD", "8"), fio_seed=env("FIO_SEED", "1234"),
                    md_speed_max=env("MD_SPEED_MAX", ""), bm_args=env("BM_ARGS", ""),
+                   nbd_connections=positive_int("NBD_CONNECTIONS", env("NBD_CONNECTIONS", "2")),
                    guest_md5=env("GUEST_MD5", "0"), repeat=positive_int("REPEAT", env("REPEAT", "1")),
                    mem=positive_int("MEM", env("MEM", "2048"), "a number of MiB"),
                    vm_timeout=positive_int("VM_TIMEOUT", env("VM_TIMEOUT", "600"), "a number of seconds"),
@@ -136,7 +147,8 @@ class Guest:
         s = self.s
         words = ["console=ttyS0", "loglevel=1", "panic=-1", f"bm_scenario={scenario}", f"bm_out={out_disk}",
                  f"bm_fio_mb={s.fio_mb}", f"bm_fio_bs={s.fio_bs}", f"bm_fio_qd={s.fio_qd}",
-                 f"bm_fio_seed={s.fio_seed}", f"bm_md5={s.guest_md5}", f"bm_timeout={s.guest_timeout()}"]
+                 f"bm_fio_seed={s.fio_seed}", f"bm_md5={s.guest_md5}", f"bm_timeout={s.guest_timeout()}",
+                 f"bm_nbd_conns={s.nbd_connections}"]
         if s.md_speed_max:
             words.append(f"bm_md_speed_max={s.md_speed_max}")
         if s.bm_args:
@@ -174,6 +186,7 @@ class Guest:
             log(f"{scenario}: nothing readable on the out disk")
         md5_old, md5_new = md5_of(disks[0]), md5_of(disks[1])
         result = boot_result(found, status, self.s.vm_timeout, md5_old, md5_new, wall)
+        result.update(fio_marks(files, scenario))
         write_sorted(os.path.join(run_dir, "result.json"), result)
         remove_legs(run_dir, disks)
         log(f"{scenario}: qemu wall {wall:.1f} s; md5 OLD {md5_old} NEW {md5_new}")
@@ -214,11 +227,12 @@ def has_md_backend(bin_path: str) -> bool:
 
 
 def scenario_list(words: list[str], bin_path: str) -> list[str]:
-    """The scenarios to boot (both = md, engine), each known and possible with this binary."""
-    scenarios = [sc for w in words for sc in (("md", "engine") if w == "both" else (w,))]
+    """The scenarios to boot (a group word stands for its scenarios), each known and possible
+    with this binary."""
+    scenarios = [sc for w in words for sc in GROUPS.get(w, (w,))]
     for sc in scenarios:
         if sc not in SCENARIOS:
-            raise BenchError(f"unknown scenario {sc} (md, md-blockmirror, engine, both, fixtures)")
+            raise BenchError(f"unknown scenario {sc} ({', '.join(SCENARIOS + tuple(GROUPS))})")
         if sc == "md-blockmirror" and not has_md_backend(bin_path):
             raise BenchError(f"{bin_path} has no --backend md (scenario md-blockmirror)")
     return scenarios
@@ -251,7 +265,7 @@ def main(argv: list[str]) -> int:
         build_initramfs(s.work, kernel, guest.bin_path)
         if command == "build":
             return 0
-        scenarios = ["md", "md-blockmirror", "engine"]
+        scenarios = ["md", "md-blockmirror", "engine-nbd", "engine"]
         if not has_md_backend(guest.bin_path):
             log(f"md-blockmirror skipped: {guest.bin_path} has no --backend")
             scenarios.remove("md-blockmirror")

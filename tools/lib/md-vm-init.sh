@@ -14,6 +14,9 @@
 #   md-blockmirror  the same through `blockmirror VERB md0 --backend md`
 #   engine          the same with the blockmirror engine: build m0 degraded, fio through its NBD
 #                   export (fio's nbd engine over a unix socket), add, wait, check, stop
+#   engine-nbd      the engine as md is used: the kernel's NBD client (nbd-client -unix, netlink,
+#                   bm_nbd_conns connections) makes its export /dev/nbd0, and md's fio job (libaio,
+#                   O_DIRECT) writes there; add, wait, check, nbd-client -d, stop
 #   fixtures        /proc/mdstat, mdadm --detail and md sysfs in named states, into /out/fixtures
 /bin/busybox --install -s /bin
 export PATH=/usr/local/bin:/sbin:/bin:/usr/sbin:/usr/bin MDADM_NO_UDEV=1 HOME=/root TERM=dumb
@@ -47,6 +50,7 @@ MD_SPEED_MAX=$(param bm_md_speed_max "")
 GUEST_MD5=$(param bm_md5 0)
 TIMEOUT=$(param bm_timeout 500)
 BM_ARGS=$(param bm_args "" | tr , ' ')
+NBD_CONNS=$(param bm_nbd_conns 1)
 RUNDIR=/run/blockmirror
 
 # finish: files onto the out disk, the status marker, power off.
@@ -181,6 +185,53 @@ fio_result() {
     if awk "BEGIN{exit !($(cat /tmp/fio.t1) < $1)}"; then mark FIO_ENDED_FIRST yes; else mark FIO_ENDED_FIRST no; fi
 }
 
+# The CPU the recovery costs, from tick counters (USER_HZ = 100): cpu_start notes the guest's
+# busy and total ticks (/proc/stat: all but idle and iowait) and, given a pid, its threads'
+# utime + stime; cpu_end marks GUEST_CPU_BUSY (busy vCPUs on average, out of all of them),
+# DAEMON_CPU (the vCPUs that process kept busy) and DAEMON_THREADS (that, by thread name: where
+# the engine spends it). Under TCG a busy vCPU is a host core.
+cpu_ticks() {
+    # shellcheck disable=SC2034 # cpu is the line's label
+    local cpu us ni sy id wa hi si st rest
+    read -r cpu us ni sy id wa hi si st rest < /proc/stat
+    echo "$((us + ni + sy + hi + si + st)) $((us + ni + sy + id + wa + hi + si + st))"
+}
+# thread_ticks PID: "tid name utime stime" of each of its threads (spaces in a name become _)
+thread_ticks() {
+    local f line tid name
+    for f in /proc/"$1"/task/*/stat; do
+        read -r line < "$f" 2>/dev/null || continue
+        tid=${line%% *} name=${line#*(}
+        name=${name%)*} line=${line##*) }
+        # shellcheck disable=SC2086 # the fields after the name, split: utime and stime are 12, 13
+        set -- $line
+        echo "$tid ${name// /_} ${12} ${13}"
+    done
+}
+cpu_start() {
+    CPU_PID=$1 CPU_T0=$(up) CPU0=$(cpu_ticks)
+    [ -n "$CPU_PID" ] && thread_ticks "$CPU_PID" > /tmp/threads.0
+}
+cpu_end() {
+    local t1 now
+    t1=$(up); now=$(cpu_ticks)
+    mark GUEST_CPU_BUSY "$(echo "$CPU0 $now" | awk -v n="$(grep -c ^processor /proc/cpuinfo)" \
+        '{printf "%.2f", ($3 - $1) * n / ($4 - $2 + 0.001)}')"
+    [ -n "$CPU_PID" ] || return 0
+    thread_ticks "$CPU_PID" > /tmp/threads.1
+    # per thread name (threads of one name summed): vCPUs over the window, user + system (and
+    # system alone); a thread started in the window counts from zero
+    awk -v s="$(sub "$CPU_T0" "$t1")" '
+        FNR == NR { u0[$1] = $3; s0[$1] = $4; next }
+        { n = $2; us[n] += $3 - u0[$1]; sy[n] += $4 - s0[$1]; tu += $3 - u0[$1]; ts += $4 - s0[$1] }
+        END { printf "DAEMON_CPU %.2f\n", (tu + ts) / 100 / s > "/tmp/threads.total"
+              for (n in us) if (us[n] + sy[n] > 0)
+                  printf "%s=%.2f(sys %.2f)\n", n, (us[n] + sy[n]) / 100 / s, sy[n] / 100 / s }' \
+        /tmp/threads.0 /tmp/threads.1 | sort -t= -k2 -rn > /out/daemon-threads.txt
+    mark "$(cat /tmp/threads.total)"
+    mark DAEMON_THREADS "$(head -6 /out/daemon-threads.txt | tr '\n' ' ')"
+}
+
 recovery_marks() {   # recovery_marks T0 T1
     local s; s=$(sub "$1" "$2")
     mark RECOVERY_SPAN "t=$1..$2"
@@ -243,6 +294,7 @@ sc_md() {
     wait_writes_since "$base" || fail "fio did not start writing within 60 s"
     log "fio writes; add vdb"
     copy_watch_start
+    cpu_start ""
     t0=$(up)
     if [ "$mode" = raw ]; then
         mdadm /dev/md0 --add /dev/vdb || fail "mdadm --add"
@@ -252,6 +304,7 @@ sc_md() {
         bm verbs.log wait md0 --backend md --interval 0.1 || fail "blockmirror wait: $(bm_last verbs.log)"
     fi
     t1=$(up)
+    cpu_end
     copy_watch_end
     log "recovered: $(md_progress md0) degraded=$(cat /sys/block/md0/md/degraded)"
     # what the kernel says, whatever the verbs said
@@ -299,8 +352,22 @@ sc_md() {
 }
 
 # --- engine: the blockmirror engine over the same virtio disks --------------------------------
+# nbd_attach: the kernel's NBD client on the export (netlink; NBD_CONNS connections, which the
+# export allows: it offers CAN_MULTI_CONN) as /dev/nbd0, and how the kernel set it up.
+nbd_attach() {
+    local q=/sys/block/nbd0/queue hw sched
+    nbd-client -unix /run/m0.sock /dev/nbd0 -N m0 -C "$NBD_CONNS" > /out/nbd-client.log 2>&1 ||
+        { fail "nbd-client: $(tail -3 /out/nbd-client.log | tr '\n' ' ')"; return 1; }
+    hw=$(ls -d /sys/block/nbd0/mq/* 2>/dev/null | wc -l)
+    sched=$(sed -n 's/.*\[\(.*\)\].*/\1/p' $q/scheduler)
+    mark NBD_CLIENT "$NBD_CONNS conn, $hw hw queues x $(sysfs $q/nr_requests) requests, max $(sysfs $q/max_sectors_kb) KiB, ${sched:-none}"
+    [ "$(sysfs /sys/block/nbd0/size)" = "$(sysfs /sys/block/vda/size)" ] || fail "/dev/nbd0 is not the size of vda"
+}
+
+# sc_engine fio-nbd|nbd0: the engine's mirror with fio through fio's nbd engine on the export's
+# socket, or through the kernel's NBD client (/dev/nbd0, md's fio job as it is).
 sc_engine() {
-    local t0 t1 t2 t3 base out rc
+    local mode=$1 t0 t1 t2 t3 base out rc
     mkdir -p "$RUNDIR"
     bm_startup
     log "blockmirror build m0 (vda + missing)"
@@ -313,14 +380,21 @@ sc_engine() {
     lmax=$(sed -n 's/.*"speedLimits" *: *{[^}]*"maximum" *: *\([0-9]*\).*/\1/p' /out/status-degraded.json)
     mark SPEED_LIMITS "engine min ${lmin:-?}, max ${lmax:-unlimited} KiB/s"
     base=$(vda_writes)
-    fio_start "$SCENARIO" --ioengine=nbd --uri="nbd+unix:///m0?socket=/run/m0.sock"
+    if [ "$mode" = nbd0 ]; then
+        nbd_attach || { bm stop.log stop m0 --run-dir "$RUNDIR"; return; }
+        fio_start "$SCENARIO" --filename=/dev/nbd0 --ioengine=libaio --direct=1
+    else
+        fio_start "$SCENARIO" --ioengine=nbd --uri="nbd+unix:///m0?socket=/run/m0.sock"
+    fi
     wait_writes_since "$base" || fail "fio did not start writing within 60 s"
     log "fio writes; add vdb"
     copy_watch_start
+    cpu_start "$(cat "$RUNDIR/m0.pid" 2>/dev/null)"
     t0=$(up)
     bm verbs.log add m0 /dev/vdb --run-dir "$RUNDIR" || fail "blockmirror add: $(bm_last verbs.log)"
     bm verbs.log wait m0 --run-dir "$RUNDIR" --interval 0.1 || fail "blockmirror wait: $(bm_last verbs.log)"
     t1=$(up)
+    cpu_end
     copy_watch_end
     recovery_marks "$t0" "$t1"
     fio_result "$t1"
@@ -337,6 +411,9 @@ sc_engine() {
     cat /out/detail.txt
     bm status.json status m0 --run-dir "$RUNDIR" --json || fail "blockmirror status: $(bm_last status.json)"
     grep -q '"state" *: *"in-sync"' /out/status.json || fail "status --json does not say in-sync"
+    if [ "$mode" = nbd0 ]; then
+        nbd-client -d /dev/nbd0 >> /out/nbd-client.log 2>&1 || fail "nbd-client -d: $(tail -1 /out/nbd-client.log)"
+    fi
     bm stop.log stop m0 --run-dir "$RUNDIR" || fail "blockmirror stop: $(bm_last stop.log)"
     mark STOP "$(bm_last stop.log)"
     case "$(bm_last stop.log)" in *"in sync"*) ;; *) fail "stop does not say in sync" ;; esac
@@ -467,7 +544,8 @@ sc_fixtures() {
 case $SCENARIO in
     md) sc_md raw ;;
     md-blockmirror) sc_md blockmirror ;;
-    engine) sc_engine ;;
+    engine) sc_engine fio-nbd ;;
+    engine-nbd) sc_engine nbd0 ;;
     fixtures) sc_fixtures ;;
     *) fail "unknown scenario $SCENARIO" ;;
 esac
