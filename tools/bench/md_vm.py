@@ -34,8 +34,13 @@ Environment:
   FIO_MB=64            MiB fio writes during the recovery (FIO_BS=64k, FIO_QD=8, FIO_SEED=1234)
   MD_SPEED_MAX=        KiB/s for /proc/sys/dev/raid/speed_limit_max (default: md's, 200000)
   BM_ARGS=             extra arguments of the engine's build (e.g. "--speed-max 200000")
-  NBD_CONNECTIONS=2    engine-nbd: nbd-client's -C (the kernel client's connections, one
-                       hardware queue each)
+  NBD_CONNECTIONS=2    engine-nbd: nbd-client's -C (the kernel client's connections; it makes
+                       one hardware queue each, at most one per vCPU)
+  NBD_SCHEDULER=none   engine-nbd: /dev/nbd0's I/O scheduler (none, like md0; empty: the
+                       kernel's choice, mq-deadline)
+  CLOCKSOURCE=tsc      the guest's clock source (clocksource=tsc tsc=reliable; empty: the
+                       kernel's choice, which under TCG is the HPET: every clock read traps into
+                       the emulator; perf in the guest found a fifth of its busy time there)
   GUEST_MD5=0          1: also md5sum both disks in the guest (busybox: ~9 s per 512 MiB)
   REPEAT=1             boots per scenario (the order alternates); the table shows medians
   BLOCKMIRROR_BIN=     the binary to put in the VM (default: swift build -c release into
@@ -104,6 +109,8 @@ class Settings:
     md_speed_max: str
     bm_args: str
     nbd_connections: int
+    nbd_scheduler: str
+    clocksource: str
     guest_md5: str
     repeat: int
     mem: int
@@ -121,6 +128,7 @@ class Settings:
                    fio_bs=env("FIO_BS", "64k"), fio_qd=env("FIO_QD", "8"), fio_seed=env("FIO_SEED", "1234"),
                    md_speed_max=env("MD_SPEED_MAX", ""), bm_args=env("BM_ARGS", ""),
                    nbd_connections=positive_int("NBD_CONNECTIONS", env("NBD_CONNECTIONS", "2")),
+                   nbd_scheduler=env("NBD_SCHEDULER", "none"), clocksource=env("CLOCKSOURCE", "tsc"),
                    guest_md5=env("GUEST_MD5", "0"), repeat=positive_int("REPEAT", env("REPEAT", "1")),
                    mem=positive_int("MEM", env("MEM", "2048"), "a number of MiB"),
                    vm_timeout=positive_int("VM_TIMEOUT", env("VM_TIMEOUT", "600"), "a number of seconds"),
@@ -134,6 +142,17 @@ class Settings:
         return self.vm_timeout - 30 if self.vm_timeout > 60 else self.vm_timeout
 
 
+def clock_words(clocksource: str) -> list[str]:
+    """The kernel's clock source words. TCG's CPU model lacks constant_tsc, so the kernel calls
+    the TSC unsynchronized and takes the HPET, which every clock_gettime then reads through an
+    emulated MMIO access (no vDSO): a userspace server that reads the clock per request pays for
+    it where md in the kernel does not. TCG's TSC comes from one host clock for all vCPUs, so
+    tsc=reliable is true here, and gives the guest the vDSO clock real machines have."""
+    if not clocksource:
+        return []
+    return [f"clocksource={clocksource}"] + (["tsc=reliable"] if clocksource == "tsc" else [])
+
+
 @dataclass
 class Guest:
     """What every boot of one command shares: the settings, kernel, initramfs, binary and OLD."""
@@ -143,12 +162,14 @@ class Guest:
     pristine: str = ""
 
     def cmdline(self, scenario: str, out_disk: str) -> str:
-        """The kernel command line: the console, and the scenario's bm_* settings for /init."""
+        """The kernel command line: the console, the clock source, and the scenario's bm_*
+        settings for /init."""
         s = self.s
-        words = ["console=ttyS0", "loglevel=1", "panic=-1", f"bm_scenario={scenario}", f"bm_out={out_disk}",
+        words = ["console=ttyS0", "loglevel=1", "panic=-1", *clock_words(s.clocksource),
+                 f"bm_scenario={scenario}", f"bm_out={out_disk}",
                  f"bm_fio_mb={s.fio_mb}", f"bm_fio_bs={s.fio_bs}", f"bm_fio_qd={s.fio_qd}",
                  f"bm_fio_seed={s.fio_seed}", f"bm_md5={s.guest_md5}", f"bm_timeout={s.guest_timeout()}",
-                 f"bm_nbd_conns={s.nbd_connections}"]
+                 f"bm_nbd_conns={s.nbd_connections}", f"bm_nbd_sched={s.nbd_scheduler}"]
         if s.md_speed_max:
             words.append(f"bm_md_speed_max={s.md_speed_max}")
         if s.bm_args:

@@ -40,7 +40,8 @@ NOTE = ("All ran under qemu TCG (software emulation, 2 vCPUs), one boot per run,
         "by its speed_limit_max (default 200000 KiB/s); the engine has no maximum by default. "
         "md and engine-nbd run the same fio job (libaio, O_DIRECT) on /dev/md0 and on /dev/nbd0 (the "
         "guest kernel's NBD client on the engine's unix socket); engine runs it through fio's nbd "
-        "engine (libnbd in fio's process) on the same socket. A busy vCPU is a busy host core.")
+        "engine (libnbd in fio's process) on the same socket. A busy vCPU is a busy host core; the guest "
+        "reads the clock from the TSC (CLOCKSOURCE).")
 GOAL = {"FIO_MIBS": 0.8, "RECOVERY_S": 1.0}  # issue 13: fio >= 0.8x md's, recovery time <= md's
 ENGINES = ("md-blockmirror", "engine-nbd", "engine")
 

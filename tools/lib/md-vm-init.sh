@@ -27,6 +27,11 @@ mkdir -p /run /tmp /out /root /dev/shm /run/mdadm
 
 # Shell builtins only (read, not cut/cat/awk) in what polls: every fork costs under emulation.
 up() { local u rest; read -r u rest < /proc/uptime; echo "$u"; }
+# nap SECONDS: sleep without forking a sleep process (a timed read of a FIFO nobody writes; the
+# read times out, nap succeeds like sleep): the pollers below nap every 0.05-0.1 s, and forks
+# would take guest CPU from what is measured.
+mkfifo /run/nap
+nap() { read -r -t "$1" _ <> /run/nap; return 0; }
 sysfs() { local v; read -r v < "$1"; echo "$v"; }
 log() { echo "-- t=$(up) $*"; }
 mark() { echo "@@ $*"; }
@@ -51,6 +56,7 @@ GUEST_MD5=$(param bm_md5 0)
 TIMEOUT=$(param bm_timeout 500)
 BM_ARGS=$(param bm_args "" | tr , ' ')
 NBD_CONNS=$(param bm_nbd_conns 1)
+NBD_SCHED=$(param bm_nbd_sched "")
 RUNDIR=/run/blockmirror
 
 # finish: files onto the out disk, the status marker, power off.
@@ -61,6 +67,11 @@ finish() {
         echo "@@ FAIL kernel log: $line"
     done
     grep -qE 'traps:|segfault at|Out of memory' /out/dmesg.txt && FAILED=1
+    # the kernel NBD client: a request that took 30 s (it then retries it on another connection
+    # or fails it) or a connection that broke
+    grep -E 'nbd[0-9]+: (Connection timed out|Possible stuck request|Receive control failed|Dead connection|Send control failed)' /out/dmesg.txt |
+        head -3 | while read -r line; do echo "@@ FAIL kernel log: $line"; done
+    grep -qE 'nbd[0-9]+: (Connection timed out|Possible stuck request|Receive control failed|Dead connection|Send control failed)' /out/dmesg.txt && FAILED=1
     cat /proc/mdstat > /out/mdstat-final.txt 2>&1
     tar -cf "$OUT_DISK" -C /out . || fail "tar onto $OUT_DISK"
     sync
@@ -108,7 +119,7 @@ copy_watch_start() {
               [ -z "$first" ] && first=$u
               last=$u; prev=$g
           fi
-          sleep 0.05
+          nap 0.05
       done
       echo "$first $last" > /tmp/vdb.span ) &
     COPY_WATCH=$!
@@ -127,7 +138,7 @@ copy_watch_end() {
 wait_writes_since() {
     local n=0
     while [ "$(vda_writes)" = "$1" ]; do
-        n=$((n + 1)); [ $n -gt 1200 ] && return 1; sleep 0.05
+        n=$((n + 1)); [ $n -gt 1200 ] && return 1; nap 0.05
     done
 }
 
@@ -139,7 +150,7 @@ wait_recovered() {
     while [ "$(sysfs /sys/block/$1/md/degraded)" != 0 ] || [ "$(sysfs /sys/block/$1/md/sync_action)" != idle ]; do
         [ $((n % 50)) = 0 ] && log "$1 $(md_progress $1)"
         n=$((n + 1)); [ $n -gt $(($2 * 10)) ] && return 1
-        sleep 0.1
+        nap 0.1
     done
 }
 
@@ -150,7 +161,7 @@ wait_idle() {
     while [ "$(sysfs /sys/block/$1/md/sync_action)" != idle ]; do
         [ $((n % 50)) = 0 ] && log "$1 $(md_progress $1)"
         n=$((n + 1)); [ $n -gt $(($2 * 10)) ] && return 1
-        sleep 0.1
+        nap 0.1
     done
 }
 
@@ -353,11 +364,14 @@ sc_md() {
 
 # --- engine: the blockmirror engine over the same virtio disks --------------------------------
 # nbd_attach: the kernel's NBD client on the export (netlink; NBD_CONNS connections, which the
-# export allows: it offers CAN_MULTI_CONN) as /dev/nbd0, and how the kernel set it up.
+# export allows: it offers CAN_MULTI_CONN) as /dev/nbd0, its I/O scheduler NBD_SCHED (none: like
+# md0, which has none of its own; the disks under both keep theirs), and how the kernel set it up.
+# No -timeout: the kernel's 30 s applies; finish fails the run if a request ever hit it.
 nbd_attach() {
     local q=/sys/block/nbd0/queue hw sched
     nbd-client -unix /run/m0.sock /dev/nbd0 -N m0 -C "$NBD_CONNS" > /out/nbd-client.log 2>&1 ||
         { fail "nbd-client: $(tail -3 /out/nbd-client.log | tr '\n' ' ')"; return 1; }
+    if [ -n "$NBD_SCHED" ]; then echo "$NBD_SCHED" > $q/scheduler || fail "scheduler $NBD_SCHED on nbd0"; fi
     hw=$(ls -d /sys/block/nbd0/mq/* 2>/dev/null | wc -l)
     sched=$(sed -n 's/.*\[\(.*\)\].*/\1/p' $q/scheduler)
     mark NBD_CLIENT "$NBD_CONNS conn, $hw hw queues x $(sysfs $q/nr_requests) requests, max $(sysfs $q/max_sectors_kb) KiB, ${sched:-none}"
