@@ -2,9 +2,9 @@
 
 This machine's kernel has no md module, so kernel md runs in a small VM under qemu's software
 emulation (TCG; KVM here cannot run a guest): Debian's linux-image-cloud-amd64 kernel and an
-initramfs with busybox, mdadm, fio, the virtio/md/raid1 modules and the blockmirror binary with
-the libraries it links. Two virtio disks: vda = OLD (SIZE bytes of seeded random data), vdb =
-NEW (zeros, same size), plus a small out disk the guest writes its files to (a tar). The guest's
+initramfs with busybox, mdadm, fio, nbd-client, the virtio/md/raid1/nbd modules and the blockmirror
+binary with the libraries it links. Two virtio disks: vda = OLD (SIZE bytes of seeded random data),
+vdb = NEW (zeros, same size), plus a small out disk the guest writes its files to (a tar). The guest's
 /init (tools/lib/md-vm-init.sh) runs one scenario per boot and prints "@@ KEY value" lines on the
 serial console; OLD and NEW are compared on the host once the VM has powered off.
 
