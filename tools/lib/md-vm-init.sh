@@ -69,9 +69,9 @@ finish() {
     grep -qE 'traps:|segfault at|Out of memory' /out/dmesg.txt && FAILED=1
     # the kernel NBD client: a request that took 30 s (it then retries it on another connection
     # or fails it) or a connection that broke
-    grep -E 'nbd[0-9]+: (Connection timed out|Possible stuck request|Receive control failed|Dead connection|Send control failed)' /out/dmesg.txt |
-        head -3 | while read -r line; do echo "@@ FAIL kernel log: $line"; done
-    grep -qE 'nbd[0-9]+: (Connection timed out|Possible stuck request|Receive control failed|Dead connection|Send control failed)' /out/dmesg.txt && FAILED=1
+    local nbd_trouble='nbd[0-9]+: (Connection timed out|Possible stuck request|Receive control failed|Dead connection|Send control failed)'
+    grep -E "$nbd_trouble" /out/dmesg.txt | head -3 | while read -r line; do echo "@@ FAIL kernel log: $line"; done
+    grep -qE "$nbd_trouble" /out/dmesg.txt && FAILED=1
     cat /proc/mdstat > /out/mdstat-final.txt 2>&1
     tar -cf "$OUT_DISK" -C /out . || fail "tar onto $OUT_DISK"
     sync
