@@ -83,6 +83,13 @@ def value(path: str, direction: str, metric: str) -> float:
     return float(f"{v:.1f}")
 
 
+def _percentiles_ns(side: dict, key: str, names: tuple[str, ...]) -> dict[str, float]:
+    """One latency's percentiles (ns) of a run's side (key "clat_ns" or "lat_ns"), by fio's
+    percentile names ("50.000000", "99.000000"...), of those fio reported."""
+    found = side.get(key, {}).get("percentile", {})
+    return {p: found[p] for p in names if p in found}
+
+
 def latency(path: str, direction: str) -> dict:
     """IOPS and the median latencies (µs, to 0.1) of a run's read or write side: "clat_p50_us"
     (completion: submission to completion), "lat_p50_us" (total: slat + clat) and "slat_mean_us".
@@ -94,10 +101,17 @@ def latency(path: str, direction: str) -> dict:
         raise FioError(f"fio completed no {direction} I/O in {path}")
 
     def p50(key: str) -> float:
-        return round(side[key]["percentile"]["50.000000"] / 1000, 1)
+        return round(_percentiles_ns(side, key, ("50.000000",))["50.000000"] / 1000, 1)
 
     return {"iops": float(f"{side['iops']:.1f}"), "clat_p50_us": p50("clat_ns"), "lat_p50_us": p50("lat_ns"),
             "slat_mean_us": round(side["slat_ns"]["mean"] / 1000, 2)}
+
+
+def clat_ms(path: str, direction: str, percentiles: tuple[str, ...]) -> dict[str, float]:
+    """Completion latency percentiles of a run's read or write side in ms (to 0.01), by fio's
+    percentile names ("50.000000", "99.000000"...), of those fio reported."""
+    found = _percentiles_ns(_job(path)[direction], "clat_ns", percentiles)
+    return {p: round(v / 1e6, 2) for p, v in found.items()}
 
 
 # What reading fio's files may raise: missing or truncated files, unexpected content, an error.

@@ -2,15 +2,15 @@
 
 This machine's kernel has no md module, so kernel md runs in a small VM under qemu's software
 emulation (TCG; KVM here cannot run a guest): Debian's linux-image-cloud-amd64 kernel and an
-initramfs with busybox, mdadm, fio, the virtio/md/raid1 modules and the blockmirror binary with
-the libraries it links. Two virtio disks: vda = OLD (SIZE bytes of seeded random data), vdb =
-NEW (zeros, same size), plus a small out disk the guest writes its files to (a tar). The guest's
+initramfs with busybox, mdadm, fio, nbd-client, the virtio/md/raid1/nbd modules and the blockmirror
+binary with the libraries it links. Two virtio disks: vda = OLD (SIZE bytes of seeded random data),
+vdb = NEW (zeros, same size), plus a small out disk the guest writes its files to (a tar). The guest's
 /init (tools/lib/md-vm-init.sh) runs one scenario per boot and prints "@@ KEY value" lines on the
 serial console; OLD and NEW are compared on the host once the VM has powered off.
 
 Usage: tools/md-vm.sh build                 the initramfs (and blockmirror unless BLOCKMIRROR_BIN)
        tools/md-vm.sh run [SCENARIO...]     boot once per scenario (default: both)
-       tools/md-vm.sh all                   build, then run md, md-blockmirror, engine
+       tools/md-vm.sh all                   build, then run md, md-blockmirror, engine-nbd, engine
        (tools/md-vm.sh runs tools/bench.py md-vm: the same commands)
 Scenarios (each starts from the same OLD and an empty NEW; the same fio writes during the recovery):
   md              kernel md through mdadm: mdadm --build /dev/md0 --level=1 --raid-disks=2
@@ -21,7 +21,11 @@ Scenarios (each starts from the same OLD and an empty NEW; the same fio writes d
                   detail, status --json, stop)
   engine          the blockmirror engine: build m0 --target missing (NBD on a unix socket), fio
                   through its export (fio's nbd engine), add /dev/vdb, wait, check, stop
+  engine-nbd      the engine reached as md is: the guest kernel's NBD client (nbd-client -unix,
+                  netlink, NBD_CONNECTIONS connections) makes the export /dev/nbd0 and md's fio job
+                  (libaio, O_DIRECT) writes there; add /dev/vdb, wait, check, nbd-client -d, stop
   both            md then engine, then the two side by side
+  like-for-like   md, engine-nbd and engine side by side (with REPEAT=3: medians of 3)
   fixtures        /proc/mdstat, mdadm --detail and md sysfs in named states (degraded,
                   recovering, in sync, check running, mismatches, repaired, resync, resync=PENDING,
                   resync=DELAYED, faulty, removed, stopped) into FIXTURES_DIR
@@ -30,9 +34,17 @@ Environment:
   FIO_MB=64            MiB fio writes during the recovery (FIO_BS=64k, FIO_QD=8, FIO_SEED=1234)
   MD_SPEED_MAX=        KiB/s for /proc/sys/dev/raid/speed_limit_max (default: md's, 200000)
   BM_ARGS=             extra arguments of the engine's build (e.g. "--speed-max 200000")
+  NBD_CONNECTIONS=2    engine-nbd: nbd-client's -C (the kernel client's connections; it makes
+                       one hardware queue each, at most one per vCPU)
+  NBD_SCHEDULER=none   engine-nbd: /dev/nbd0's I/O scheduler (none, like md0; empty: the
+                       kernel's choice, mq-deadline)
+  CLOCKSOURCE=tsc      the guest's clock source (clocksource=tsc tsc=reliable; empty: the
+                       kernel's choice, which under TCG is the HPET: every clock read traps into
+                       the emulator; perf in the guest found a fifth of its busy time there)
   GUEST_MD5=0          1: also md5sum both disks in the guest (busybox: ~9 s per 512 MiB)
-  PROGRESS=1           the recovery's progress every 0.5 s (md: sync_completed; engine: its
-                       metrics endpoint, --metrics, one busybox wget a poll); 0: none
+  PROGRESS=1           the recovery's progress every 0.5 s (md: sync_completed; engine and
+                       engine-nbd: its metrics endpoint, --metrics, one busybox wget a poll, in
+                       the guest and daemon CPU figures); 0: none
   REPEAT=1             boots per scenario (the order alternates); the table shows medians
   BLOCKMIRROR_BIN=     the binary to put in the VM (default: swift build -c release into
                        .build-vm); `build` and `all` rebuild it, `run` builds only if missing
@@ -59,7 +71,8 @@ from .log import BenchError, log
 from .md_vm_disks import make_disks, md5_of, out_image, pristine_old, qemu_drives, remove_legs
 from .md_vm_fixtures import install_fixtures
 from .md_vm_guest import Kernel, build_initramfs, guest_kernel, initramfs_current, initramfs_path
-from .md_vm_report import boot_result, compare, console_lines, markers, progress, scenario_ok, write_results, write_sorted
+from .md_vm_report import (boot_result, compare, console_lines, fio_marks, markers, progress, scenario_ok,
+                           write_results, write_sorted)
 from .packages import ensure_packages, first_line
 from .procs import run_limited
 from .results import build_meta, machine_meta, now_iso
@@ -68,11 +81,14 @@ from .settings import env, iec_number, positive_int
 
 SUMMARY = "kernel md in a qemu VM (TCG) next to the blockmirror engine, side by side"
 PACKAGES = ("qemu-system-x86", "linux-image-cloud-amd64", "busybox-static", "mdadm", "cpio", "fio", "libnbd0",
-            "python3")
-SCENARIOS = ("md", "md-blockmirror", "engine", "fixtures")
+            "nbd-client", "python3")
+SCENARIOS = ("md", "md-blockmirror", "engine", "engine-nbd", "fixtures")
+# Run words that stand for several scenarios.
+GROUPS = {"both": ("md", "engine"), "like-for-like": ("md", "engine-nbd", "engine")}
 SCRATCH = ".build-vm"  # SwiftPM scratch path of the binary built for the VM
 VCPUS = 2
-USAGE = "usage: tools/md-vm.sh build | run [md|md-blockmirror|engine|both|fixtures]... | all"
+USAGE = ("usage: tools/md-vm.sh build | run [md|md-blockmirror|engine|engine-nbd|both|like-for-like|fixtures]... "
+         "| all")
 EXIT_USAGE = 64
 
 
@@ -98,6 +114,9 @@ class Settings:
     fio_seed: str
     md_speed_max: str
     bm_args: str
+    nbd_connections: int
+    nbd_scheduler: str
+    clocksource: str
     guest_md5: str
     progress: str
     results: str
@@ -116,6 +135,8 @@ class Settings:
         return cls(work=work, size=size, nbytes=size_setting(size), fio_mb=env("FIO_MB", "64"),
                    fio_bs=env("FIO_BS", "64k"), fio_qd=env("FIO_QD", "8"), fio_seed=env("FIO_SEED", "1234"),
                    md_speed_max=env("MD_SPEED_MAX", ""), bm_args=env("BM_ARGS", ""),
+                   nbd_connections=positive_int("NBD_CONNECTIONS", env("NBD_CONNECTIONS", "2")),
+                   nbd_scheduler=env("NBD_SCHEDULER", "none"), clocksource=env("CLOCKSOURCE", "tsc"),
                    guest_md5=env("GUEST_MD5", "0"), progress=env("PROGRESS", "1"),
                    results=env("RESULTS", os.path.join(work, "results", "results.json")),
                    repeat=positive_int("REPEAT", env("REPEAT", "1")),
@@ -131,6 +152,17 @@ class Settings:
         return self.vm_timeout - 30 if self.vm_timeout > 60 else self.vm_timeout
 
 
+def clock_words(clocksource: str) -> list[str]:
+    """The kernel's clock source words. TCG's CPU model lacks constant_tsc, so the kernel calls
+    the TSC unsynchronized and takes the HPET, which every clock_gettime then reads through an
+    emulated MMIO access (no vDSO): a userspace server that reads the clock per request pays for
+    it where md in the kernel does not. TCG's TSC comes from one host clock for all vCPUs, so
+    tsc=reliable is true here, and gives the guest the vDSO clock real machines have."""
+    if not clocksource:
+        return []
+    return [f"clocksource={clocksource}"] + (["tsc=reliable"] if clocksource == "tsc" else [])
+
+
 @dataclass
 class Guest:
     """What every boot of one command shares: the settings, kernel, initramfs, binary and OLD."""
@@ -140,12 +172,15 @@ class Guest:
     pristine: str = ""
 
     def cmdline(self, scenario: str, out_disk: str) -> str:
-        """The kernel command line: the console, and the scenario's bm_* settings for /init."""
+        """The kernel command line: the console, the clock source, and the scenario's bm_*
+        settings for /init."""
         s = self.s
-        words = ["console=ttyS0", "loglevel=1", "panic=-1", f"bm_scenario={scenario}", f"bm_out={out_disk}",
+        words = ["console=ttyS0", "loglevel=1", "panic=-1", *clock_words(s.clocksource),
+                 f"bm_scenario={scenario}", f"bm_out={out_disk}",
                  f"bm_fio_mb={s.fio_mb}", f"bm_fio_bs={s.fio_bs}", f"bm_fio_qd={s.fio_qd}",
                  f"bm_fio_seed={s.fio_seed}", f"bm_md5={s.guest_md5}", f"bm_progress={s.progress}",
-                 f"bm_timeout={s.guest_timeout()}"]
+                 f"bm_timeout={s.guest_timeout()}", f"bm_nbd_conns={s.nbd_connections}",
+                 f"bm_nbd_sched={s.nbd_scheduler}"]
         if s.md_speed_max:
             words.append(f"bm_md_speed_max={s.md_speed_max}")
         if s.bm_args:
@@ -163,7 +198,9 @@ class Guest:
         s = self.s
         return {"date": now_iso(), "size_bytes": s.nbytes, "fio_mb": s.fio_mb, "fio_bs": s.fio_bs, "fio_qd": s.fio_qd,
                 "md_speed_max": s.md_speed_max or None, "bm_args": s.bm_args, "repeat": s.repeat, "mem_mib": s.mem,
-                "vcpus": VCPUS, "guest_kernel": self.kernel.version, "progress": s.progress == "1",
+                "vcpus": VCPUS, "guest_kernel": self.kernel.version, "clocksource": s.clocksource or None,
+                "nbd_connections": s.nbd_connections, "nbd_scheduler": s.nbd_scheduler or None,
+                "progress": s.progress == "1",
                 "qemu": first_line("qemu-system-x86_64", "--version"), **machine_meta(s.work),
                 "blockmirror_bin": self.bin_path, **build_meta()}
 
@@ -193,6 +230,7 @@ class Guest:
             log(f"{scenario}: nothing readable on the out disk")
         md5_old, md5_new = md5_of(disks[0]), md5_of(disks[1])
         result = boot_result(found, status, self.s.vm_timeout, md5_old, md5_new, wall)
+        result.update(fio_marks(files, scenario))
         write_sorted(os.path.join(run_dir, "result.json"), result)
         remove_legs(run_dir, disks)
         log(f"{scenario}: qemu wall {wall:.1f} s; md5 OLD {md5_old} NEW {md5_new}")
@@ -233,12 +271,19 @@ def has_md_backend(bin_path: str) -> bool:
     return "--backend" in (blockmirror.help_text(bin_path, "build") or "")
 
 
+def all_scenarios(bin_path: str) -> list[str]:
+    """The scenarios of `all` (and of the report's md-vm): md, md-blockmirror (if this binary has
+    --backend md), engine-nbd, engine."""
+    return ["md", *(["md-blockmirror"] if has_md_backend(bin_path) else []), "engine-nbd", "engine"]
+
+
 def scenario_list(words: list[str], bin_path: str) -> list[str]:
-    """The scenarios to boot (both = md, engine), each known and possible with this binary."""
-    scenarios = [sc for w in words for sc in (("md", "engine") if w == "both" else (w,))]
+    """The scenarios to boot (a group word stands for its scenarios), each known and possible
+    with this binary."""
+    scenarios = [sc for w in words for sc in GROUPS.get(w, (w,))]
     for sc in scenarios:
         if sc not in SCENARIOS:
-            raise BenchError(f"unknown scenario {sc} (md, md-blockmirror, engine, both, fixtures)")
+            raise BenchError(f"unknown scenario {sc} ({', '.join(SCENARIOS + tuple(GROUPS))})")
         if sc == "md-blockmirror" and not has_md_backend(bin_path):
             raise BenchError(f"{bin_path} has no --backend md (scenario md-blockmirror)")
     return scenarios
@@ -271,10 +316,9 @@ def main(argv: list[str]) -> int:
         build_initramfs(s.work, kernel, guest.bin_path)
         if command == "build":
             return 0
-        scenarios = ["md", "md-blockmirror", "engine"]
-        if not has_md_backend(guest.bin_path):
+        scenarios = all_scenarios(guest.bin_path)
+        if "md-blockmirror" not in scenarios:
             log(f"md-blockmirror skipped: {guest.bin_path} has no --backend")
-            scenarios.remove("md-blockmirror")
     guest.pristine = pristine_old(s.work, s.nbytes, s.data_seed)
     return guest.run_scenarios(scenarios)
 

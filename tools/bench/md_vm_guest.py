@@ -1,6 +1,6 @@
 """What the md-vm guest boots: Debian's cloud kernel of this host, and the initramfs around the
-guest's /init (tools/lib/md-vm-init.sh): static busybox, mdadm, fio and the blockmirror binary
-with the libraries they link, the virtio/md/raid1 modules in load order (mods/order).
+guest's /init (tools/lib/md-vm-init.sh): static busybox, mdadm, fio, nbd-client and the blockmirror
+binary with the libraries they link, the virtio/md/raid1/nbd modules in load order (mods/order).
 
 The initramfs is rebuilt only when its stamp (kernel, blockmirror binary and mtime, the init and
 this builder) no longer matches.
@@ -21,7 +21,7 @@ from .log import BenchError, log
 GUEST_INIT = os.path.join(ROOT, "tools", "lib", "md-vm-init.sh")
 ROOTFS_DIRS = ("bin", "sbin", "usr/bin", "usr/sbin", "usr/local/bin", "etc", "proc", "sys", "dev", "run",
                "tmp", "root", "mods")
-MODULES = ("virtio_pci", "virtio_blk", "md-mod", "raid1")
+MODULES = ("virtio_pci", "virtio_blk", "md-mod", "raid1", "nbd")
 FIO_ENGINES = "/usr/lib/x86_64-linux-gnu/fio"
 GUEST_BLOCKMIRROR = "/usr/local/bin/blockmirror"
 
@@ -152,6 +152,7 @@ def _fill_rootfs(rootfs: str, kernel: Kernel, bin_path: str) -> list[str]:
         raise BenchError("/bin/busybox is not static (busybox-static)")
     copy_elf(rootfs, "/sbin/mdadm")
     copy_elf(rootfs, "/usr/bin/fio")
+    copy_elf(rootfs, "/sbin/nbd-client")  # the kernel NBD client's set-up tool (engine-nbd)
     # fio's nbd engine is built into Debian's fio (it links libnbd); external engines, if any:
     for engine in sorted(glob.glob(os.path.join(FIO_ENGINES, "*.so"))):
         copy_elf(rootfs, engine)

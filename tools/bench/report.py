@@ -6,7 +6,8 @@ binary, then REPORT.md and PNG plots in one folder:
                 the in-sync mirror; the progress and the foreground MiB/s over time
   crash-cost    regions a restart copies again after kill -9 of an in-sync mirror
   scaling       1 GiB, 16 GiB sparse, 1 TiB sparse: time to in-sync, RSS, NEW's allocation
-  md-vm         kernel md in a qemu VM (TCG) next to the engine, with md's progress (VM=0: left out)
+  md-vm         kernel md in a qemu VM (TCG) next to the engine (through /dev/nbd0 and through
+                fio's nbd engine), with their progress over time (VM=0: left out)
 Each measure runs as its own tools/bench.py command (its own set-up and cleanup) with its
 RESULTS in the folder: NAME.json, its printed report NAME.md, its messages logs/NAME.log (and on
 the terminal). A measure that fails is marked in REPORT.md and the others still run. Ratios are
@@ -53,7 +54,7 @@ from dataclasses import dataclass, field
 
 from . import ROOT, blockmirror
 from .log import BenchError, log
-from .md_vm import has_md_backend
+from .md_vm import all_scenarios
 from .packages import ensure_packages
 from .report_md import write_report
 from .results import now_iso, write_json
@@ -149,11 +150,9 @@ def measure_env(s: Settings, name: str) -> dict[str, str]:
 
 
 def measure_argv(s: Settings, name: str) -> list[str]:
-    """The tools/bench.py command of a measure (md-vm: the three scenarios, or two when the binary
-    has no --backend md)."""
+    """The tools/bench.py command of a measure (md-vm: the scenarios of its `all`)."""
     if name == "md-vm":
-        scenarios = ["md", "md-blockmirror", "engine"] if has_md_backend(s.bin) else ["md", "engine"]
-        return [sys.executable, "-B", BENCH_PY, "md-vm", "run", *scenarios]
+        return [sys.executable, "-B", BENCH_PY, "md-vm", "run", *all_scenarios(s.bin)]
     return [sys.executable, "-B", BENCH_PY, name]
 
 
@@ -169,7 +168,7 @@ def estimate_minutes(s: Settings) -> int:
     per = {"passthrough": 16 * (rt(8) + 1.5), "qd-sweep": 2 * len(s.qds.split()) * 4 * (rt(5) + 2),
            "recovery": 3 * rt(10) + 8 * secs(s.size) + 15, "crash-cost": 2 * (6 + int(s.crash_idle)),
            "scaling": 2 * len(s.scaling_sizes.split()) * (2 * secs(s.scaling_data) + 10),
-           "md-vm": 3 * (20 + 40 * secs(s.vm_size) * 300 / 1024)}  # a boot: ~20 s, the rest TCG-slow
+           "md-vm": 4 * (20 + 40 * secs(s.vm_size) * 300 / 1024)}  # 4 boots: ~20 s, the rest TCG-slow
     return int(sum(per[m] for m in s.measures) * s.repeat / 60) + 1
 
 

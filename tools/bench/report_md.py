@@ -17,7 +17,7 @@ TITLES = {"passthrough": "Passthrough: blockmirror serve vs raw, qemu-nbd, nbdki
 PLOT_TITLES = {"passthrough.png": "Passthrough IOPS and MiB/s per target",
                "qd-iops.png": "IOPS per target per queue depth",
                "qd-latency.png": "p50 latency per target per queue depth",
-               "recovery-progress.png": "Recovery progress over time: blockmirror, qsd, md",
+               "recovery-progress.png": "Recovery progress over time: blockmirror, qsd, md, the engine in the VM",
                "recovery-foreground.png": "Foreground MiB/s during the recovery",
                "scaling.png": "Time to in-sync, RSS and NEW's allocation against device size"}
 
@@ -101,7 +101,7 @@ def headlines(folder: str) -> list[str]:
                    f"{cc['meta']['idle_s']} s after them: {r['after_idle']['median']:g}")
     vm = _load(folder, "md-vm")
     if vm:
-        out += [f"- md VM: {line}" for line in vm.get("compare", []) if line.startswith("ratio ")]
+        out += [f"- md VM: {line}" for line in vm.get("compare", []) if line.startswith(("ratio ", "goal "))]
     return out
 
 

@@ -2,8 +2,9 @@
   passthrough.png         median IOPS / MiB/s per target and workload (bars: min-max)
   qd-iops.png             IOPS per target per queue depth, 4k randread and randwrite
   qd-latency.png          p50 latency per target per queue depth (raw: lat and clat)
-  recovery-progress.png   share copied over time: blockmirror and qsd idle and under load, md
-                          and the engine in the VM
+  recovery-progress.png   share copied over time: blockmirror and qsd idle and under load; in
+                          the VM md, blockmirror --backend md and the engine (through fio's nbd
+                          engine and through /dev/nbd0)
   recovery-foreground.png the load's MiB/s over time during the recovery, blockmirror and qsd
   scaling.png             time to in-sync, peak RSS and NEW's allocation against device size
 Every line is the median of the runs, its band (or bars) their min-max. A plot whose JSON is
@@ -25,10 +26,10 @@ from .scaling_report import size_label  # noqa: E402
 from .series import band, grid_step, progress_at, rate_at  # noqa: E402
 
 COLORS = {"raw": "#555555", "blockmirror": "#1f77b4", "qemu-nbd": "#ff7f0e", "nbdkit": "#2ca02c", "qsd": "#d62728",
-          "md": "#9467bd", "md-blockmirror": "#8c564b", "engine": "#1f77b4"}
+          "md": "#9467bd", "md-blockmirror": "#8c564b", "engine": "#1f77b4", "engine-nbd": "#17becf"}
 LABELS = {"raw": "raw (fio libaio)", "blockmirror": "blockmirror", "qemu-nbd": "qemu-nbd", "nbdkit": "nbdkit",
           "qsd": "qsd blockdev-mirror", "md": "kernel md (mdadm)", "md-blockmirror": "blockmirror --backend md",
-          "engine": "blockmirror engine"}
+          "engine": "blockmirror engine", "engine-nbd": "blockmirror engine via /dev/nbd0"}
 DPI = 100
 
 

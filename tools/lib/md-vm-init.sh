@@ -8,8 +8,9 @@
 # Disks: vda = OLD (random data), vdb = NEW (zeros, same size); the fixtures scenario also gets
 # vdc and vdd with two partitions each (for resync=DELAYED).
 #
-# During each recovery a poller prints "%% PROGRESS UPTIME DONE TOTAL" lines every 0.5 s (md:
-# sync_completed in sectors; engine: clean regions from its metrics endpoint), unless bm_progress=0.
+# During each recovery a poller prints "%% PROGRESS UPTIME DONE TOTAL" lines every 0.5 s (md and
+# md-blockmirror: sync_completed in sectors; engine and engine-nbd: clean regions from the engine's
+# metrics endpoint), unless bm_progress=0.
 #
 # Scenarios:
 #   md              kernel md through mdadm: --build vda missing, fio on /dev/md0 (libaio,
@@ -17,6 +18,9 @@
 #   md-blockmirror  the same through `blockmirror VERB md0 --backend md`
 #   engine          the same with the blockmirror engine: build m0 degraded, fio through its NBD
 #                   export (fio's nbd engine over a unix socket), add, wait, check, stop
+#   engine-nbd      the engine as md is used: the kernel's NBD client (nbd-client -unix, netlink,
+#                   bm_nbd_conns connections) makes its export /dev/nbd0, and md's fio job (libaio,
+#                   O_DIRECT) writes there; add, wait, check, nbd-client -d, stop
 #   fixtures        /proc/mdstat, mdadm --detail and md sysfs in named states, into /out/fixtures
 /bin/busybox --install -s /bin
 export PATH=/usr/local/bin:/sbin:/bin:/usr/sbin:/usr/bin MDADM_NO_UDEV=1 HOME=/root TERM=dumb
@@ -27,6 +31,11 @@ mkdir -p /run /tmp /out /root /dev/shm /run/mdadm
 
 # Shell builtins only (read, not cut/cat/awk) in what polls: every fork costs under emulation.
 up() { local u rest; read -r u rest < /proc/uptime; echo "$u"; }
+# nap SECONDS: sleep without forking a sleep process (a timed read of a FIFO nobody writes; the
+# read times out, nap succeeds like sleep): the pollers below nap every 0.05-0.5 s, and forks
+# would take guest CPU from what is measured.
+mkfifo /run/nap
+nap() { read -r -t "$1" _ <> /run/nap; return 0; }
 sysfs() { local v; read -r v < "$1"; echo "$v"; }
 log() { echo "-- t=$(up) $*"; }
 mark() { echo "@@ $*"; }
@@ -52,6 +61,8 @@ TIMEOUT=$(param bm_timeout 500)
 BM_ARGS=$(param bm_args "" | tr , ' ')
 PROGRESS=$(param bm_progress 1)
 METRICS=127.0.0.1:9100
+NBD_CONNS=$(param bm_nbd_conns 1)
+NBD_SCHED=$(param bm_nbd_sched "")
 RUNDIR=/run/blockmirror
 
 # finish: files onto the out disk, the status marker, power off.
@@ -62,6 +73,11 @@ finish() {
         echo "@@ FAIL kernel log: $line"
     done
     grep -qE 'traps:|segfault at|Out of memory' /out/dmesg.txt && FAILED=1
+    # the kernel NBD client: a request that took 30 s (it then retries it on another connection
+    # or fails it) or a connection that broke
+    local nbd_trouble='nbd[0-9]+: (Connection timed out|Possible stuck request|Receive control failed|Dead connection|Send control failed)'
+    grep -E "$nbd_trouble" /out/dmesg.txt | head -3 | while read -r line; do echo "@@ FAIL kernel log: $line"; done
+    grep -qE "$nbd_trouble" /out/dmesg.txt && FAILED=1
     cat /proc/mdstat > /out/mdstat-final.txt 2>&1
     tar -cf "$OUT_DISK" -C /out . || fail "tar onto $OUT_DISK"
     sync
@@ -109,7 +125,7 @@ copy_watch_start() {
               [ -z "$first" ] && first=$u
               last=$u; prev=$g
           fi
-          sleep 0.05
+          nap 0.05
       done
       echo "$first $last" > /tmp/vdb.span ) &
     COPY_WATCH=$!
@@ -126,8 +142,9 @@ copy_watch_end() {
     fi
 }
 # The recovery's progress over time (md: sync_completed of md0, in sectors; engine: clean regions
-# from its metrics endpoint, one busybox wget a poll), every 0.5 s as "%% PROGRESS UPTIME DONE
-# TOTAL" console lines, until /tmp/progress.stop exists. Nothing with bm_progress=0.
+# from its metrics endpoint, one busybox wget a poll: the poller's only fork, counted in
+# GUEST_CPU_BUSY, its request in DAEMON_CPU), every 0.5 s as "%% PROGRESS UPTIME DONE TOTAL"
+# console lines, until /tmp/progress.stop exists. Nothing with bm_progress=0.
 progress_watch_start() {
     rm -f /tmp/progress.stop
     PROGRESS_WATCH=""
@@ -149,7 +166,7 @@ progress_watch_start() {
               read -r d s t < /sys/block/md0/md/sync_completed
               [ "$s" = / ] && echo "%% PROGRESS $u $d $t"
           fi
-          sleep 0.5
+          nap 0.5
       done ) &
     PROGRESS_WATCH=$!
 }
@@ -160,7 +177,7 @@ progress_watch_end() {
 wait_writes_since() {
     local n=0
     while [ "$(vda_writes)" = "$1" ]; do
-        n=$((n + 1)); [ $n -gt 1200 ] && return 1; sleep 0.05
+        n=$((n + 1)); [ $n -gt 1200 ] && return 1; nap 0.05
     done
 }
 
@@ -172,7 +189,7 @@ wait_recovered() {
     while [ "$(sysfs /sys/block/$1/md/degraded)" != 0 ] || [ "$(sysfs /sys/block/$1/md/sync_action)" != idle ]; do
         [ $((n % 50)) = 0 ] && log "$1 $(md_progress $1)"
         n=$((n + 1)); [ $n -gt $(($2 * 10)) ] && return 1
-        sleep 0.1
+        nap 0.1
     done
 }
 
@@ -183,7 +200,7 @@ wait_idle() {
     while [ "$(sysfs /sys/block/$1/md/sync_action)" != idle ]; do
         [ $((n % 50)) = 0 ] && log "$1 $(md_progress $1)"
         n=$((n + 1)); [ $n -gt $(($2 * 10)) ] && return 1
-        sleep 0.1
+        nap 0.1
     done
 }
 
@@ -216,6 +233,53 @@ fio_result() {
     mark FIO_S "$(awk "BEGIN{printf \"%.2f\", $rt / 1000}")"
     mark FIO_SPAN "t=$(cat /tmp/fio.t0)..$(cat /tmp/fio.t1)"
     if awk "BEGIN{exit !($(cat /tmp/fio.t1) < $1)}"; then mark FIO_ENDED_FIRST yes; else mark FIO_ENDED_FIRST no; fi
+}
+
+# The CPU the recovery costs, from tick counters (USER_HZ = 100): cpu_start notes the guest's
+# busy and total ticks (/proc/stat: all but idle and iowait) and, given a pid, its threads'
+# utime + stime; cpu_end marks GUEST_CPU_BUSY (busy vCPUs on average, out of all of them),
+# DAEMON_CPU (the vCPUs that process kept busy) and DAEMON_THREADS (that, by thread name: where
+# the engine spends it). Under TCG a busy vCPU is a host core.
+cpu_ticks() {
+    # shellcheck disable=SC2034 # cpu is the line's label
+    local cpu us ni sy id wa hi si st rest
+    read -r cpu us ni sy id wa hi si st rest < /proc/stat
+    echo "$((us + ni + sy + hi + si + st)) $((us + ni + sy + id + wa + hi + si + st))"
+}
+# thread_ticks PID: "tid name utime stime" of each of its threads (spaces in a name become _)
+thread_ticks() {
+    local f line tid name
+    for f in /proc/"$1"/task/*/stat; do
+        read -r line < "$f" 2>/dev/null || continue
+        tid=${line%% *} name=${line#*(}
+        name=${name%)*} line=${line##*) }
+        # shellcheck disable=SC2086 # the fields after the name, split: utime and stime are 12, 13
+        set -- $line
+        echo "$tid ${name// /_} ${12} ${13}"
+    done
+}
+cpu_start() {
+    CPU_PID=$1 CPU_T0=$(up) CPU0=$(cpu_ticks)
+    [ -n "$CPU_PID" ] && thread_ticks "$CPU_PID" > /tmp/threads.0
+}
+cpu_end() {
+    local t1 now
+    t1=$(up); now=$(cpu_ticks)
+    mark GUEST_CPU_BUSY "$(echo "$CPU0 $now" | awk -v n="$(grep -c ^processor /proc/cpuinfo)" \
+        '{printf "%.2f", ($3 - $1) * n / ($4 - $2 + 0.001)}')"
+    [ -n "$CPU_PID" ] || return 0
+    thread_ticks "$CPU_PID" > /tmp/threads.1
+    # per thread name (threads of one name summed): vCPUs over the window, user + system (and
+    # system alone); a thread started in the window counts from zero
+    awk -v s="$(sub "$CPU_T0" "$t1")" '
+        FNR == NR { u0[$1] = $3; s0[$1] = $4; next }
+        { n = $2; us[n] += $3 - u0[$1]; sy[n] += $4 - s0[$1]; tu += $3 - u0[$1]; ts += $4 - s0[$1] }
+        END { printf "DAEMON_CPU %.2f\n", (tu + ts) / 100 / s > "/tmp/threads.total"
+              for (n in us) if (us[n] + sy[n] > 0)
+                  printf "%s=%.2f(sys %.2f)\n", n, (us[n] + sy[n]) / 100 / s, sy[n] / 100 / s }' \
+        /tmp/threads.0 /tmp/threads.1 | sort -t= -k2 -rn > /out/daemon-threads.txt
+    mark "$(cat /tmp/threads.total)"
+    mark DAEMON_THREADS "$(head -6 /out/daemon-threads.txt | tr '\n' ' ')"
 }
 
 recovery_marks() {   # recovery_marks T0 T1
@@ -281,6 +345,7 @@ sc_md() {
     log "fio writes; add vdb"
     copy_watch_start
     progress_watch_start md
+    cpu_start ""
     t0=$(up)
     if [ "$mode" = raw ]; then
         mdadm /dev/md0 --add /dev/vdb || fail "mdadm --add"
@@ -290,6 +355,7 @@ sc_md() {
         bm verbs.log wait md0 --backend md --interval 0.1 || fail "blockmirror wait: $(bm_last verbs.log)"
     fi
     t1=$(up)
+    cpu_end
     progress_watch_end
     copy_watch_end
     log "recovered: $(md_progress md0) degraded=$(cat /sys/block/md0/md/degraded)"
@@ -338,8 +404,25 @@ sc_md() {
 }
 
 # --- engine: the blockmirror engine over the same virtio disks --------------------------------
+# nbd_attach: the kernel's NBD client on the export (netlink; NBD_CONNS connections, which the
+# export allows: it offers CAN_MULTI_CONN) as /dev/nbd0, its I/O scheduler NBD_SCHED (none: like
+# md0, which has none of its own; the disks under both keep theirs), and how the kernel set it up.
+# No -timeout: the kernel's 30 s applies; finish fails the run if a request ever hit it.
+nbd_attach() {
+    local q=/sys/block/nbd0/queue hw sched
+    nbd-client -unix /run/m0.sock /dev/nbd0 -N m0 -C "$NBD_CONNS" > /out/nbd-client.log 2>&1 ||
+        { fail "nbd-client: $(tail -3 /out/nbd-client.log | tr '\n' ' ')"; return 1; }
+    if [ -n "$NBD_SCHED" ]; then echo "$NBD_SCHED" > $q/scheduler || fail "scheduler $NBD_SCHED on nbd0"; fi
+    hw=$(ls -d /sys/block/nbd0/mq/* 2>/dev/null | wc -l)
+    sched=$(sed -n 's/.*\[\(.*\)\].*/\1/p' $q/scheduler)
+    mark NBD_CLIENT "$NBD_CONNS conn, $hw hw queues x $(sysfs $q/nr_requests) requests, max $(sysfs $q/max_sectors_kb) KiB, ${sched:-none}"
+    [ "$(sysfs /sys/block/nbd0/size)" = "$(sysfs /sys/block/vda/size)" ] || fail "/dev/nbd0 is not the size of vda"
+}
+
+# sc_engine fio-nbd|nbd0: the engine's mirror with fio through fio's nbd engine on the export's
+# socket, or through the kernel's NBD client (/dev/nbd0, md's fio job as it is).
 sc_engine() {
-    local t0 t1 t2 t3 base out rc
+    local mode=$1 t0 t1 t2 t3 base out rc
     mkdir -p "$RUNDIR"
     bm_startup
     log "blockmirror build m0 (vda + missing)"
@@ -354,15 +437,22 @@ sc_engine() {
     lmax=$(sed -n 's/.*"speedLimits" *: *{[^}]*"maximum" *: *\([0-9]*\).*/\1/p' /out/status-degraded.json)
     mark SPEED_LIMITS "engine min ${lmin:-?}, max ${lmax:-unlimited} KiB/s"
     base=$(vda_writes)
-    fio_start "$SCENARIO" --ioengine=nbd --uri="nbd+unix:///m0?socket=/run/m0.sock"
+    if [ "$mode" = nbd0 ]; then
+        nbd_attach || { bm stop.log stop m0 --run-dir "$RUNDIR"; return; }
+        fio_start "$SCENARIO" --filename=/dev/nbd0 --ioengine=libaio --direct=1
+    else
+        fio_start "$SCENARIO" --ioengine=nbd --uri="nbd+unix:///m0?socket=/run/m0.sock"
+    fi
     wait_writes_since "$base" || fail "fio did not start writing within 60 s"
     log "fio writes; add vdb"
     copy_watch_start
     progress_watch_start engine
+    cpu_start "$(cat "$RUNDIR/m0.pid" 2>/dev/null)"
     t0=$(up)
     bm verbs.log add m0 /dev/vdb --run-dir "$RUNDIR" || fail "blockmirror add: $(bm_last verbs.log)"
     bm verbs.log wait m0 --run-dir "$RUNDIR" --interval 0.1 || fail "blockmirror wait: $(bm_last verbs.log)"
     t1=$(up)
+    cpu_end
     progress_watch_end
     copy_watch_end
     recovery_marks "$t0" "$t1"
@@ -380,6 +470,9 @@ sc_engine() {
     cat /out/detail.txt
     bm status.json status m0 --run-dir "$RUNDIR" --json || fail "blockmirror status: $(bm_last status.json)"
     grep -q '"state" *: *"in-sync"' /out/status.json || fail "status --json does not say in-sync"
+    if [ "$mode" = nbd0 ]; then
+        nbd-client -d /dev/nbd0 >> /out/nbd-client.log 2>&1 || fail "nbd-client -d: $(tail -1 /out/nbd-client.log)"
+    fi
     bm stop.log stop m0 --run-dir "$RUNDIR" || fail "blockmirror stop: $(bm_last stop.log)"
     mark STOP "$(bm_last stop.log)"
     case "$(bm_last stop.log)" in *"in sync"*) ;; *) fail "stop does not say in sync" ;; esac
@@ -510,7 +603,8 @@ sc_fixtures() {
 case $SCENARIO in
     md) sc_md raw ;;
     md-blockmirror) sc_md blockmirror ;;
-    engine) sc_engine ;;
+    engine) sc_engine fio-nbd ;;
+    engine-nbd) sc_engine nbd0 ;;
     fixtures) sc_fixtures ;;
     *) fail "unknown scenario $SCENARIO" ;;
 esac
