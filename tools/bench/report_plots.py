@@ -148,7 +148,7 @@ def recovery(folder: str, written: list[str]) -> None:
         for kind, what in (("idle_progress", "idle"), ("load_progress", "under fio 64k randwrite QD8")):
             runs = {t: [r["points"] for r in k.get(kind, [])] for t, k in rec.get("series", {}).items()}
             panels.append(({t: r for t, r in runs.items() if r}, f"{what}, {size} (host)"))
-    if vm:
+    if vm and vm["meta"].get("progress", True):  # PROGRESS=0: each run's end alone, no line to draw
         runs: dict[str, list] = {}
         for r in vm["runs"]:
             if r["result"].get("PROGRESS"):
@@ -158,7 +158,8 @@ def recovery(folder: str, written: list[str]) -> None:
     panels = [p for p in panels if p[0]]
     if not panels:
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    # at least 7 inches wide: one panel alone (MEASURES=md-vm) has the title's width too
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(4.2 * len(panels), 7), 3.8), squeeze=False)
     for ax, (runs, title) in zip(axes[0], panels):
         progress_panel(ax, runs, title)
     fig.suptitle("Recovery progress over time (median, band: min–max of the runs)", fontsize=10)
