@@ -23,11 +23,13 @@ public struct MirrorDaemon: Sendable {
     /// Compare the regions a resumed bitmap calls clean before trusting them.
     public var verifyClean: Bool
     public var limits: SpeedLimits
+    /// Regions the background copy keeps in flight.
+    public var copiesInFlight: Int
     /// How legs that are NBD URIs connect (this one's, and those `add` gives later).
     public var remote: NBDLeg.Options
 
     public init(name: String, source: String, target: String?, bitmap: String?, regionSize: UInt64?, verifyClean: Bool,
-                limits: SpeedLimits, remote: NBDLeg.Options = NBDLeg.Options()) {
+                limits: SpeedLimits, copiesInFlight: Int = MirrorExport.defaultCopiesInFlight, remote: NBDLeg.Options = NBDLeg.Options()) {
         self.name = name
         self.source = source
         self.target = target
@@ -35,6 +37,7 @@ public struct MirrorDaemon: Sendable {
         self.regionSize = regionSize
         self.verifyClean = verifyClean
         self.limits = limits
+        self.copiesInFlight = copiesInFlight
         self.remote = remote
     }
 
@@ -61,7 +64,8 @@ public struct MirrorDaemon: Sendable {
             try MirrorExport.checkGeometry(of: sourceDevice, regionSize: opened.log.regionSize)
         }
         let mirror = MirrorExport(source: sourceDevice, size: size, blockSize: targetDevice?.requiredAlignment ?? 1,
-                                  regionSize: log?.regionSize ?? regionSize ?? Self.defaultRegionSize, limits: limits, pool: BufferPool(), logger: logger, intentLog: log, resuming: resumed)
+                                  regionSize: log?.regionSize ?? regionSize ?? Self.defaultRegionSize, copiesInFlight: copiesInFlight,
+                                  limits: limits, pool: BufferPool(), logger: logger, intentLog: log, resuming: resumed)
         if let targetDevice { try await mirror.attach(target: targetDevice, verifyClean: verifyClean) }
         Task {
             let settled = await mirror.waitUntilSettled()
