@@ -58,9 +58,10 @@ public final class MirrorExport: BlockExport, Sendable {
     /// clients (at least the source's required alignment): that of a target to come that needs
     /// aligned requests (an NBD server's minimum block size). `size` is the export's (nil: the
     /// source's): after a role switch the serving leg may be larger than the mirror it serves.
+    /// The copy keeps within `limits` and within every shared `budgets` (a plan's total rate).
     public init(source: any Leg, size: UInt64? = nil, blockSize: Int = 1, regionSize: UInt64 = 1 << 20,
                 copiesInFlight: Int = MirrorExport.defaultCopiesInFlight, limits: SpeedLimits = SpeedLimits(),
-                pool: BufferPool, logger: Logger, intentLog: WriteIntentLog? = nil, resuming: RegionBitmap? = nil,
+                budgets: [CopyBudget] = [], pool: BufferPool, logger: Logger, intentLog: WriteIntentLog? = nil, resuming: RegionBitmap? = nil,
                 writeHoldNanos: UInt64 = 2_000_000_000) {
         self.size = size ?? source.size
         self.pool = pool
@@ -79,7 +80,7 @@ public final class MirrorExport: BlockExport, Sendable {
             }
         }
         recorder = WriteIntentRecorder(core: core, log: intentLog, writeHoldNanos: writeHoldNanos)
-        copier = MirrorCopier(core: core, recorder: recorder, throttle: CopyThrottle(limits: limits), depth: copiesInFlight,
+        copier = MirrorCopier(core: core, recorder: recorder, throttle: CopyThrottle(limits: limits, budgets: budgets), depth: copiesInFlight,
                               pool: pool, foreground: tracker)
     }
 

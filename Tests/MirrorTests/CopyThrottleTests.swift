@@ -33,6 +33,41 @@ import Testing
         #expect(Double(admitted) >= allowed * 0.9)
     }
 
+    /// Three mirrors sharing one budget, each unlimited on its own, copy together within it over
+    /// a simulated minute (plus the burst and one request each); raising the budget live lets them
+    /// go faster at once, and a mirror's own lower limit still holds it back within the budget.
+    @Test func mirrorsSharingABudgetStayWithinIt() {
+        let budgetKiB: UInt64 = 30_000
+        let budget = CopyBudget(name: "plan", maximum: budgetKiB)
+        let throttles = (0..<3).map { _ in CopyThrottle(limits: SpeedLimits(minimum: 1000, maximum: nil), budgets: [budget]) }
+        func run(seconds: UInt64, from start: UInt64) -> [UInt64] {
+            var admitted = [UInt64](repeating: 0, count: throttles.count)
+            var next = [UInt64](repeating: start, count: throttles.count)
+            while let index = next.indices.min(by: { next[$0] < next[$1] }), next[index] - start < seconds * Self.second {
+                if let wait = throttles[index].admit(1 << 20, now: next[index]) {
+                    next[index] += wait
+                } else {
+                    admitted[index] += 1 << 20
+                    next[index] += 1_000_000  // a copy takes a millisecond: far faster than the budget
+                }
+            }
+            return admitted
+        }
+        var admitted = run(seconds: 60, from: Self.second)
+        let allowed = Double(budgetKiB * 1024) * 60
+        let slack = Double(budgetKiB * 1024) * CopyBudget.burstSeconds + 3 * Double(1 << 20)
+        #expect(Double(admitted.reduce(0, +)) <= allowed + slack)
+        #expect(Double(admitted.reduce(0, +)) >= allowed * 0.9)
+        #expect(admitted.allSatisfy { $0 > 0 }, "a mirror got nothing: \(admitted)")
+
+        budget.maximum = 2 * budgetKiB
+        throttles[0].limits = SpeedLimits(minimum: 1000, maximum: 5_000)
+        admitted = run(seconds: 60, from: 100 * Self.second)
+        let total = Double(admitted.reduce(0, +))
+        #expect(total <= 2 * allowed + 2 * slack && total >= 2 * allowed * 0.9, "\(admitted)")
+        #expect(Double(admitted[0]) <= Double(5_000 * 1024) * 60 + slack, "the mirror's own maximum no longer held: \(admitted)")
+    }
+
     /// A limit below one region per second still admits a region at a time (the bucket goes into debt).
     @Test func tinyLimitStillProgresses() {
         let throttle = CopyThrottle(limits: SpeedLimits(minimum: 1, maximum: 1))
