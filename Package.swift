@@ -19,6 +19,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.5.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.0.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
     ],
     targets: [
         /// libaio and the Linux ioctl / fcntl constants Swift cannot import as macros.
@@ -83,6 +84,14 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
+        /// A fleet migration's plan (`blockmirror migrate PLAN`): TOML read and checked, every
+        /// mistake named with its volume and key.
+        .target(
+            name: "MigrationPlan",
+            dependencies: [
+                "Control", "NBD",
+                .product(name: "TOMLKit", package: "TOMLKit"),
+            ]),
         /// A serving daemon around an export: libaio on the event loops, the NBD listeners, the
         /// control socket, signals, metrics, a clean stop (a library, so tests can run one in-process).
         .target(
@@ -116,6 +125,9 @@ let package = Package(
         .testTarget(
             name: "BlockIOTests",
             dependencies: ["BlockIO"]),
+        .testTarget(
+            name: "MigrationPlanTests",
+            dependencies: ["MigrationPlan"]),
         .testTarget(
             name: "BlockExportTests",
             dependencies: [
