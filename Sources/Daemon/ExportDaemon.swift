@@ -64,100 +64,39 @@ public enum ExportDaemon {
         control: Control<Export>? = nil, metrics: Metrics<Export>? = nil, takeSignals: Bool = true, announce: (String) -> Void, ready: () -> Void = {},
         open: (AIOEngine) async throws -> Export, report: (Export) -> String? = { _ in nil }
     ) async throws -> String? {
-        let aio: AIOEngine
-        do { aio = try AIOEngine(depth: 512) } catch {
-            throw DaemonError("cannot set up libaio: \(error) (see /proc/sys/fs/aio-max-nr)")
-        }
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
-        func tearDown() async {
-            aio.shutdown()
-            try? await group.shutdownGracefully()
-        }
-        let stop = StopTrigger()
         // Signals are taken over before anything is announced: a SIGTERM right after the URI line
         // must stop the daemon cleanly, not kill it.
         let signals = SignalWaiter()
         if takeSignals { signals.install() }
-        let info = Mutex(DaemonInfo(pid: getpid(), exports: [], started: ISO8601DateFormatter().string(from: Date()), backend: "engine"))
-        let export: Export
-        var controlServer: ControlServer?
-        var metricsServer: MetricsServer?
-        var pidFile: String?
-        defer { if let pidFile { unlink(pidFile) } }
-        let polling: BusyPolling
+        try control?.directory.prepare()
+        let runtime = try await DaemonRuntime.start(busyPoll: busyPoll)
+        let service: ExportService<Export>
         do {
-            try control?.directory.prepare()
-            polling = try await aio.bind(to: group, busyPoll: busyPoll)
-            export = try await open(aio)
+            service = ExportService(name: name, export: try await open(runtime.aio), runtime: runtime, limits: limits, tls: tls, logger: logger)
         } catch {
-            await tearDown()
+            await runtime.shutdown()
             throw error
         }
-        let server = NBDServer(registry: NBDExportRegistry([(name, export)]), group: group, logger: logger, limits: limits, tls: tls,
-                               busyPolling: polling)
         do {
-            if let control {
-                let answer = control.answer
-                let socket = ControlServer(path: control.directory.controlSocket(for: name), name: name, group: group,
-                                           logger: logger) { request in
-                    guard request.verb != .stop else { return await stop.request() }
-                    var response = await answer(export, aio, request)
-                    if request.verb == .status { response.daemon = info.withLock { $0 } }
-                    return response
-                }
-                try await socket.start()
-                controlServer = socket
-                pidFile = try writePidFile(control.directory.pidFile(for: name))
-            }
-            for address in addresses {
-                let bound = try await server.listen(on: address)
-                announce(bound.uri(exportName: name, tls: tls != nil))
-                info.withLock { $0.exports.append(bound.uri(exportName: name, tls: tls != nil)) }
-            }
-            if let metrics {
-                let server = try await MetricsServer(host: metrics.host, port: metrics.port, group: group, registry: metrics.registry) {
-                    metrics.sample(export)
-                }
-                metricsServer = server
-                let url = "http://\(metrics.host.contains(":") ? "[\(metrics.host)]" : metrics.host):\(server.boundPort)/metrics"
-                info.withLock { $0.metrics = url }
-                logger.notice("serving Prometheus metrics", metadata: ["url": "\(url)"])
-            }
+            try await service.start(addresses: addresses, control: control, metrics: metrics, announce: announce)
             ready()
         } catch {
-            await server.shutdown()
-            await metricsServer?.shutdown()
-            await controlServer?.shutdown()
-            try? await export.close()
-            await tearDown()
+            await service.abandon()
+            await runtime.shutdown()
             throw error
         }
-
-        if takeSignals { Task { stop.fire(.signal(await signals.wait())) } }
-        let reason = await stop.wait()
+        if takeSignals { Task { service.stop.fire(.signal(await signals.wait())) } }
+        let reason = await service.stop.wait()
         logger.info("stopping", metadata: ["reason": "\(reason)"])
-        await server.shutdown()
-        var failure: (any Error)?
-        do { try await export.close() } catch { failure = error }
-        let text = failure == nil ? report(export) : nil
-        stop.finish(failure.map { ControlResponse.failure(name, "stop failed: \($0)") }
-                    ?? ControlResponse(ok: true, name: name, message: text))
-        await controlServer?.shutdown()
-        await metricsServer?.shutdown()
-        await tearDown()
-        if let failure { throw failure }
+        let text: String?
+        do {
+            text = try await service.finish(report: report)
+        } catch {
+            await runtime.shutdown()
+            throw error
+        }
+        await runtime.shutdown()
         logger.info("stopped")
         return text
-    }
-
-    /// Writes this process's pid to `path` (0644, never through a symbolic link) and returns the path.
-    private static func writePidFile(_ path: String) throws -> String {
-        let fd = try PrivateFile.open(path, role: "pid file", flags: O_WRONLY | O_TRUNC, mode: 0o644)
-        defer { fd.close() }
-        let text = Array("\(getpid())\n".utf8)
-        if case .failure(let error) = text.withUnsafeBytes({ fd.writeAll($0, at: 0) }) {
-            throw DaemonError("cannot write the pid file \(path): \(error.description.lowercased())")
-        }
-        return path
     }
 }
