@@ -97,7 +97,7 @@ let package = Package(
         .target(
             name: "Daemon",
             dependencies: [
-                "BlockIO", "BlockExport", "NBD", "NBDTLS", "Mirror", "MirrorModel", "Control",
+                "BlockIO", "BlockExport", "NBD", "NBDTLS", "Mirror", "MirrorModel", "Control", "MigrationPlan",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -109,7 +109,7 @@ let package = Package(
         .target(
             name: "BlockMirrorCLI",
             dependencies: [
-                "BlockIO", "BlockExport", "NBD", "NBDTLS", "Mirror", "MirrorModel", "Control", "MDBackend", "Daemon",
+                "BlockIO", "BlockExport", "NBD", "NBDTLS", "Mirror", "MirrorModel", "Control", "MDBackend", "Daemon", "MigrationPlan",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),
@@ -127,7 +127,7 @@ let package = Package(
             dependencies: ["BlockIO"]),
         .testTarget(
             name: "MigrationPlanTests",
-            dependencies: ["MigrationPlan"]),
+            dependencies: ["MigrationPlan", "Control"]),
         .testTarget(
             name: "BlockExportTests",
             dependencies: [
@@ -167,6 +167,6 @@ let package = Package(
             ]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["blockmirror", "NBD", "Mirror", "MirrorModel"]),
+            dependencies: ["blockmirror", "NBD", "Mirror", "MirrorModel", "Control"]),
     ]
 )

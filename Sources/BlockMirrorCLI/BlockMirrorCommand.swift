@@ -10,7 +10,7 @@ public struct BlockMirrorCommand: AsyncParsableCommand {
             a socket in use; no such mirror); 3 check found mismatches; 64 a usage error.
             """,
         version: "0.1.0",
-        subcommands: [BuildCommand.self, AddCommand.self, FailCommand.self, RemoveCommand.self, StatusCommand.self,
+        subcommands: [BuildCommand.self, MigrateCommand.self, AddCommand.self, FailCommand.self, RemoveCommand.self, StatusCommand.self,
                       DetailCommand.self, ListCommand.self, WaitCommand.self, CheckCommand.self, SpeedCommand.self, CompleteCommand.self,
                       ReverseCommand.self, StopCommand.self,
                       VerifyCommand.self, ExamineCommand.self, ServeCommand.self])

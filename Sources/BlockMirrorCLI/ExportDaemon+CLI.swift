@@ -20,6 +20,7 @@ extension ExportDaemon {
             text = try await run(name: name, listen: addresses, limits: limits, tls: tls, busyPoll: busyPoll.amount, logger: logger, control: control, metrics: metrics,
                                  announce: { print($0) }, ready: {
                                      fflush(nil)
+                                     SystemdNotifier.ready(status: "serving \(name)")
                                      Daemonizer.detachStandardOutput()
                                  }, open: open, report: report)
         } catch {

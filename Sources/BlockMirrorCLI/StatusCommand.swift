@@ -12,8 +12,8 @@ struct StatusCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "status", abstract: "Show the state and progress of mirrors (like /proc/mdstat).")
 
-    @Argument(help: "The mirror's name (default: every mirror in the runtime directory).") var name: String?
-    @Flag(name: .long, help: "Print JSON (one object for NAME, an array otherwise).") var json = false
+    @Argument(help: "The mirror's or plan's name (default: every mirror in the runtime directory, with their totals).") var name: String?
+    @Flag(name: .long, help: "Print JSON: one mirror's status object for NAME, {\"plan\", \"totals\"} for a plan, {\"mirrors\", \"totals\"} otherwise.") var json = false
     @Flag(name: .long, help: "Refresh every --interval seconds until interrupted (or until NAME stops).") var watch = false
     @Option(name: .long, help: "Seconds between refreshes with --watch.") var interval: Double = 1
     @OptionGroup var runtime: RuntimeOptions
@@ -47,6 +47,12 @@ struct StatusCommand: ParsableCommand {
 
     /// The text (or JSON) of one refresh.
     private func snapshot() throws -> String {
+        if let name, let plan = runtime.plan(named: name) {
+            let status = try plan.status()
+            guard json else { return StatusText.render(plan: status) }
+            return String(decoding: ControlCodec.encode(PlanSnapshot(plan: status, totals: StatusTotals(status.volumes.compactMap(\.status)))).dropLast(),
+                          as: UTF8.self)
+        }
         if let name {
             let (status, _) = try runtime.handle(for: name).status()
             return json ? NamedStatus(name: name, status: status).json : StatusText.render(name: name, status)
@@ -60,8 +66,21 @@ struct StatusCommand: ParsableCommand {
                 FileHandle.standardError.write(Data("blockmirror: error: \(error)\n".utf8))
             }
         }
-        if json { return String(decoding: ControlCodec.encode(statuses).dropLast(), as: UTF8.self) }
+        let totals = StatusTotals(statuses.map(\.status))
+        if json { return String(decoding: ControlCodec.encode(Snapshot(mirrors: statuses, totals: totals)).dropLast(), as: UTF8.self) }
         if statuses.isEmpty { return "no mirrors running (runtime directory \(runtime.directory.path))" }
-        return statuses.map { StatusText.render(name: $0.name, $0.status) }.joined(separator: "\n\n")
+        return (statuses.map { StatusText.render(name: $0.name, $0.status) } + [totals.line]).joined(separator: "\n\n")
+    }
+
+    /// `status --json`: every mirror, and their totals.
+    struct Snapshot: Encodable {
+        let mirrors: [NamedStatus]
+        let totals: StatusTotals
+    }
+
+    /// `status PLAN --json`: the plan's status, and its volumes' totals.
+    struct PlanSnapshot: Encodable {
+        let plan: PlanStatus
+        let totals: StatusTotals
     }
 }

@@ -1,3 +1,4 @@
+import Control
 import Mirror
 import MirrorModel
 
@@ -55,5 +56,25 @@ enum StatusText {
         if let eta { line += " finish=\(String(format: "%.1f", eta / 60))min" }
         line += " speed=\(speed / 1024)K/sec"
         return line
+    }
+
+    /// A plan: a line of its own, each volume as /proc/mdstat shows an array (with its phase in
+    /// the plan where the mirror's state does not say it), and the totals.
+    static func render(plan: PlanStatus) -> String {
+        var blocks = ["plan \(plan.name) (\(plan.plan)): \(plan.concurrency) copying at most (peak \(plan.peakCopying)), "
+                      + "together at most " + (plan.speedMax.map { "\($0)K/sec" } ?? "unlimited")]
+        for volume in plan.volumes {
+            var lines: [String] = []
+            if let status = volume.status { lines.append(render(name: volume.name, status)) } else { lines.append("\(volume.name) : \(volume.phase.rawValue)") }
+            switch volume.phase {
+            case .waiting: lines.append("      waiting for its copy to start")
+            case .failed: lines.append("      failed: \(volume.error ?? "?")")
+            case .stopped: lines.append("      stopped")
+            case .starting, .copying, .inSync: break
+            }
+            blocks.append(lines.joined(separator: "\n"))
+        }
+        blocks.append(StatusTotals(plan.volumes.compactMap(\.status)).line)
+        return blocks.joined(separator: "\n\n")
     }
 }

@@ -12,9 +12,9 @@ struct WaitCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "wait",
         abstract: "Wait until a mirror's recovery is over (like mdadm --wait), with a live progress bar on a terminal.",
-        discussion: "Exit status: 0 in sync; 1 the target failed, no target is attached, or the mirror stopped.")
+        discussion: "Exit status: 0 in sync (a plan: every volume); 1 the target failed, no target is attached, or the mirror stopped (a plan: any volume failed or stopped).")
 
-    @Argument(help: "The mirror's name.") var name: String
+    @Argument(help: "The mirror's name, or a plan's: then until every volume's copy is over.") var name: String
     @Option(name: .long, help: "Seconds between polls.") var interval: Double = 0.5
     @OptionGroup var runtime: RuntimeOptions
 
@@ -23,6 +23,7 @@ struct WaitCommand: ParsableCommand {
     }
 
     func run() throws {
+        if let plan = runtime.plan(named: name) { return try PlanWaiter(plan: plan, interval: interval).run() }
         let terminal = isatty(1) != 0
         var lastPrinted = Date.distantPast
         var drewLine = false

@@ -62,9 +62,16 @@ public struct ControlResponse: Codable, Sendable, Equatable {
     public var check: CheckReport?
     /// `status`: the daemon serving the mirror.
     public var daemon: DaemonInfo?
+    /// `status` of a plan (a plan's control socket answers this instead of `status`).
+    public var plan: PlanStatus?
+    /// `stop` of one of a plan's volumes: the daemon's process goes on serving the others (this
+    /// mirror's devices and bitmap are closed already), so nobody waits for it to exit.
+    public var staysRunning: Bool?
 
-    public init(ok: Bool, name: String, error: String? = nil, message: String? = nil, status: MirrorStatus? = nil, check: CheckReport? = nil) {
+    public init(ok: Bool, name: String, error: String? = nil, message: String? = nil, status: MirrorStatus? = nil, check: CheckReport? = nil,
+                plan: PlanStatus? = nil) {
         self.ok = ok; self.name = name; self.error = error; self.message = message; self.status = status; self.check = check
+        self.plan = plan
     }
 
     public static func failure(_ name: String, _ error: String) -> ControlResponse {

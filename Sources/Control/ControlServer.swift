@@ -65,7 +65,7 @@ public final class ControlServer: Sendable {
         case .stale:
             logger.notice("removed the stale control socket of a dead daemon", metadata: ["socket": "\(path)"])
             unlink(path)
-        case .live: throw ControlError("mirror \(name) is already running (control socket \(path))")
+        case .live: throw ControlError("\(path.hasSuffix(".plan") ? "plan" : "mirror") \(name) is already running (control socket \(path))")
         case .notASocket: throw ControlError("cannot listen on \(path): it exists and is not a socket")
         case .unreachable(let errno): throw ControlError("cannot listen on \(path): a socket is there and connecting to it failed: \(errno.phrase)")
         }

@@ -33,6 +33,10 @@ public struct RuntimeDirectory: Sendable, Equatable {
     /// The control socket of mirror `name`.
     public func controlSocket(for name: String) -> String { "\(path)/\(name).ctl" }
 
+    /// The control socket of plan `name` (`blockmirror migrate`): not a mirror's, so `status`
+    /// without a name does not list it among them.
+    public func planSocket(for name: String) -> String { "\(path)/\(name).plan" }
+
     /// The log of mirror `name`'s daemon when it runs with `--daemon`.
     public func logFile(for name: String) -> String { "\(path)/\(name).log" }
 

@@ -16,6 +16,9 @@ final class ExportService<Export: BlockExport>: @unchecked Sendable {
     /// Fired by a `stop` request on the control socket (or by the daemon); the requester gets the
     /// final report once `finish` has closed the export.
     let stop = StopTrigger()
+    /// The process goes on after this export stops (a plan's volume): the answer to `stop` says
+    /// so, and the client does not wait for the process to exit.
+    var staysRunning = false
     private let runtime: DaemonRuntime
     private let server: NBDServer
     private let logger: Logger
@@ -84,7 +87,9 @@ final class ExportService<Export: BlockExport>: @unchecked Sendable {
         var failure: (any Error)?
         do { try await export.close() } catch { failure = error }
         let text = failure == nil ? report(export) : nil
-        stop.finish(failure.map { ControlResponse.failure(name, "stop failed: \($0)") } ?? ControlResponse(ok: true, name: name, message: text))
+        var response = failure.map { ControlResponse.failure(name, "stop failed: \($0)") } ?? ControlResponse(ok: true, name: name, message: text)
+        if staysRunning { response.staysRunning = true }
+        stop.finish(response)
         await controlServer?.shutdown()
         await metricsServer?.shutdown()
         removePidFile()

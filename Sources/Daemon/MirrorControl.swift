@@ -16,12 +16,7 @@ public enum MirrorControl {
             guard let path = request.target, !path.isEmpty else { return .failure(name, "add: no target given") }
             let regions: Int
             do {
-                try MirrorExport.refuseSource(path, of: mirror.source)
-                let target = try await LegOpener.open(path, readOnly: false, aio: aio, remote: remote, logger: logger)
-                do { regions = try await mirror.attach(target: target) } catch {
-                    target.close()
-                    throw error
-                }
+                regions = try await MirrorDaemon.attachTarget(path, to: mirror, aio: aio, remote: remote, logger: logger)
             } catch {
                 // The path came from a client: escaped wherever it appears.
                 return .failure(name, UntrustedText.escape("cannot add \(path): \(error)", limit: 2048))

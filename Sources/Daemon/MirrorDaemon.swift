@@ -25,11 +25,14 @@ public struct MirrorDaemon: Sendable {
     public var limits: SpeedLimits
     /// Regions the background copy keeps in flight.
     public var copiesInFlight: Int
+    /// Copy rates this mirror shares with others (a plan's total, its group's).
+    public var budgets: [CopyBudget]
     /// How legs that are NBD URIs connect (this one's, and those `add` gives later).
     public var remote: NBDLeg.Options
 
     public init(name: String, source: String, target: String?, bitmap: String?, regionSize: UInt64?, verifyClean: Bool,
-                limits: SpeedLimits, copiesInFlight: Int = MirrorExport.defaultCopiesInFlight, remote: NBDLeg.Options = NBDLeg.Options()) {
+                limits: SpeedLimits, copiesInFlight: Int = MirrorExport.defaultCopiesInFlight, budgets: [CopyBudget] = [],
+                remote: NBDLeg.Options = NBDLeg.Options()) {
         self.name = name
         self.source = source
         self.target = target
@@ -38,6 +41,7 @@ public struct MirrorDaemon: Sendable {
         self.verifyClean = verifyClean
         self.limits = limits
         self.copiesInFlight = copiesInFlight
+        self.budgets = budgets
         self.remote = remote
     }
 
@@ -65,7 +69,7 @@ public struct MirrorDaemon: Sendable {
         }
         let mirror = MirrorExport(source: sourceDevice, size: size, blockSize: targetDevice?.requiredAlignment ?? 1,
                                   regionSize: log?.regionSize ?? regionSize ?? Self.defaultRegionSize, copiesInFlight: copiesInFlight,
-                                  limits: limits, pool: BufferPool(), logger: logger, intentLog: log, resuming: resumed)
+                                  limits: limits, budgets: budgets, pool: BufferPool(), logger: logger, intentLog: log, resuming: resumed)
         if let targetDevice { try await mirror.attach(target: targetDevice, verifyClean: verifyClean) }
         Task {
             let settled = await mirror.waitUntilSettled()
@@ -76,6 +80,21 @@ public struct MirrorDaemon: Sendable {
             }
         }
         return mirror
+    }
+
+    /// Opens `path` (a file, a block device or an NBD URI) and attaches it to `mirror` as its
+    /// target: the recovery starts. Returns the regions it will copy. Refuses the source under
+    /// another name; a target it could not attach is closed again.
+    public static func attachTarget(_ path: String, to mirror: MirrorExport, aio: AIOEngine, remote: NBDLeg.Options,
+                                    logger: Logger) async throws -> Int {
+        try MirrorExport.refuseSource(path, of: mirror.source)
+        let target = try await LegOpener.open(path, readOnly: false, aio: aio, remote: remote, logger: logger)
+        do {
+            return try await mirror.attach(target: target)
+        } catch {
+            target.close()
+            throw error
+        }
     }
 
     /// What a stopped mirror left: whether the target is a complete copy of the source, and if not

@@ -43,7 +43,7 @@ import Glibc
         let text = try mirror.cli("status", "m0")
         #expect(text.succeeded && text.stdout.contains("recovery =") && text.stdout.contains("[U_]"), "\(text)")
         let all = try mirror.cli("status", "--json")
-        #expect(all.succeeded && all.stdout.hasPrefix("[{") && all.stdout.contains("\"name\":\"m0\""), "\(all)")
+        #expect(all.succeeded && all.stdout.hasPrefix("{\"mirrors\":[{") && all.stdout.contains("\"name\":\"m0\"") && all.stdout.contains("\"totals\":{"), "\(all)")
 
         let speed = try mirror.cli("speed", "m0", "--max", "unlimited", "--min", "5000")
         #expect(speed.succeeded && speed.stdout.contains("max unlimited"), "\(speed)")
