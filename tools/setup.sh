@@ -4,7 +4,7 @@
 set -euo pipefail
 
 # nbdfuse is in libnbd-bin on Debian 12 (no package of its own: listing it reinstalled it on every run).
-packages=(libaio-dev fio qemu-utils libnbd-bin python3-libnbd nbdkit fuse3 e2fsprogs util-linux kmod python3 curl tmux)
+packages=(libaio-dev fio qemu-utils libnbd-bin python3-libnbd nbdkit fuse3 e2fsprogs util-linux kmod python3 curl tmux systemd)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -67,7 +67,7 @@ private let packageForTool: [String: String] = [
     "nbdinfo": "libnbd-bin", "nbdcopy": "libnbd-bin", "nbdsh": "libnbd-bin", "nbdfuse": "nbdfuse",
     "qemu-io": "qemu-utils", "qemu-img": "qemu-utils", "fio": "fio", "fusermount3": "fuse3",
     "losetup": "util-linux", "mount": "mount", "umount": "mount", "mkfs.ext4": "e2fsprogs",
-    "e2fsck": "e2fsprogs", "debugfs": "e2fsprogs", "md5sum": "coreutils",
+    "e2fsck": "e2fsprogs", "debugfs": "e2fsprogs", "md5sum": "coreutils", "systemd-analyze": "systemd",
 ]
 
 enum Tools {
@@ -127,8 +127,9 @@ final class ChildProcess: @unchecked Sendable {
     private var rawStatus: Int32?  // the waitpid status once reaped (under lock)
     private let reaped = DispatchSemaphore(value: 0)
 
-    /// Starts `arguments[0]` (looked up on PATH) with stdout and stderr going to files in `dir`.
-    init(_ arguments: [String], in dir: TempDir) throws {
+    /// Starts `arguments[0]` (looked up on PATH) with stdout and stderr going to files in `dir`,
+    /// `environment` added to this process's.
+    init(_ arguments: [String], in dir: TempDir, environment extra: [String: String] = [:]) throws {
         guard let executable = Tools.find(arguments[0]) else {
             throw IntegrationFailure("missing tool: \(arguments[0]) (apt-get install \(packageForTool[arguments[0]] ?? arguments[0]))")
         }
@@ -161,7 +162,7 @@ final class ChildProcess: @unchecked Sendable {
         posix_spawnattr_setsigdefault(&attributes, &all)
         posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
 
-        var environment = ProcessInfo.processInfo.environment
+        var environment = ProcessInfo.processInfo.environment.merging(extra) { $1 }
         environment["LC_ALL"] = "C"
         let argv = ([executable] + arguments.dropFirst()).map { strdup($0) } + [nil]
         let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
@@ -301,12 +302,13 @@ final class ServerProcess {
         try self.init(arguments + extraArguments, in: dir, socketName: socketName)
     }
 
-    /// Starts `blockmirror VERB…` listening on `dir/socketName` and waits (up to 60 s) for the URI line.
-    init(_ verbArguments: [String], in dir: TempDir, socketName: String = "nbd.sock") throws {
+    /// Starts `blockmirror VERB…` listening on `dir/socketName` (with `environment` added) and
+    /// waits (up to 60 s) for the URI line.
+    init(_ verbArguments: [String], in dir: TempDir, socketName: String = "nbd.sock", environment: [String: String] = [:]) throws {
         let binary = try BlockMirrorBinary.path()
         socketPath = dir.file(socketName)
         let arguments = [binary] + verbArguments + ["--listen", "unix:\(socketPath)", "--log-level", "debug"]
-        let child = try ChildProcess(arguments, in: dir)
+        let child = try ChildProcess(arguments, in: dir, environment: environment)
         self.child = child
         var line: String?
         waitUntil(timeout: 60) {
