@@ -159,25 +159,26 @@ struct TableReader {
     func strings(_ key: String) throws(KeyProblem) -> [String]? {
         guard let value = table[key] else { return nil }
         if let text = value.string { return [text] }
-        guard let array = value.array else { throw mistyped(key, value, "a string or an array of strings") }
-        var texts: [String] = []
-        for element in array {
-            guard let text = element.string else { throw mistyped(key, value, "a string or an array of strings") }
-            texts.append(text)
-        }
-        return texts
+        return try elements(of: key, value, "a string or an array of strings") { $0.string }
     }
 
     /// The tables of an array of tables (`[[key]]`); none if absent.
     func tables(_ key: String) throws(KeyProblem) -> [TOMLTable] {
         guard let value = table[key] else { return [] }
-        guard let array = value.array else { throw mistyped(key, value, "an array of tables ([[\(key)]])") }
-        var tables: [TOMLTable] = []
-        for element in array {
-            guard let table = element.table else { throw mistyped(key, value, "an array of tables ([[\(key)]])") }
-            tables.append(table)
+        return try elements(of: key, value, "an array of tables ([[\(key)]])") { $0.table }
+    }
+
+    /// Every element of an array as `element` reads it; any that does not read, or a value that
+    /// is not an array, is `expected`'s complaint.
+    private func elements<Element>(of key: String, _ value: any TOMLValueConvertible, _ expected: String,
+                                   _ element: (any TOMLValueConvertible) -> Element?) throws(KeyProblem) -> [Element] {
+        guard let array = value.array else { throw mistyped(key, value, expected) }
+        var elements: [Element] = []
+        for item in array {
+            guard let read = element(item) else { throw mistyped(key, value, expected) }
+            elements.append(read)
         }
-        return tables
+        return elements
     }
 
     private func mistyped(_ key: String, _ value: any TOMLValueConvertible, _ expected: String) -> KeyProblem {
