@@ -89,7 +89,7 @@ let package = Package(
         .target(
             name: "MigrationPlan",
             dependencies: [
-                "Control", "NBD",
+                "BlockIO", "Control", "NBD",
                 .product(name: "TOMLKit", package: "TOMLKit"),
             ]),
         /// A serving daemon around an export: libaio on the event loops, the NBD listeners, the

@@ -25,10 +25,11 @@ enum Daemonizer {
     private static let spawnSetSID: Int32 = 0x80
 
     /// Starts the detached child with the same arguments minus `--daemon`, waits until it is
-    /// serving (or has failed), and returns what the parent prints.
-    static func detach(name: String, directory: RuntimeDirectory) throws -> [String] {
+    /// serving (or has failed), and returns what the parent prints. `logName`: the log's name in
+    /// the runtime directory, without `.log` (default: `name`).
+    static func detach(name: String, logName: String? = nil, directory: RuntimeDirectory) throws -> [String] {
         try directory.prepare()
-        let logPath = directory.logFile(for: name)
+        let logPath = directory.logFile(for: logName ?? name)
         let log = try PrivateFile.open(logPath, role: "log file", flags: O_RDWR | O_APPEND, mode: 0o600)
         defer { log.close() }
         // Only what this child appends to the log is its story (earlier runs wrote above it).

@@ -3,6 +3,9 @@ import Control
 import Daemon
 import Foundation
 import MigrationPlan
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `blockmirror migrate PLAN [--wait]`: a fleet migration from a TOML plan, every volume a mirror
 /// of one daemon (`PlanDaemon`): all exported degraded first, then copied a few at a time within a
@@ -38,26 +41,36 @@ struct MigrateCommand: AsyncParsableCommand {
     func run() async throws {
         let parsed = try attempt { try readPlan() }
         if foreground || Daemonizer.isDetachedChild { return try await serve(parsed) }
-        let lines = try attempt { try Daemonizer.detach(name: parsed.name, directory: runtime.directory) }
-        var failures = 0
-        for line in lines {
-            if line.hasPrefix("blockmirror: error: ") {
-                FileHandle.standardError.write(Data((line + "\n").utf8))
-                failures += 1
-            } else {
-                print(line)
-            }
+        // The plan's log is NAME.plan.log: a mirror's log is NAME.log.
+        let lines = try attempt { try Daemonizer.detach(name: parsed.name, logName: "\(parsed.name).plan", directory: runtime.directory) }
+        let failures = lines.filter { $0.hasPrefix("blockmirror: error: ") }
+        let served = lines.filter { line in parsed.volumes.contains { line.hasPrefix("\($0.name) ") } }
+        for line in failures { FileHandle.standardError.write(Data((line + "\n").utf8)) }
+        guard !served.isEmpty else {
+            throw exitWithError(CLIError("plan \(parsed.name): no volume started (log: \(runtime.directory.logFile(for: "\(parsed.name).plan")))"))
         }
+        for line in lines where !failures.contains(line) { print(line) }
         fflush(nil)
         if wait { return try PlanWaiter(plan: PlanHandle(name: parsed.name, directory: runtime.directory), interval: 1).run() }
-        if failures > 0 { throw ExitCode(1) }
+        if !failures.isEmpty { throw ExitCode(1) }
     }
 
+    /// The plan file: a regular file of at most 16 MiB of UTF-8 text, read without following it
+    /// into a FIFO or a device.
     private func readPlan() throws -> MigrationPlan {
-        let text: String
-        do { text = try String(contentsOfFile: plan, encoding: .utf8) } catch {
-            throw CLIError("cannot read the plan \(plan): \((error as NSError).localizedFailureReason ?? error.localizedDescription)")
+        let fd = open(plan, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        guard fd >= 0 else { throw CLIError("cannot read the plan \(plan): \(String(cString: strerror(errno)).lowercased())") }
+        let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
+        var info = stat()
+        guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG else {
+            throw CLIError("cannot read the plan \(plan): not a regular file")
         }
+        guard info.st_size <= 16 << 20 else { throw CLIError("cannot read the plan \(plan): \(info.st_size) bytes, more than a plan's 16 MiB") }
+        let data: Data
+        do { data = try handle.readToEnd() ?? Data() } catch {
+            throw CLIError("cannot read the plan \(plan): \(error.localizedDescription)")
+        }
+        guard let text = String(data: data, encoding: .utf8) else { throw CLIError("cannot read the plan \(plan): not UTF-8 text") }
         return try MigrationPlan(toml: text, file: plan)
     }
 

@@ -162,6 +162,9 @@ extension RuntimeOptions {
     /// name has a control socket, kernel md if an md array of that name exists, else the engine
     /// (whose error says there is no such mirror).
     func handle(for name: String) throws -> any MirrorHandle {
+        if plan(named: name) != nil {
+            throw CLIError("\(name) is a plan: name one of its volumes (blockmirror status \(name) lists them); status, speed, wait and stop take the plan")
+        }
         switch backend ?? detectBackend(of: name) {
         case .engine: return EngineMirror(name: name, directory: directory)
         case .md: return MDMirror(array: try MDArray(name))

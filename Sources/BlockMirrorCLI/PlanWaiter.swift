@@ -16,23 +16,27 @@ struct PlanWaiter {
             let status = try attempt { try plan.status() }
             for volume in status.volumes where volume.phase != reported[volume.name] && Self.ended(volume.phase) {
                 reported[volume.name] = volume.phase
-                let line = "\(volume.name): \(volume.phase == .inSync ? "in sync" : volume.phase.rawValue)" + (volume.error.map { ": \($0)" } ?? "")
-                if volume.phase == .inSync { print(line) } else { FileHandle.standardError.write(Data("blockmirror: error: \(line)\n".utf8)) }
+                let line = "\(volume.name): \(Self.succeeded(volume.phase) ? volume.phase == .inSync ? "in sync" : "completed" : volume.phase.rawValue)"
+                    + (volume.error.map { ": \($0)" } ?? "")
+                if Self.succeeded(volume.phase) { print(line) } else { FileHandle.standardError.write(Data("blockmirror: error: \(line)\n".utf8)) }
             }
             fflush(nil)
             if status.volumes.allSatisfy({ Self.ended($0.phase) }) {
-                let failed = status.volumes.filter { $0.phase != .inSync }.count
+                let failed = status.volumes.filter { !Self.succeeded($0.phase) }.count
                 print("\(plan.name): \(status.volumes.count - failed) of \(status.volumes.count) volumes in sync")
                 if failed > 0 { throw ExitCode(1) }
                 return
             }
             if Date().timeIntervalSince(lastTotals) >= 5 {
-                print("\(plan.name): " + StatusTotals(status.volumes.compactMap(\.status)).line)
+                print("\(plan.name): " + StatusTotals(plan: status).line)
                 lastTotals = Date()
             }
             Thread.sleep(forTimeInterval: interval)
         }
     }
 
-    private static func ended(_ phase: PlanStatus.Phase) -> Bool { phase == .inSync || phase == .failed || phase == .stopped }
+    private static func ended(_ phase: PlanStatus.Phase) -> Bool { succeeded(phase) || phase == .failed || phase == .stopped }
+
+    /// In sync, or switched onto the new storage.
+    private static func succeeded(_ phase: PlanStatus.Phase) -> Bool { phase == .inSync || phase == .completed }
 }

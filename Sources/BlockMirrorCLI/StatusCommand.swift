@@ -50,7 +50,7 @@ struct StatusCommand: ParsableCommand {
         if let name, let plan = runtime.plan(named: name) {
             let status = try plan.status()
             guard json else { return StatusText.render(plan: status) }
-            return String(decoding: ControlCodec.encode(PlanSnapshot(plan: status, totals: StatusTotals(status.volumes.compactMap(\.status)))).dropLast(),
+            return String(decoding: ControlCodec.encode(PlanSnapshot(plan: status, totals: StatusTotals(plan: status))).dropLast(),
                           as: UTF8.self)
         }
         if let name {

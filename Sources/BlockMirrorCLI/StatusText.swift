@@ -70,11 +70,12 @@ enum StatusText {
             case .waiting: lines.append("      waiting for its copy to start")
             case .failed: lines.append("      failed: \(volume.error ?? "?")")
             case .stopped: lines.append("      stopped")
+            case .completed: lines.append("      completed: its new storage serves alone")
             case .starting, .copying, .inSync: break
             }
             blocks.append(lines.joined(separator: "\n"))
         }
-        blocks.append(StatusTotals(plan.volumes.compactMap(\.status)).line)
+        blocks.append(StatusTotals(plan: plan).line)
         return blocks.joined(separator: "\n\n")
     }
 }

@@ -1,3 +1,4 @@
+import Control
 import Foundation
 import MirrorModel
 
@@ -17,19 +18,52 @@ struct StatusTotals: Encodable, Equatable {
     /// `bytesLeft` at `bytesPerSecond`; nil while nothing copies.
     var etaSeconds: Double?
 
+    /// Mirrors counted by their state.
     init(_ statuses: [MirrorStatus]) {
         for status in statuses {
-            mirrors += 1
             switch status.state {
-            case .inSync: inSync += 1
-            case .recovering: copying += 1
-            case .degraded, .stopping: waiting += 1
-            case .targetFailed: failed += 1
+            case .inSync: count(status, as: .inSync)
+            case .recovering: count(status, as: .copying)
+            case .degraded, .stopping: count(status, as: .waiting)
+            case .targetFailed: count(status, as: .failed)
             }
-            if status.state != .inSync { bytesLeft += status.bytesDirty }
-            bytesPerSecond += status.speedBytesPerSecond
         }
-        etaSeconds = bytesPerSecond > 0 && bytesLeft > 0 ? Double(bytesLeft) / Double(bytesPerSecond) : nil
+        finish()
+    }
+
+    /// A plan's volumes counted by their phase in it (a volume whose target could not be attached
+    /// is failed, not waiting; one `complete` switched is done, counted in sync).
+    init(plan: PlanStatus) {
+        for volume in plan.volumes {
+            switch volume.phase {
+            case .inSync, .completed: count(volume.status, as: .inSync)
+            case .copying: count(volume.status, as: .copying)
+            case .starting, .waiting: count(volume.status, as: .waiting)
+            case .failed: count(volume.status, as: .failed)
+            case .stopped: continue
+            }
+        }
+        finish()
+    }
+
+    private enum Kind { case inSync, copying, waiting, failed }
+
+    private mutating func count(_ status: MirrorStatus?, as kind: Kind) {
+        mirrors += 1
+        switch kind {
+        case .inSync: inSync += 1
+        case .copying: copying += 1
+        case .waiting: waiting += 1
+        case .failed: failed += 1
+        }
+        guard let status else { return }
+        if kind != .inSync { bytesLeft += status.bytesDirty }
+        // Only copies count: an in-sync mirror's average still holds its last seconds of copying.
+        if kind == .copying { bytesPerSecond += status.speedBytesPerSecond }
+    }
+
+    private mutating func finish() {
+        etaSeconds = copying > 0 && bytesPerSecond > 0 && bytesLeft > 0 ? Double(bytesLeft) / Double(bytesPerSecond) : nil
     }
 
     /// One line, in /proc/mdstat's units.

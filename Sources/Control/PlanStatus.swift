@@ -13,9 +13,11 @@ public struct PlanStatus: Codable, Sendable, Equatable {
         case copying
         /// Its target is a complete copy, kept so by every write.
         case inSync = "in-sync"
-        /// It could not start, or its copy ended without the target in sync: `error` says why
-        /// (the export, if it started, goes on serving from the source).
+        /// It could not start, its target could not be attached or failed, or it was removed:
+        /// `error` says why (the export, if it started, goes on serving from the source).
         case failed
+        /// Switched onto its target by `complete`: the new storage serves alone, the old one retired.
+        case completed
         /// Stopped on its own (`blockmirror stop VOLUME`).
         case stopped
     }

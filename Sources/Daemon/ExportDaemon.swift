@@ -87,6 +87,7 @@ public enum ExportDaemon {
         }
         if takeSignals { Task { service.stop.fire(.signal(await signals.wait())) } }
         let reason = await service.stop.wait()
+        SystemdNotifier.stopping()
         logger.info("stopping", metadata: ["reason": "\(reason)"])
         let text: String?
         do {

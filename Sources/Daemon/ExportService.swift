@@ -29,14 +29,16 @@ final class ExportService<Export: BlockExport>: @unchecked Sendable {
     private var metricsServer: MetricsServer?
     private var pidFile: String?
 
-    init(name: String, export: Export, runtime: DaemonRuntime, limits: NBDServerLimits, tls: NBDServerTLSPolicy?, logger: Logger) {
+    /// `shared`: the NBD limits this export's server shares with the process's others (nil: its own).
+    init(name: String, export: Export, runtime: DaemonRuntime, limits: NBDServerLimits, tls: NBDServerTLSPolicy?, logger: Logger,
+         shared: NBDServer.SharedLimits? = nil) {
         self.name = name
         self.export = export
         self.runtime = runtime
         self.logger = logger
         self.tls = tls
         server = NBDServer(registry: NBDExportRegistry([(name, export)]), group: runtime.group, logger: logger, limits: limits, tls: tls,
-                           busyPolling: runtime.busyPolling)
+                           busyPolling: runtime.busyPolling, shared: shared)
         info = Mutex(DaemonInfo(pid: getpid(), exports: [], started: ISO8601DateFormatter().string(from: Date()), backend: "engine"))
     }
 

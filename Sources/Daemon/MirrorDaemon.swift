@@ -84,13 +84,14 @@ public struct MirrorDaemon: Sendable {
 
     /// Opens `path` (a file, a block device or an NBD URI) and attaches it to `mirror` as its
     /// target: the recovery starts. Returns the regions it will copy. Refuses the source under
-    /// another name; a target it could not attach is closed again.
+    /// another name; a target it could not attach is closed again. `onlyIfInSync`: attached
+    /// only if nothing is to be copied (`MirrorExport.attach`).
     public static func attachTarget(_ path: String, to mirror: MirrorExport, aio: AIOEngine, remote: NBDLeg.Options,
-                                    logger: Logger) async throws -> Int {
+                                    onlyIfInSync: Bool = false, logger: Logger) async throws -> Int {
         try MirrorExport.refuseSource(path, of: mirror.source)
         let target = try await LegOpener.open(path, readOnly: false, aio: aio, remote: remote, logger: logger)
         do {
-            return try await mirror.attach(target: target)
+            return try await mirror.attach(target: target, onlyIfInSync: onlyIfInSync)
         } catch {
             target.close()
             throw error

@@ -11,16 +11,19 @@ import NIOCore
 /// A fleet migration in one process (`blockmirror migrate PLAN`): every volume of a
 /// `MigrationPlan` served as a mirror of its own — its NBD export, its control socket (so every
 /// verb works on it by name), its bitmap — on one `DaemonRuntime`, the copies started in the
-/// plan's order at most `concurrency` at once and paced within the plan's and their group's
-/// shared rates (`CopyBudget`).
+/// plan's order at most `concurrency` at once (`PlanScheduler`, asked every quarter second with
+/// every volume's live state) and paced within the plan's and their group's shared rates
+/// (`CopyBudget`); the NBD limits hold for the process (`NBDServer.SharedLimits`).
 ///
-/// Every volume comes up degraded first, serving its source, so that each VM can be pointed at its
-/// export before any copy starts; `ready` is called then. A volume that cannot start, or whose
-/// copy fails, is reported and the others go on. Run again after a reboot, a kill -9 or a crash,
-/// each volume resumes from its bitmap: no region it recorded clean is copied again. The plan has
-/// a control socket of its own (`RuntimeDirectory.planSocket`): `status` (every volume and its
-/// phase), `speed` (the shared rate, live) and `stop` (every volume). Stopping every volume on
-/// its own ends the process too.
+/// Every volume comes up degraded first, all at once, serving its source, so that each VM can be
+/// pointed at its export before any copy starts; `ready` is called then. A volume that cannot
+/// start, or whose target cannot be attached or fails, is reported and the others go on. Run
+/// again after a reboot, a kill -9 or a crash, each volume resumes from its bitmap: one whose
+/// target has nothing to copy is attached at once (in sync again without waiting for a slot), the
+/// others copy in their turn what their files recorded dirty, and one that `complete` switched
+/// serves its new storage. The plan has a control socket of its own
+/// (`RuntimeDirectory.planSocket`): `status` (every volume and its phase), `speed` (the shared
+/// rate, live) and `stop` (every volume). Stopping every volume on its own ends the process too.
 public enum PlanDaemon {
     /// How the volumes are served: what `migrate` shares with `build`.
     public struct Settings: Sendable {
@@ -42,31 +45,37 @@ public enum PlanDaemon {
     /// Runs `plan` until SIGINT/SIGTERM (with `takeSignals`), a `stop` of the plan, or every
     /// volume stopped on its own; returns each volume's final report. Lines for people go to
     /// `announce`: each volume's NBD URI (`NAME URI`), and why a volume did not start
-    /// (`blockmirror: error: …`). Throws only what stops the plan as a whole (its control socket
-    /// taken by a running plan, libaio missing).
+    /// (`blockmirror: error: …`). Throws what stops the plan as a whole: its control socket taken
+    /// by a running plan, its name a running mirror's, libaio missing, or no volume that started.
     public static func run(plan: MigrationPlan, settings: Settings, logger: Logger, takeSignals: Bool = true,
                            announce: @escaping @Sendable (String) -> Void, ready: () -> Void = {}) async throws -> [String] {
         let signals = SignalWaiter()
         if takeSignals { signals.install() }
         try settings.directory.prepare()
+        if UnixSocket.state(of: settings.directory.controlSocket(for: plan.name)) == .live {
+            throw DaemonError("a mirror named \(plan.name) runs already (\(settings.directory.controlSocket(for: plan.name))): "
+                              + "name the plan otherwise (its \"name\" key)")
+        }
         let runtime = try await DaemonRuntime.start(busyPoll: settings.busyPoll)
         let run = PlanRun(plan: plan, settings: settings, runtime: runtime, logger: logger, announce: announce)
         do { try await run.startControlSocket() } catch {
             await runtime.shutdown()
             throw error
         }
+        if takeSignals { Task { run.stop.fire(.signal(await signals.wait())) } }
         await run.startVolumes()
         ready()
-        if run.startedNone { run.stop.fire(.request) }
-        run.startCopies()
-        if takeSignals { Task { run.stop.fire(.signal(await signals.wait())) } }
+        let scheduling = Task { await run.schedule() }
         let reason = await run.stop.wait()
+        SystemdNotifier.stopping()
         logger.info("stopping the plan", metadata: ["reason": "\(reason)"])
+        scheduling.cancel()
         let reports = await run.stopVolumes()
         run.stop.finish(ControlResponse(ok: true, name: plan.name, message: reports.joined(separator: "\n")))
         await run.stopControlSocket()
         await runtime.shutdown()
         logger.info("plan stopped")
+        guard !run.startedNone else { throw DaemonError("plan \(plan.name): no volume started") }
         return reports
     }
 }
@@ -75,19 +84,23 @@ public enum PlanDaemon {
 private final class PlanRun: @unchecked Sendable {
     let plan: MigrationPlan
     let settings: PlanDaemon.Settings
+    let runtime: DaemonRuntime
     let logger: Logger
     let announce: @Sendable (String) -> Void
     /// Fired by a signal, a `stop` of the plan, or the last volume stopped on its own.
     let stop = StopTrigger()
     let total: CopyBudget
     let groupBudgets: [String: CopyBudget]
-    let runtime: DaemonRuntime
+    /// The NBD limits every volume's server shares.
+    let shared: NBDServer.SharedLimits
     private let scheduler: Mutex<PlanScheduler>
-    /// The volumes that started, by name.
-    private let volumes = Mutex<[String: Volume]>([:])
+    /// The volumes serving, by name; why each of the others could not start; those stopped.
+    private let volumes = Mutex<(serving: [String: Volume], failed: [String: String], stopped: Set<String>)>(([:], [:], []))
     /// Each started volume's end: its final report (set once every volume started).
     private var ended: [String: Task<String?, Never>] = [:]
     private var controlServer: ControlServer?
+    /// How often the scheduler looks at the volumes.
+    private static let tick: UInt64 = 250_000_000
 
     /// A started volume: its settings (for its report) and its service.
     struct Volume: Sendable {
@@ -105,6 +118,7 @@ private final class PlanRun: @unchecked Sendable {
         self.announce = announce
         total = CopyBudget(name: "plan \(plan.name)", maximum: plan.speedMax)
         groupBudgets = Dictionary(uniqueKeysWithValues: plan.groups.map { ($0.name, CopyBudget(name: "group \($0.name)", maximum: $0.speedMax)) })
+        shared = NBDServer.SharedLimits(settings.limits)
         scheduler = Mutex(PlanScheduler(order: plan.copyOrder.map(\.name), concurrency: plan.concurrency))
     }
 
@@ -127,17 +141,7 @@ private final class PlanRun: @unchecked Sendable {
         case .status:
             return ControlResponse(ok: true, name: plan.name, plan: status())
         case .speed:
-            if let maximum = request.speedMax { total.maximum = maximum == 0 ? nil : maximum }
-            if let minimum = request.speedMin {
-                for volume in started() {
-                    var limits = volume.service.export.status.speedLimits
-                    limits.minimum = minimum
-                    volume.service.export.setSpeedLimits(limits)
-                }
-            }
-            let minimum = request.speedMin.map { "; every volume's min \($0)K/sec" } ?? ""
-            return ControlResponse(ok: true, name: plan.name, message: "plan \(plan.name): copies together at most "
-                                   + (total.maximum.map { "\($0)K/sec" } ?? "unlimited") + minimum, plan: status())
+            return speed(minimum: request.speedMin, maximum: request.speedMax)
         case .stop:
             return await stop.request()
         default:
@@ -146,58 +150,115 @@ private final class PlanRun: @unchecked Sendable {
         }
     }
 
-    /// Every volume's phase and status.
-    func status() -> PlanStatus {
-        let scheduler = self.scheduler.withLock { $0 }
-        let volumes = self.volumes.withLock { $0 }
-        var entries = plan.volumes.map { volume in
-            PlanStatus.Volume(name: volume.name, phase: scheduler.phases[volume.name] ?? .failed, error: scheduler.errors[volume.name],
-                              status: volumes[volume.name]?.service.export.status)
+    /// `speed PLAN`: the shared rate (0: unlimited) and every serving volume's minimum (refused
+    /// whole if it is above a volume's own maximum).
+    private func speed(minimum: UInt64?, maximum: UInt64?) -> ControlResponse {
+        let serving = servingVolumes()
+        if let minimum, let over = serving.first(where: { ($0.service.export.status.speedLimits.maximum ?? .max) < minimum }) {
+            let own = over.service.export.status.speedLimits.maximum ?? 0
+            return .failure(plan.name, "speed min \(minimum)K/sec would be above volume \(over.plan.name)'s own max \(own)K/sec")
         }
-        entries += plan.rejected.map { PlanStatus.Volume(name: $0.volume ?? "#\($0.index)", phase: .failed, error: $0.reason) }
+        if let maximum { total.maximum = maximum == 0 ? nil : maximum }
+        if let minimum {
+            for volume in serving {
+                var limits = volume.service.export.status.speedLimits
+                limits.minimum = minimum
+                volume.service.export.setSpeedLimits(limits)
+            }
+        }
+        let minimumText = minimum.map { "; every volume's min \($0)K/sec" } ?? ""
+        return ControlResponse(ok: true, name: plan.name, message: "plan \(plan.name): copies together at most "
+                               + (total.maximum.map { "\($0)K/sec" } ?? "unlimited") + minimumText, plan: status())
+    }
+
+    /// What the scheduler is told of every volume now.
+    private func live() -> [String: PlanScheduler.Live] {
+        let (serving, failed, stopped) = volumes.withLock { ($0.serving, $0.failed, $0.stopped) }
+        var live: [String: PlanScheduler.Live] = [:]
+        for volume in plan.volumes {
+            if stopped.contains(volume.name) {
+                live[volume.name] = .stopped
+            } else if let why = failed[volume.name] {
+                live[volume.name] = .failedToStart(why)
+            } else if let started = serving[volume.name] {
+                let status = started.service.export.status
+                live[volume.name] = .serving(status.state, switched: status.switched != nil, failure: status.failure)
+            } else {
+                live[volume.name] = .starting
+            }
+        }
+        return live
+    }
+
+    /// Every volume's phase and status; the volumes the plan refused after them, named apart
+    /// from an accepted volume of the same name.
+    func status() -> PlanStatus {
+        let live = live()
+        let scheduler = self.scheduler.withLock { $0 }
+        let serving = volumes.withLock { $0.serving }
+        var entries = plan.volumes.map { volume in
+            let now = live[volume.name] ?? .starting
+            return PlanStatus.Volume(name: volume.name, phase: scheduler.phase(volume.name, now), error: scheduler.error(volume.name, now),
+                                     status: serving[volume.name]?.service.export.status)
+        }
+        let accepted = Set(plan.volumes.map(\.name))
+        entries += plan.rejected.map { rejected in
+            let name = rejected.volume.map { accepted.contains($0) ? "\($0)#\(rejected.index)" : $0 } ?? "#\(rejected.index)"
+            return PlanStatus.Volume(name: name, phase: .failed, error: rejected.reason)
+        }
         return PlanStatus(name: plan.name, plan: settings.planFile, concurrency: plan.concurrency, peakCopying: scheduler.peakCopying,
                           speedMax: total.maximum, volumes: entries)
     }
 
-    /// No volume started: the plan has nothing to serve.
-    var startedNone: Bool { volumes.withLock { $0.isEmpty } }
-
-    private func started() -> [Volume] {
-        let volumes = self.volumes.withLock { $0 }
-        return plan.volumes.compactMap { volumes[$0.name] }
+    private func servingVolumes() -> [Volume] {
+        let serving = volumes.withLock { $0.serving }
+        return plan.volumes.compactMap { serving[$0.name] }
     }
+
+    /// No volume started: the plan has nothing to serve.
+    var startedNone: Bool { volumes.withLock { $0.serving.isEmpty && $0.stopped.isEmpty } }
 
     // MARK: Volumes
 
-    /// Opens and exports every volume degraded, in the plan's order; one that cannot start is
-    /// reported and left out.
+    /// Opens and exports every volume degraded, all at once; one that cannot start is reported
+    /// and left out. A stop requested meanwhile leaves the volumes not yet started out.
     func startVolumes() async {
         for rejected in plan.rejected { announce("blockmirror: error: plan \(plan.name): \(rejected)") }
-        for volume in plan.volumes {
-            do {
-                try makeDirectory(for: volume.bitmap)
-                let started = try await start(volume)
-                volumes.withLock { $0[volume.name] = started }
-                scheduler.withLock { $0.served(volume.name) }
-            } catch {
-                let reason = "cannot start: \(error)"
-                scheduler.withLock { $0.failed(volume.name, reason) }
-                logger.error("volume \(volume.name): \(reason)")
-                announce("blockmirror: error: plan \(plan.name): volume \"\(volume.name)\": \(reason)")
+        await withTaskGroup(of: Void.self) { group in
+            for volume in plan.volumes {
+                group.addTask { [self] in
+                    do {
+                        guard !stop.fired else { throw DaemonError("the plan is stopping") }
+                        let started = try await start(volume)
+                        volumes.withLock { $0.serving[volume.name] = started }
+                    } catch {
+                        let reason = "cannot start: \(error)"
+                        volumes.withLock { $0.failed[volume.name] = reason }
+                        logger.error("volume \(volume.name): \(reason)")
+                        announce("blockmirror: error: plan \(plan.name): volume \"\(volume.name)\": \(reason)")
+                    }
+                }
             }
         }
-        ended = Dictionary(uniqueKeysWithValues: started().map { volume in (volume.plan.name, Task { await self.whenStopped(volume) }) })
+        let started = servingVolumes()
+        ended = Dictionary(uniqueKeysWithValues: started.map { volume in (volume.plan.name, Task { await self.whenStopped(volume) }) })
+        if started.isEmpty { stop.fire(.request) }
     }
 
     private func start(_ volume: MigrationPlan.Volume) async throws -> Volume {
         var volumeLogger = logger
         volumeLogger[metadataKey: "volume"] = "\(volume.name)"
-        let daemon = MirrorDaemon(name: volume.name, source: volume.source, target: nil, bitmap: volume.bitmap, regionSize: nil,
-                                  verifyClean: false, limits: SpeedLimits(minimum: volume.speedMin, maximum: volume.speedMax),
+        try makeDirectory(for: volume.bitmap)
+        // A bitmap of an earlier run: its record may say `complete` switched the roles; given the
+        // target too (as `build`'s command line would), the volume then serves the leg it names.
+        let resuming = FileManager.default.fileExists(atPath: volume.bitmap)
+        let switched = resuming && (try? WriteIntentLog.examine(path: volume.bitmap).header.record.switched) != nil
+        let daemon = MirrorDaemon(name: volume.name, source: volume.source, target: switched ? volume.target : nil, bitmap: volume.bitmap,
+                                  regionSize: nil, verifyClean: false, limits: SpeedLimits(minimum: volume.speedMin, maximum: volume.speedMax),
                                   budgets: [total] + (volume.group.flatMap { groupBudgets[$0] }.map { [$0] } ?? []), remote: settings.remote)
         let mirror = try await daemon.open(aio: runtime.aio, logger: volumeLogger)
         let service = ExportService(name: volume.name, export: mirror, runtime: runtime, limits: settings.limits, tls: settings.tls,
-                                    logger: volumeLogger)
+                                    logger: volumeLogger, shared: shared)
         service.staysRunning = true
         let (remote, answerLogger) = (settings.remote, volumeLogger)
         let control = ExportDaemon.Control<MirrorExport>(directory: settings.directory) { mirror, aio, request in
@@ -210,7 +271,25 @@ private final class PlanRun: @unchecked Sendable {
             await service.abandon()
             throw error
         }
+        if resuming && !switched {
+            scheduler.withLock { $0.resume(volume.name) }
+            Task { await resumeIfInSync(volume, mirror) }
+        }
         return Volume(plan: volume, daemon: daemon, service: service)
+    }
+
+    /// After a restart: attaches the volume's target at once if the bitmap says nothing is to be
+    /// copied onto it, so that an in-sync volume does not wait for a slot; otherwise it waits for
+    /// its turn (the target, if it opened, is closed again).
+    private func resumeIfInSync(_ volume: MigrationPlan.Volume, _ mirror: MirrorExport) async {
+        do {
+            _ = try await MirrorDaemon.attachTarget(volume.target, to: mirror, aio: runtime.aio, remote: settings.remote, onlyIfInSync: true,
+                                                    logger: logger)
+            logger.notice("volume \(volume.name): in sync again with \(volume.target)")
+        } catch {
+            logger.info("volume \(volume.name): waits for its turn to copy (\(error))")
+        }
+        scheduler.withLock { $0.resumed(volume.name) }
     }
 
     /// Creates the directory of a bitmap file if it is missing (the plan's state directory, 0700).
@@ -226,41 +305,35 @@ private final class PlanRun: @unchecked Sendable {
 
     // MARK: Copies
 
-    /// Starts the copies the scheduler lets start now.
-    func startCopies() {
-        for name in scheduler.withLock({ $0.next() }) {
-            Task { await copy(name) }
-        }
-    }
-
-    /// Attaches a volume's target (unless one was added by hand meanwhile) and waits for its copy
-    /// to end; then the next copies start.
-    private func copy(_ name: String) async {
-        guard let volume = volumes.withLock({ $0[name] }) else { return }
-        let mirror = volume.service.export
-        if mirror.status.target == nil {
-            do {
-                let regions = try await MirrorDaemon.attachTarget(volume.plan.target, to: mirror, aio: runtime.aio, remote: settings.remote,
-                                                                  logger: logger)
-                logger.notice("volume \(name): copy started onto \(volume.plan.target) (\(regions) regions to copy)")
-            } catch {
-                fail(name, "cannot attach its target \(volume.plan.target): \(error)")
-                return startCopies()
+    /// Every quarter second, until the plan stops: the copies the scheduler lets start now.
+    func schedule() async {
+        while !Task.isCancelled && !stop.fired {
+            let live = live()
+            let starting = scheduler.withLock { scheduler -> [String] in
+                scheduler.observe(live)
+                return scheduler.next(live)
             }
+            for name in starting { Task { await copy(name) } }
+            try? await Task.sleep(nanoseconds: Self.tick)
         }
-        let settled = await mirror.waitUntilSettled()
-        if settled.state == .inSync {
-            scheduler.withLock { $0.inSync(name) }
-            logger.notice("volume \(name): in sync")
-        } else {
-            fail(name, "its copy ended \(settled.state.rawValue)" + (settled.failure.map { ": \($0)" } ?? ""))
-        }
-        startCopies()
     }
 
-    private func fail(_ name: String, _ reason: String) {
-        scheduler.withLock { $0.failed(name, reason) }
-        logger.error("volume \(name): \(reason)")
+    /// Attaches a volume's target (unless one was added by hand meanwhile): its copy starts; from
+    /// then on its mirror's state is its phase.
+    private func copy(_ name: String) async {
+        guard let volume = volumes.withLock({ $0.serving[name] }) else { return }
+        let mirror = volume.service.export
+        guard mirror.status.target == nil else { return scheduler.withLock { $0.attached(name) } }
+        do {
+            let regions = try await MirrorDaemon.attachTarget(volume.plan.target, to: mirror, aio: runtime.aio, remote: settings.remote,
+                                                              logger: logger)
+            scheduler.withLock { $0.attached(name) }
+            logger.notice("volume \(name): copy started onto \(volume.plan.target) (\(regions) regions to copy)")
+        } catch {
+            let why = "cannot attach its target \(volume.plan.target): \(error)"
+            scheduler.withLock { $0.attachFailed(name, why) }
+            logger.error("volume \(name): \(why)")
+        }
     }
 
     // MARK: Stopping
@@ -271,22 +344,23 @@ private final class PlanRun: @unchecked Sendable {
         let name = volume.plan.name
         _ = await volume.service.stop.wait()
         let report = try? await volume.service.finish { volume.daemon.report($0.status) }
-        let names = volumes.withLock { Array($0.keys) }
-        let last = scheduler.withLock { scheduler -> Bool in
-            scheduler.stopped(name)
-            return names.allSatisfy { scheduler.phases[$0] == .stopped }
+        let last = volumes.withLock { volumes -> Bool in
+            volumes.serving[name] = nil
+            volumes.stopped.insert(name)
+            return volumes.serving.isEmpty
         }
-        startCopies()
         if last { stop.fire(.request) }
         return report ?? "\(name): stop failed (see the log)"
     }
 
-    /// Stops every volume still serving and returns every volume's final report.
+    /// Stops every volume still serving (no copy starts any more) and returns every started
+    /// volume's final report.
     func stopVolumes() async -> [String] {
-        for volume in started() { volume.service.stop.fire(.request) }
+        scheduler.withLock { $0.stop() }
+        for volume in servingVolumes() { volume.service.stop.fire(.request) }
         var reports: [String] = []
-        for volume in started() {
-            if let report = await ended[volume.plan.name]?.value { reports.append(report) }
+        for volume in plan.volumes {
+            if let report = await ended[volume.name]?.value { reports.append(report) }
         }
         return reports
     }

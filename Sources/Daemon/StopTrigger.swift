@@ -21,6 +21,9 @@ final class StopTrigger: Sendable {
     /// Triggers the stop (the first reason wins).
     func fire(_ reason: Reason) { self.reason.fulfil(reason) }
 
+    /// Whether the stop was triggered.
+    var fired: Bool { reason.value != nil }
+
     /// Returns when the daemon must stop, and why.
     func wait() async -> Reason { await reason.wait() }
 

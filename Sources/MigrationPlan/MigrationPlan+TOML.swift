@@ -1,3 +1,4 @@
+import BlockIO
 import Control
 import NBD
 import TOMLKit
@@ -31,6 +32,7 @@ extension MigrationPlan {
             concurrency = try top.integer("concurrency", in: 1...1024) ?? 1
             speedMax = try top.integer("speed_max", in: 1...Int.max).map(UInt64.init)
             stateDirectory = try top.string("state_dir") ?? Self.defaultStateDirectory
+            guard stateDirectory.hasPrefix("/") else { throw KeyProblem("\"state_dir\": \(UntrustedText.escape(stateDirectory)) is not an absolute path") }
             let speedMin = try top.integer("speed_min", in: 1...Int.max).map(UInt64.init) ?? Self.defaultSpeedMin
             let listen = try top.strings("listen") ?? [Self.defaultListen]
             groups = try top.tables("group").enumerated().map { (index, group) throws(KeyProblem) in
@@ -38,22 +40,30 @@ extension MigrationPlan {
             }
             var seen = Set<String>()
             for group in groups where !seen.insert(group.name).inserted {
-                throw KeyProblem("group \"\(group.name)\" is defined twice")
+                throw KeyProblem("group \"\(UntrustedText.escape(group.name))\" is defined twice")
             }
             volumes = []
             rejected = []
-            var addresses: [String: String] = [:], bitmaps: [String: String] = [:], names = Set<String>()
+            // What two volumes must not share, and whose it is: listen addresses (a TCP port 0
+            // picks a free port each), bitmap files, and the storage itself (one's target must not
+            // be another's source or target: both would be written by two mirrors).
+            var addresses: [String: String] = [:], bitmaps: [String: String] = [:], legs: [String: String] = [:], names = Set<String>()
             for (index, entry) in try top.tables("volume").enumerated() {
                 do throws(KeyProblem) {
                     let volume = try Self.volume(entry, index: index + 1, listen: listen, speedMin: speedMin, stateDirectory: stateDirectory,
                                                  groups: Set(groups.map(\.name)))
                     guard names.insert(volume.name).inserted else { throw KeyProblem("\"name\": \"\(volume.name)\" is the name of an earlier volume") }
-                    for address in volume.listen where address.hasPrefix("unix:") {
-                        if let other = addresses[address] { throw KeyProblem("\"listen\": \(address) is volume \"\(other)\"'s too") }
-                        addresses[address] = volume.name
+                    for address in volume.listen where !address.hasPrefix("tcp:") || !address.hasSuffix(":0") {
+                        if let other = addresses[address] { throw KeyProblem("\"listen\": \(UntrustedText.escape(address)) is volume \"\(other)\"'s too") }
                     }
-                    if let other = bitmaps[volume.bitmap] { throw KeyProblem("\"bitmap\": \(volume.bitmap) is volume \"\(other)\"'s too") }
+                    if let other = bitmaps[volume.bitmap] { throw KeyProblem("\"bitmap\": \(UntrustedText.escape(volume.bitmap)) is volume \"\(other)\"'s too") }
+                    for (key, leg) in [("source", volume.source), ("target", volume.target)] {
+                        if let other = legs[leg] { throw KeyProblem("\"\(key)\": \(UntrustedText.escape(leg)) is \(other) too") }
+                    }
+                    for address in volume.listen { addresses[address] = volume.name }
                     bitmaps[volume.bitmap] = volume.name
+                    legs[volume.source] = "volume \"\(volume.name)\"'s source"
+                    legs[volume.target] = "volume \"\(volume.name)\"'s target"
                     volumes.append(volume)
                 } catch {
                     let named = (try? TableReader(entry, known: Self.volumeKeys).string("name")) ?? nil
@@ -61,6 +71,9 @@ extension MigrationPlan {
                 }
             }
             do { try RuntimeDirectory.validate(name: name) } catch { throw KeyProblem("\"name\": \(error)") }
+            if names.contains(name) {
+                throw KeyProblem("\"name\": the plan is named \"\(name)\" like one of its volumes (name one of them otherwise: both are reached by name)")
+            }
         } catch {
             throw fail(error.description)
         }
@@ -88,26 +101,28 @@ extension MigrationPlan {
         guard let target = try reader.string("target") else { throw KeyProblem("\"target\" is missing") }
         for (key, leg) in [("source", source), ("target", target)] {
             if NBDURI.isURI(leg) {
-                do { _ = try NBDURI.parse(leg) } catch { throw KeyProblem("\"\(key)\": \(error)") }
+                do { _ = try NBDURI.parse(leg) } catch { throw KeyProblem("\"\(key)\": \(UntrustedText.escape("\(error)"))") }
             } else if !leg.hasPrefix("/") {
-                throw KeyProblem("\"\(key)\": \(leg) is neither an absolute path nor an NBD URI")
+                throw KeyProblem("\"\(key)\": \(UntrustedText.escape(leg)) is neither an absolute path nor an NBD URI")
             }
         }
-        guard source != target else { throw KeyProblem("\"target\" is the source (\(source))") }
+        guard source != target else { throw KeyProblem("\"target\" is the source (\(UntrustedText.escape(source)))") }
         let addresses = (try reader.strings("listen") ?? listen).map { $0.replacingOccurrences(of: "{name}", with: name) }
         guard !addresses.isEmpty else { throw KeyProblem("\"listen\" names no address") }
         for address in addresses {
-            do { _ = try ListenAddress(parsing: address) } catch { throw KeyProblem("\"listen\": \(error)") }
+            let parsed: ListenAddress
+            do { parsed = try ListenAddress(parsing: address) } catch { throw KeyProblem("\"listen\": \(UntrustedText.escape("\(error)"))") }
+            if case .unix(let path) = parsed, !path.hasPrefix("/") { throw KeyProblem("\"listen\": \(UntrustedText.escape(address)) is not an absolute path") }
         }
         let group = try reader.string("group")
-        if let group, !groups.contains(group) { throw KeyProblem("\"group\": no [[group]] is named \"\(group)\"") }
+        if let group, !groups.contains(group) { throw KeyProblem("\"group\": no [[group]] is named \"\(UntrustedText.escape(group))\"") }
         let ownMinimum = try reader.integer("speed_min", in: 1...Int.max).map(UInt64.init) ?? speedMin
         let ownMaximum = try reader.integer("speed_max", in: 1...Int.max).map(UInt64.init)
         if let ownMaximum, ownMaximum < ownMinimum {
             throw KeyProblem("\"speed_max\" (\(ownMaximum)) is below its \"speed_min\" (\(ownMinimum))")
         }
         let bitmap = try reader.string("bitmap") ?? "\(stateDirectory)/\(name).bitmap"
-        guard bitmap.hasPrefix("/") else { throw KeyProblem("\"bitmap\": \(bitmap) is not an absolute path") }
+        guard bitmap.hasPrefix("/") else { throw KeyProblem("\"bitmap\": \(UntrustedText.escape(bitmap)) is not an absolute path") }
         return Volume(name: name, source: source, target: target, listen: addresses, bitmap: bitmap, group: group,
                       priority: try reader.integer("priority", in: -1_000_000...1_000_000) ?? 0, speedMin: ownMinimum, speedMax: ownMaximum)
     }
@@ -135,7 +150,7 @@ struct TableReader {
         for key in table.keys.sorted() where !known.contains(key) {
             let closest = known.min { Self.distance(key, $0) < Self.distance(key, $1) }
             let hint = closest.flatMap { Self.distance(key, $0) <= max(2, key.count / 3) ? " (did you mean \"\($0)\"?)" : nil }
-            throw KeyProblem("unknown key \"\(key)\"\(hint ?? ""); the keys here are \(known.joined(separator: ", "))")
+            throw KeyProblem("unknown key \"\(UntrustedText.escape(key))\"\(hint ?? ""); the keys here are \(known.joined(separator: ", "))")
         }
     }
 

@@ -1,3 +1,5 @@
+import BlockIO
+
 /// A fleet migration: many volumes, each a mirror from its old storage onto its new, copied a few
 /// at a time within a shared copy rate — what `blockmirror migrate PLAN` runs. Read from a TOML
 /// file (`MigrationPlan(toml:)`); docs/PLAN.md describes every key.
@@ -60,7 +62,8 @@ public struct MigrationPlan: Sendable, Equatable {
         /// Its place in the plan (1-based), for a volume without a name.
         public var index: Int
         public var reason: String
-        public var description: String { "volume \(volume.map { "\"\($0)\"" } ?? "#\(index)"): \(reason)" }
+        /// Escaped: a rejected volume's name is whatever the file held.
+        public var description: String { "volume \(volume.map { "\"\(UntrustedText.escape($0))\"" } ?? "#\(index)"): \(reason)" }
     }
 
     /// md's default minimum copy rate, KiB/s.

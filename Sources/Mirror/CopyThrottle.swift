@@ -46,6 +46,12 @@ public final class CopyThrottle: Sendable {
         return nil
     }
 
+    /// Charges `bytes` a copy moved beyond what it was admitted for (a hole's run zeroed on a
+    /// target that holds data there) to every bucket, in debt if need be: the copies after it wait.
+    public func charge(_ bytes: UInt64) {
+        for budget in budgets { budget.charge(bytes) }
+    }
+
     /// Counts bytes the copy completed (for the speed shown and the yield rule).
     public func completed(_ bytes: UInt64, now: UInt64) {
         state.withLock { $0.meter.add(bytes, now: now) }

@@ -133,6 +133,8 @@ final class MirrorCopier: Sendable {
                 if case .success(let extents) = targetMap, extents.count == 1, extents[0].isHole, extents[0].length == holeLength {
                     return copied(hole, target: target, bytes: holeLength, clean: true)
                 }
+                // Zeroes the target must write count against the limits beyond the first region's.
+                throttle.charge(holeLength - byteRange(of: first..<(first + 1)).length)
                 target.writeZeroes(offset: offset, length: holeLength, mayDeallocate: true, fastOnly: false) { [self] in
                     targetWritten(hole, target: target, bytes: holeLength, $0)
                 }

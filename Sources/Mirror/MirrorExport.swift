@@ -112,9 +112,11 @@ public final class MirrorExport: BlockExport, Sendable {
     /// compared before being trusted, as every clean region is with `verifyClean`. The source
     /// itself (by any path: symlink, hard link, loop device) and a target smaller than the source
     /// are refused; a larger one is fine (the export keeps the source's size). Returns the number of
-    /// regions to copy.
+    /// regions to copy. With `onlyIfInSync`, the target is attached only if nothing is to be
+    /// copied (the bitmap is trusted for it, no region dirty or in doubt) and refused otherwise,
+    /// left as it was: a plan resumes its in-sync volumes at once, and the others in their turn.
     @discardableResult
-    public func attach(target: any Leg, verifyClean: Bool = false) async throws(TargetError) -> Int {
+    public func attach(target: any Leg, verifyClean: Bool = false, onlyIfInSync: Bool = false) async throws(TargetError) -> Int {
         try Self.refuse(target.identity, asTargetOf: source)
         let verdict = await recorder.verdict(forTarget: target)
         // Clean regions in doubt: all of them if asked, else those a sparse target lacks outright.
@@ -130,6 +132,11 @@ public final class MirrorExport: BlockExport, Sendable {
             try shared.target.checkAttach(target, sourcePath: shared.source.path, sourceSize: size,
                                           exportBlockSize: Int(capabilities.blockSizes.minimum), regionSize: shared.bitmap.regionSize)
             guard shared.check.running == nil else { throw TargetError(description: "a check is running") }
+            if onlyIfInSync {
+                guard case .trust = verdict else { throw TargetError(description: "the bitmap is not trusted for it: every region is to be copied") }
+                let toCopy = shared.bitmap.dirtyCount + doubtful.subtracting(shared.bitmap).dirtyCount
+                guard toCopy == 0 else { throw TargetError(description: "\(toCopy) regions are to be copied") }
+            }
             shared.target.attach(target)
             shared.retired = nil
             shared.verifiedDiffering = 0

@@ -26,19 +26,32 @@ public final class NBDServer: Sendable {
     private let busyPolling: BusyPolling?
     private let listeners = Mutex<[(address: ListenAddress, channel: any Channel)]>([])
 
+    /// What several servers of one process share of `NBDServerLimits`, so that the limits hold for
+    /// the process rather than for each (a plan serves every volume on a server of its own): the
+    /// connections (`maximumConnections`) and the payload memory (`maximumPayloadBytes`).
+    public final class SharedLimits: Sendable {
+        let tracker: NBDConnectionTracker
+        let budget: NBDPayloadBudget
+        public init(_ limits: NBDServerLimits) {
+            tracker = NBDConnectionTracker(limit: limits.maximumConnections)
+            budget = NBDPayloadBudget(limit: limits.maximumPayloadBytes)
+        }
+    }
+
     /// A server for `registry`'s exports, offering TLS as `tls` says (nil: none); each connection's
-    /// socket is given to `busyPolling`, the loops' pollers, if they poll. Raises the process's
-    /// soft limit on open descriptors to the hard limit: every connection takes one.
+    /// socket is given to `busyPolling`, the loops' pollers, if they poll. Its connections and
+    /// payload memory count against `shared` (nil: limits of its own). Raises the process's soft
+    /// limit on open descriptors to the hard limit: every connection takes one.
     public init(registry: NBDExportRegistry, group: any EventLoopGroup, logger: Logger, limits: NBDServerLimits = NBDServerLimits(),
-                tls: NBDServerTLSPolicy? = nil, busyPolling: BusyPolling? = nil) {
+                tls: NBDServerTLSPolicy? = nil, busyPolling: BusyPolling? = nil, shared: SharedLimits? = nil) {
         self.busyPolling = busyPolling
         self.registry = registry
         self.limits = limits
         self.group = group
         self.logger = logger
-        let tracker = NBDConnectionTracker(limit: limits.maximumConnections)
-        environment = NBDConnectionEnvironment(registry: registry, limits: limits, tracker: tracker,
-                                               budget: NBDPayloadBudget(limit: limits.maximumPayloadBytes),
+        let shared = shared ?? SharedLimits(limits)
+        let tracker = shared.tracker
+        environment = NBDConnectionEnvironment(registry: registry, limits: limits, tracker: tracker, budget: shared.budget,
                                                logLimiter: NBDLogLimiter(logger: logger), tls: tls)
         acceptBackoff = NBDAcceptBackoff(logger: logger) { tracker.count }
         OpenFileLimit.raiseToHardLimit()

@@ -188,4 +188,36 @@ import Glibc
         #expect(refused.status == 1 && refused.stderr.contains("plan \(typo): unknown key \"concurency\" (did you mean \"concurrency\"?)"), "\(refused)")
         #expect(!FileManager.default.fileExists(atPath: fleet.runDir + "/typo.plan"))
     }
+
+    /// A volume's phase is its mirror's live state: a target failed after the plan ended in sync
+    /// makes `wait PLAN` fail naming it, and the same target added back by hand ends in sync again.
+    /// A volume `complete` switched onto its new storage serves that storage when the plan runs
+    /// again, and counts as done.
+    @Test func phasesFollowTheMirrorsAndACompletedVolumeSurvivesARestart() throws {
+        let fleet = try Fleet("plan-phases", count: 2, size: 8 << 20, header: "concurrency = 2")
+        defer { fleet.tearDown() }
+        let first = try fleet.cli("migrate", fleet.planPath, "--wait")
+        #expect(first.succeeded && first.stdout.contains("2 of 2 volumes in sync"), "\(first)\n\(fleet.log)")
+
+        #expect(try fleet.cli("fail", "vm1").succeeded)
+        let failed = try fleet.cli("wait", fleet.name)
+        #expect(failed.status == 1 && failed.stderr.contains("vm1: failed: its target failed"), "\(failed)")
+        #expect(try fleet.cli("remove", "vm1").succeeded)
+        let added = try fleet.cli("add", "vm1", fleet.dir.file("new-1.img"))
+        #expect(added.succeeded, "\(added)")
+        let again = try fleet.cli("wait", fleet.name)
+        #expect(again.succeeded && again.stdout.contains("2 of 2 volumes in sync"), "\(again)\n\(fleet.log)")
+
+        let completed = try fleet.cli("complete", "vm2")
+        #expect(completed.succeeded, "\(completed)\n\(fleet.log)")
+        #expect(try fleet.status().volumes.first { $0.name == "vm2" }?.phase == .completed)
+        #expect(try fleet.cli("stop", fleet.name).succeeded)
+        let restarted = try fleet.cli("migrate", fleet.planPath, "--wait")
+        #expect(restarted.succeeded && restarted.stdout.contains("vm2: completed") && restarted.stdout.contains("2 of 2 volumes in sync"),
+                "\(restarted)\n\(fleet.log)")
+        let vm2 = try #require(try fleet.status().volumes.first { $0.name == "vm2" })
+        #expect(vm2.phase == .completed && vm2.status?.source == fleet.dir.file("new-2.img"), "\(vm2)")
+        let differences = try fleet.differences(of: 1...2)
+        #expect(differences.isEmpty, "\(differences)")
+    }
 }

@@ -142,4 +142,47 @@ import Testing
         #expect(refusal("[[group]]\nspeed_max = 5\n[[volume]]\nname=\"a\"\nsource=\"/a\"\ntarget=\"/b\"") == "plan p.toml: group #1: \"name\" is missing")
         #expect(refusal("volume = 3\n") == "plan p.toml: \"volume\" must be an array of tables ([[volume]]), not an integer")
     }
+
+    /// What two volumes must not share, and names the plan may not take.
+    @Test func volumesMayNotShareStorageAndThePlanNotAVolumesName() throws {
+        let plan = try MigrationPlan(toml: """
+            [[volume]]
+            name = "a"
+            source = "/dev/a"
+            target = "nbd://new/x"
+            [[volume]]
+            name = "sametarget"
+            source = "/dev/b"
+            target = "nbd://new/x"
+            [[volume]]
+            name = "chain"
+            source = "nbd://new/x"
+            target = "/dev/c"
+            [[volume]]
+            name = "relative"
+            source = "/dev/d"
+            target = "/dev/e"
+            listen = "unix:relative.sock"
+            [[volume]]
+            name = "port"
+            source = "/dev/f"
+            target = "/dev/g"
+            listen = "tcp:127.0.0.1:10809"
+            [[volume]]
+            name = "sameport"
+            source = "/dev/h"
+            target = "/dev/i"
+            listen = "tcp:127.0.0.1:10809"
+            """, file: "p.toml")
+        #expect(plan.volumes.map(\.name) == ["a", "port"])
+        let reasons = plan.rejected.map(\.description)
+        #expect(reasons == ["volume \"sametarget\": \"target\": nbd://new/x is volume \"a\"'s target too",
+                            "volume \"chain\": \"source\": nbd://new/x is volume \"a\"'s target too",
+                            "volume \"relative\": \"listen\": unix:relative.sock is not an absolute path",
+                            "volume \"sameport\": \"listen\": tcp:127.0.0.1:10809 is volume \"port\"'s too"], "\(reasons)")
+        #expect(throws: PlanError.self) { try MigrationPlan(toml: "name = \"a\"\n[[volume]]\nname = \"a\"\nsource = \"/a\"\ntarget = \"/b\"", file: "p") }
+        #expect(throws: PlanError.self) { try MigrationPlan(toml: "state_dir = \"state\"\n[[volume]]\nname = \"a\"\nsource = \"/a\"\ntarget = \"/b\"", file: "p") }
+        let hostile = try MigrationPlan(toml: "[[volume]]\nname = \"x\\u001b[2J\"\nsource = \"/a\"\ntarget = \"/b\"", file: "p")
+        #expect(!hostile.rejected[0].description.contains("\u{1B}"), "\(hostile.rejected[0])")
+    }
 }
