@@ -37,7 +37,7 @@ from .passthrough_report import WORKLOADS, report
 from .procs import Daemon, NotReady, first_stdout_line, wait_serving
 from .results import Samples, build_meta, machine_meta, now_iso, publish
 from .run import Run, run_main
-from .settings import env, positive_int, results_path, size_bytes, target_list
+from .settings import env, positive_int, run_settings, RunSettings, size_bytes, target_list
 from .workdir import WorkDir
 
 SUMMARY = "blockmirror serve vs the raw file, qemu-nbd and nbdkit (fio through NBD)"
@@ -51,19 +51,13 @@ FIO_ARGS = {
 
 
 @dataclass
-class Settings:
+class Settings(RunSettings):
     """The environment settings, checked (in the order the errors are reported)."""
     size: str
     size_bytes: int
     runtime: int
     repeat: int
     targets: list[str]
-    bin: str
-    workdir_base: str
-    results: str
-    keep_work: bool
-    ready_timeout: float
-    stop_timeout: float
 
     @classmethod
     def from_env(cls, measure: str = "passthrough", runtime_default: str = "8") -> "Settings":
@@ -73,11 +67,7 @@ class Settings:
         size = env("SIZE", "2G")
         return cls(size=size, size_bytes=size_bytes(size), runtime=runtime, repeat=repeat,
                    targets=target_list(env("TARGETS", "raw blockmirror qemu-nbd nbdkit"), KNOWN_TARGETS),
-                   bin=env("BLOCKMIRROR_BIN", ""), workdir_base=env("WORKDIR_BASE", "/var/tmp"),
-                   results=results_path(measure),
-                   keep_work=env("KEEP_WORK", "0") == "1",
-                   ready_timeout=positive_int("READY_TIMEOUT", env("READY_TIMEOUT", "60")),
-                   stop_timeout=positive_int("STOP_TIMEOUT", env("STOP_TIMEOUT", "30")))
+                   **run_settings(measure, stop_timeout="30", qemu_paths=False))
 
 
 def install_tools(s: Settings) -> None:

@@ -68,7 +68,7 @@ from .qemu import QMPError, StorageDaemon
 from .recovery_report import report
 from .results import Samples, build_meta, machine_meta, now_iso, publish, write_json
 from .run import Run, run_main
-from .settings import env, one_of, positive_int, results_path, seconds, size_bytes, target_list, unsigned_int
+from .settings import env, one_of, positive_int, run_settings, RunSettings, seconds, size_bytes, target_list, unsigned_int
 from .workdir import WorkDir
 
 SUMMARY = "blockmirror build's recovery vs a raw copy and qemu-storage-daemon's blockdev-mirror"
@@ -78,7 +78,7 @@ LOAD_TAIL = 0.3  # seconds the load runs on after a recovery (fio logs its bandw
 
 
 @dataclass
-class Settings:
+class Settings(RunSettings):
     """The environment settings, checked (in the order the errors are reported)."""
     size: str
     size_bytes: int
@@ -94,13 +94,6 @@ class Settings:
     dd_bs: str
     verify: bool
     fio_warmup: int | float
-    bin: str
-    scratch: str
-    workdir_base: str
-    results: str
-    keep_work: bool
-    ready_timeout: int
-    stop_timeout: int
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -114,20 +107,12 @@ class Settings:
         copy_mode = one_of("QSD_COPY_MODE", env("QSD_COPY_MODE", "write-blocking"), ("background", "write-blocking"))
         size = env("SIZE", "2G")
         nbytes = size_bytes(size)
-        workdir_base = env("WORKDIR_BASE", "/var/tmp")
-        if "," in workdir_base:
-            raise BenchError("WORKDIR_BASE must not contain a comma (qemu's option syntax)")
         return cls(size=size, size_bytes=nbytes, repeat=repeat, runtime=runtime, load_timeout=load_timeout,
                    sync_timeout=sync_timeout, targets=target_list(env("TARGETS", "raw qsd blockmirror"), KNOWN_TARGETS),
                    qsd_copy_mode=copy_mode, qsd_speed=qsd_speed, bm_args=env("BM_ARGS", ""), bm_start=bm_start,
                    dd_bs=env("DD_BS", "1M"),
                    verify=unsigned_int("VERIFY", env("VERIFY", "1"), "0 or 1") != 0,
-                   fio_warmup=fio_warmup, bin=env("BLOCKMIRROR_BIN", ""), scratch=env("SCRATCH", ".build-release"),
-                   workdir_base=workdir_base,
-                   results=results_path("recovery"),
-                   keep_work=env("KEEP_WORK", "0") == "1",
-                   ready_timeout=positive_int("READY_TIMEOUT", env("READY_TIMEOUT", "60")),
-                   stop_timeout=positive_int("STOP_TIMEOUT", env("STOP_TIMEOUT", "60")))
+                   fio_warmup=fio_warmup, **run_settings("recovery"))
 
 
 def install_tools(s: Settings) -> None:

@@ -57,7 +57,7 @@ from .procs import Daemon, NotReady, wait_serving
 from .remote_report import report
 from .results import build_meta, machine_meta, now_iso, publish
 from .run import Run, run_main
-from .settings import env, positive_int, results_path, size_bytes, target_list, unsigned_int
+from .settings import env, positive_int, run_settings, RunSettings, size_bytes, target_list, unsigned_int
 from .workdir import WorkDir
 
 SUMMARY = "recovery onto a remote NBD target (a second host over veth) vs qsd's mirror and nbdcopy"
@@ -67,7 +67,7 @@ RANDWRITE_VARIANTS = ("plain", "local")  # the variants whose in-sync blockmirro
 
 
 @dataclass
-class Settings:
+class Settings(RunSettings):
     """The environment settings, checked (in the order the errors are reported); the last fields
     are what recovery's mirror and qsd runs read, fixed here."""
     size: str
@@ -79,13 +79,6 @@ class Settings:
     targets: list[str]
     bm_args: str
     verify: bool
-    bin: str
-    scratch: str
-    workdir_base: str
-    results: str
-    keep_work: bool
-    ready_timeout: int
-    stop_timeout: int
     bm_start: str = "add"
     qsd_copy_mode: str = "write-blocking"
     qsd_speed: int = 0
@@ -98,18 +91,11 @@ class Settings:
         sync_timeout = positive_int("SYNC_TIMEOUT", env("SYNC_TIMEOUT", "600"))
         size = env("SIZE", "1G")
         nbytes = size_bytes(size)
-        workdir_base = env("WORKDIR_BASE", "/var/tmp")
-        if "," in workdir_base:
-            raise BenchError("WORKDIR_BASE must not contain a comma (qemu's option syntax)")
         return cls(size=size, size_bytes=nbytes, repeat=repeat, runtime=runtime, delay_ms=delay_ms,
                    sync_timeout=sync_timeout,
                    targets=target_list(env("TARGETS", " ".join(KNOWN_TARGETS)), KNOWN_TARGETS, reference=None),
                    bm_args=env("BM_ARGS", ""), verify=unsigned_int("VERIFY", env("VERIFY", "1"), "0 or 1") != 0,
-                   bin=env("BLOCKMIRROR_BIN", ""), scratch=env("SCRATCH", ".build-release"),
-                   workdir_base=workdir_base, results=results_path("remote"),
-                   keep_work=env("KEEP_WORK", "0") == "1",
-                   ready_timeout=positive_int("READY_TIMEOUT", env("READY_TIMEOUT", "60")),
-                   stop_timeout=positive_int("STOP_TIMEOUT", env("STOP_TIMEOUT", "60")))
+                   **run_settings("remote"))
 
     def variants(self) -> list[str]:
         """plain; local (a local target: blockmirror's reference) if blockmirror is measured;

@@ -49,7 +49,7 @@ from .qemu import StorageDaemon
 from .results import build_meta, machine_meta, now_iso, publish
 from .run import Run, run_main
 from .scaling_report import report, size_label
-from .settings import env, positive_int, results_path, size_bytes, target_list, unsigned_int
+from .settings import env, positive_int, run_settings, RunSettings, size_bytes, target_list, unsigned_int
 from .workdir import WorkDir
 
 SUMMARY = "time to in-sync, memory and target allocation at 1 GiB, 16 GiB sparse and 1 TiB sparse"
@@ -58,7 +58,7 @@ GUARD_MARGIN = 4 << 30  # bytes left free by a run that may allocate all of NEW
 
 
 @dataclass
-class Settings:
+class Settings(RunSettings):
     """The environment settings, checked; the last fields are what recovery's runs read, fixed."""
     sizes: list[int]
     data_bytes: int
@@ -67,13 +67,6 @@ class Settings:
     bm_args: str
     verify: bool
     sync_timeout: int
-    bin: str
-    scratch: str
-    workdir_base: str
-    results: str
-    keep_work: bool
-    ready_timeout: int
-    stop_timeout: int
     size_bytes: int = 0  # the size being measured
     bm_start: str = "add"
     qsd_copy_mode: str = "write-blocking"
@@ -87,18 +80,11 @@ class Settings:
         data = size_bytes(env("DATA", "1G"))
         if data > sizes[0]:
             raise BenchError(f"DATA must be at most the smallest size ({size_label(sizes[0])})")
-        workdir_base = env("WORKDIR_BASE", "/var/tmp")
-        if "," in workdir_base:
-            raise BenchError("WORKDIR_BASE must not contain a comma (qemu's option syntax)")
         return cls(sizes=sizes, data_bytes=data, repeat=positive_int("REPEAT", env("REPEAT", "3")),
                    targets=target_list(env("TARGETS", " ".join(KNOWN_TARGETS)), KNOWN_TARGETS, reference=None),
                    bm_args=env("BM_ARGS", ""), verify=unsigned_int("VERIFY", env("VERIFY", "1"), "0 or 1") != 0,
                    sync_timeout=positive_int("SYNC_TIMEOUT", env("SYNC_TIMEOUT", "1800")),
-                   bin=env("BLOCKMIRROR_BIN", ""), scratch=env("SCRATCH", ".build-release"),
-                   workdir_base=workdir_base, results=results_path("scaling"),
-                   keep_work=env("KEEP_WORK", "0") == "1",
-                   ready_timeout=positive_int("READY_TIMEOUT", env("READY_TIMEOUT", "60")),
-                   stop_timeout=positive_int("STOP_TIMEOUT", env("STOP_TIMEOUT", "60")))
+                   **run_settings("scaling"))
 
 
 class Bench(recovery.Bench):

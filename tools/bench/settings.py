@@ -7,6 +7,7 @@ import math
 import os
 import re
 import time
+from dataclasses import dataclass
 from . import MIB
 from .log import BenchError
 
@@ -89,3 +90,29 @@ def target_list(value: str, known: list[str], reference: str | None = "raw") -> 
     if not targets:
         raise BenchError(f"TARGETS names no target (known: {' '.join(known)})")
     return targets
+
+
+@dataclass
+class RunSettings:
+    """What every measure's run reads alike: the binary (BLOCKMIRROR_BIN, else built in SCRATCH),
+    where its files go (WORKDIR_BASE), RESULTS, KEEP_WORK, and how long a server has to start and to
+    stop. A measure's Settings extends it and takes `run_settings(...)` as keyword arguments."""
+    bin: str
+    scratch: str
+    workdir_base: str
+    results: str
+    keep_work: bool
+    ready_timeout: int
+    stop_timeout: int
+
+
+def run_settings(measure: str, stop_timeout: str = "60", qemu_paths: bool = True) -> dict:
+    """The RunSettings fields from the environment (RESULTS named after `measure`); qemu_paths:
+    the files go into qemu options too, where a comma in WORKDIR_BASE would split them."""
+    workdir_base = env("WORKDIR_BASE", "/var/tmp")
+    if qemu_paths and "," in workdir_base:
+        raise BenchError("WORKDIR_BASE must not contain a comma (qemu's option syntax)")
+    return dict(bin=env("BLOCKMIRROR_BIN", ""), scratch=env("SCRATCH", ".build-release"), workdir_base=workdir_base,
+                results=results_path(measure), keep_work=env("KEEP_WORK", "0") == "1",
+                ready_timeout=positive_int("READY_TIMEOUT", env("READY_TIMEOUT", "60")),
+                stop_timeout=positive_int("STOP_TIMEOUT", env("STOP_TIMEOUT", stop_timeout)))
