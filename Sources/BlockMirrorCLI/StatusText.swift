@@ -16,7 +16,7 @@ enum StatusText {
         let limits = "\(status.speedLimits.minimum)K-" + (status.speedLimits.maximum.map { "\($0)K" } ?? "unlimited")
         var lines = ["\(name) : \(status.state.rawValue) \(devices)",
                      "      \(status.size / 1024)K, \(status.regionSize / 1024)K regions, speed limits \(limits) \(healthy)"]
-        if let line = progressLine(status) { lines.append("      " + line) }
+        if let line = progressLine(status) ?? status.pendingCopy.map(waitingLine) { lines.append("      " + line) }
         if let failure = status.failure { lines.append("      target failed: \(failure)") }
         if let retired = status.retired {
             lines.append("      completed at \(status.switched ?? "?"): \(retired) retired, holding what it held then")
@@ -43,6 +43,11 @@ enum StatusText {
             return progress(action: check.repair ? "repair" : "check", done: done, total: total, speed: status.speedBytesPerSecond, eta: nil)
         }
         return nil
+    }
+
+    /// What a plan's volume waiting for a copy slot shows in place of a progress line.
+    static func waitingLine(_ pending: MirrorStatus.PendingCopy) -> String {
+        "waiting for a copy slot of plan \(pending.plan) (then onto \(pending.target))"
     }
 
     /// md's progress line: a 20-step bar, per-mille percentage, done/total, finish and speed.

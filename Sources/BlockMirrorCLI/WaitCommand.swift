@@ -12,7 +12,8 @@ struct WaitCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "wait",
         abstract: "Wait until a mirror's recovery is over (like mdadm --wait), with a live progress bar on a terminal.",
-        discussion: "Exit status: 0 in sync (a plan: every volume); 1 the target failed, no target is attached, or the mirror stopped (a plan: any volume failed or stopped).")
+        discussion: "A plan's volume still waiting for a copy slot is waited for until its copy is over. "
+            + "Exit status: 0 in sync (a plan: every volume); 1 the target failed, no target is attached, or the mirror stopped (a plan: any volume failed or stopped).")
 
     @Argument(help: "The mirror's name, or a plan's: then until every volume's copy is over.") var name: String
     @Option(name: .long, help: "Seconds between polls.") var interval: Double = 0.5
@@ -29,8 +30,10 @@ struct WaitCommand: ParsableCommand {
         var drewLine = false
         while true {
             let status = try attempt { try runtime.handle(for: name).status().0 }
-            let busy = status.state == .recovering || status.check != nil
-            if busy, let line = StatusText.progressLine(status) {
+            // A plan's volume waiting for a copy slot: its copy is still to come.
+            let waiting = status.state == .degraded ? status.pendingCopy : nil
+            let busy = status.state == .recovering || status.check != nil || waiting != nil
+            if busy, let line = StatusText.progressLine(status) ?? waiting.map(StatusText.waitingLine) {
                 if terminal {
                     print("\r\(name): \(line)\u{1B}[K", terminator: "")
                     drewLine = true

@@ -109,6 +109,10 @@ public struct MirrorDaemon: Sendable {
                 + (bitmap.map { "; restart with --source \(source) --bitmap \($0), or with this build's command line" } ?? "")
         }
         guard let target = status.target else {
+            if let pending = status.pendingCopy {
+                return "\(name): waiting: plan \(pending.plan) had not started its copy onto \(pending.target); \(source) holds every write "
+                    + "(run `blockmirror migrate \(pending.planFile)` again to go on)"
+            }
             return "\(name): degraded: no target attached; \(source) holds every write (add one with --target NEW\(resume))"
         }
         let warning = status.sourceProblem.map { "; warning: \($0)" } ?? ""

@@ -261,8 +261,10 @@ private final class PlanRun: @unchecked Sendable {
                                     logger: volumeLogger, shared: shared)
         service.staysRunning = true
         let (remote, answerLogger) = (settings.remote, volumeLogger)
-        let control = ExportDaemon.Control<MirrorExport>(directory: settings.directory) { mirror, aio, request in
-            await MirrorControl.answer(request, name: volume.name, mirror: mirror, aio: aio, remote: remote, logger: answerLogger)
+        let control = ExportDaemon.Control<MirrorExport>(directory: settings.directory) { [self] mirror, aio, request in
+            var response = await MirrorControl.answer(request, name: volume.name, mirror: mirror, aio: aio, remote: remote, logger: answerLogger)
+            response.status?.pendingCopy = pendingCopy(of: volume)
+            return response
         }
         do {
             let addresses = try volume.listen.map { text throws(ListenAddress.ParseError) in try ListenAddress(parsing: text) }
@@ -290,6 +292,13 @@ private final class PlanRun: @unchecked Sendable {
             logger.info("volume \(volume.name): waits for its turn to copy (\(error))")
         }
         scheduler.withLock { $0.resumed(volume.name) }
+    }
+
+    /// The copy `volume` waits to start, if it waits for a slot (what its status and its report say).
+    private func pendingCopy(of volume: MigrationPlan.Volume) -> MirrorStatus.PendingCopy? {
+        let now = live()[volume.name] ?? .starting
+        guard scheduler.withLock({ $0.phase(volume.name, now) }) == .waiting else { return nil }
+        return MirrorStatus.PendingCopy(plan: plan.name, planFile: settings.planFile, target: volume.target)
     }
 
     /// Creates the directory of a bitmap file if it is missing (the plan's state directory, 0700).
@@ -343,7 +352,12 @@ private final class PlanRun: @unchecked Sendable {
     private func whenStopped(_ volume: Volume) async -> String? {
         let name = volume.plan.name
         _ = await volume.service.stop.wait()
-        let report = try? await volume.service.finish { volume.daemon.report($0.status) }
+        let pending = pendingCopy(of: volume.plan)
+        let report = try? await volume.service.finish { export in
+            var status = export.status
+            status.pendingCopy = pending
+            return volume.daemon.report(status)
+        }
         let last = volumes.withLock { volumes -> Bool in
             volumes.serving[name] = nil
             volumes.stopped.insert(name)

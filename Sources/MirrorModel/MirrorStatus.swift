@@ -60,6 +60,22 @@ public struct MirrorStatus: Sendable, Equatable, Codable {
     public var switched: String?
     /// The leg `complete` retired: served until then, written no more, holding what it held then.
     public var retired: String?
+    /// A plan's volume whose copy has not started: it waits for one of the plan's copy slots
+    /// (`wait` waits on, `stop` says so). Nil for every other mirror.
+    public var pendingCopy: PendingCopy?
+
+    /// The copy a plan will start on a volume once a slot frees (`blockmirror migrate`).
+    public struct PendingCopy: Sendable, Equatable, Codable {
+        /// The plan's name and its file.
+        public var plan: String
+        public var planFile: String
+        /// The target the plan attaches.
+        public var target: String
+
+        public init(plan: String, planFile: String, target: String) {
+            self.plan = plan; self.planFile = planFile; self.target = target
+        }
+    }
 
     /// Bytes the target still lacks (whole regions; the last may be partial).
     public var bytesDirty: UInt64 { min(UInt64(regionsDirty) * regionSize, size) }

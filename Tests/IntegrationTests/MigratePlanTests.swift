@@ -110,6 +110,35 @@ import Glibc
         #expect(stopped.succeeded && stopped.stdout.components(separatedBy: "is a complete copy").count == 7, "\(stopped)\n\(fleet.log)")
     }
 
+    /// A volume waiting for a copy slot: its own `status` says so, `wait VOLUME` waits for its copy
+    /// (it does not give up because no target is attached yet), and a `stop` of it says its copy
+    /// never started and how to go on, rather than calling it merely degraded.
+    @Test func aVolumeWaitingForASlotIsWaitedForAndItsStopSaysSo() throws {
+        // 100 KiB/s for all copies: vm1's takes 40 s, so vm2 and vm3 wait until the test lifts it.
+        let fleet = try Fleet("plan-waiting", count: 3, size: 4 << 20, header: "concurrency = 1\nspeed_max = 100")
+        defer { fleet.tearDown() }
+        let started = try fleet.cli("migrate", fleet.planPath)
+        #expect(started.succeeded, "\(started)\n\(fleet.log)")
+        let phases = try fleet.status().volumes.map(\.phase)
+        #expect(phases.dropFirst().allSatisfy { $0 == .waiting }, "\(phases)")
+
+        let status = try fleet.cli("status", "vm3")
+        #expect(status.succeeded && status.stdout.contains("waiting for a copy slot of plan fleet (then onto \(fleet.dir.file("new-3.img")))"),
+                "\(status)")
+        let json = try fleet.cli("status", "vm3", "--json")
+        #expect(json.stdout.contains("\"pendingCopy\""), "\(json)")
+
+        let stopped = try fleet.cli("stop", "vm2")
+        #expect(stopped.succeeded && stopped.stdout.contains("vm2: waiting: plan fleet had not started its copy onto \(fleet.dir.file("new-2.img"))")
+                && stopped.stdout.contains("blockmirror migrate \(fleet.planPath)` again"), "\(stopped)\n\(fleet.log)")
+
+        #expect(try fleet.cli("speed", fleet.name, "--max", "unlimited").succeeded)
+        let waited = try fleet.cli("wait", "vm3", "--interval", "0.1")
+        #expect(waited.succeeded && waited.stdout.contains("vm3: in sync"), "\(waited)\n\(fleet.log)")
+        let differences = try fleet.differences(of: 3...3)
+        #expect(differences.isEmpty, "\(differences)")
+    }
+
     /// kill -9 of the plan's daemon mid-plan, then the same `migrate PLAN --wait`: it resumes every
     /// volume from its bitmap file — no volume copies more than the regions its file called dirty
     /// when the daemon died, the plan copies less than everything again — and ends in sync with
