@@ -91,6 +91,7 @@ public final class WriteIntentLog: @unchecked Sendable {
         for index in fileID.indices { fileID[index] = generator.next() }
         let header = BitmapFileFormat.Header(generation: 0, fileID: fileID, deviceSize: deviceSize, regionSize: regionSize,
                                              state: .inUse, record: BitmapFileFormat.Record(source: .init(identity: source)))
+        removeAbandonedTemporaries(of: path)
         let temporary = "\(path).new-\(getpid())"
         let fd: FileDescriptor
         switch FileDescriptor.open(temporary, flags: O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600) {
@@ -114,6 +115,24 @@ public final class WriteIntentLog: @unchecked Sendable {
         }
         syncDirectory(of: path)
         return log
+    }
+
+    /// Removes the temporaries of creations that a kill -9 or a crash cut short (`path.new-PID`):
+    /// never read, but one named for this process's pid (after a reboot) would make the creation
+    /// fail on O_EXCL. One whose process lives on, or whose lock is held (a creation running), is
+    /// left alone.
+    private static func removeAbandonedTemporaries(of path: String) {
+        let directory = (path as NSString).deletingLastPathComponent
+        let prefix = (path as NSString).lastPathComponent + ".new-"
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory.isEmpty ? "." : directory) else { return }
+        for name in names where name.hasPrefix(prefix) {
+            guard let pid = pid_t(name.dropFirst(prefix.count)), pid > 0 else { continue }
+            guard pid == getpid() || (kill(pid, 0) != 0 && errno == ESRCH) else { continue }
+            let file = directory.isEmpty ? name : directory + "/" + name
+            guard case .success(let fd) = FileDescriptor.open(file, flags: O_RDONLY | O_NOFOLLOW) else { continue }
+            if case .success = fd.lock(exclusive: true) { unlink(file) }
+            fd.close()
+        }
     }
 
     /// Opens an existing file (see `openOrCreate`).

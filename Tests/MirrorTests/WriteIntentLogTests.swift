@@ -277,6 +277,29 @@ import Testing
         _ = try legs.open()
     }
 
+    /// What creations cut short by a kill -9 left (`bitmap.new-PID`) is removed at the next
+    /// creation: one named for this very pid (a pid reused after a reboot made the creation fail
+    /// with "File exists" before) and one of a process that is gone; a live process's is kept.
+    @Test func abandonedTemporariesAreRemovedAtTheNextCreation() throws {
+        let legs = try Legs()
+        let ours = legs.bitmap + ".new-\(getpid())", gone = legs.bitmap + ".new-\(try Self.exitedPid())", live = legs.bitmap + ".new-1"
+        for path in [ours, gone, live] { try Legs.makeFile(path, size: 4096) }
+        let opened = try legs.open()
+        #expect(!opened.resumed)
+        #expect(!FileManager.default.fileExists(atPath: ours) && !FileManager.default.fileExists(atPath: gone))
+        #expect(FileManager.default.fileExists(atPath: live))
+        #expect(try WriteIntentLog.examine(path: legs.bitmap).header.deviceSize == legs.size)
+    }
+
+    /// The pid of a child that has exited and been reaped.
+    private static func exitedPid() throws -> pid_t {
+        let child = Process()
+        child.executableURL = URL(fileURLWithPath: "/bin/true")
+        try child.run()
+        child.waitUntilExit()
+        return child.processIdentifier
+    }
+
     /// A file that cannot be created whole (ENOSPC) leaves nothing behind for the next start.
     @Test func failedCreationLeavesNoFile() throws {
         let legs = try Legs()
