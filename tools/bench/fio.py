@@ -83,6 +83,25 @@ def value(path: str, direction: str, metric: str) -> float:
     return float(f"{v:.1f}")
 
 
+def slowest_job_value(path: str, direction: str, metric: str) -> float:
+    """value() of the slowest job of a run of several jobs (each reported on its own)."""
+    try:
+        jobs = load_json(path)["jobs"]
+    except (OSError, ValueError, KeyError) as e:
+        raise FioError(f"cannot parse {path}: {e}")
+    values = []
+    for job in jobs:
+        if job.get("error", 0):
+            raise FioError(f"fio reported error {job['error']} for job {job.get('jobname')} in {path}")
+        side = job[direction]
+        if side.get("total_ios", 0) == 0:
+            raise FioError(f"fio job {job.get('jobname')} completed no {direction} I/O in {path}")
+        values.append(side["iops"] if metric == "iops" else side["bw_bytes"] / 1048576)
+    if not values:
+        raise FioError(f"no job in {path}")
+    return float(f"{min(values):.1f}")
+
+
 def _percentiles_ns(side: dict, key: str, names: tuple[str, ...]) -> dict[str, float]:
     """One latency's percentiles (ns) of a run's side (key "clat_ns" or "lat_ns"), by fio's
     percentile names ("50.000000", "99.000000"...), of those fio reported."""

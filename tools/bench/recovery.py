@@ -16,7 +16,9 @@ the same size before every recovery), with fio:
      foreground MiB/s of fio within the recovery (and in the FIO_WARMUP s before it);
   3. 4k randwrite QD32 (fio nbd engine, RUNTIME s) on the mirror once in sync: blockmirror
      in-sync against qsd's job in ready state (not completed: writes keep being mirrored), and
-     raw libaio O_DIRECT on OLD alone as a reference.
+     two raw references with libaio O_DIRECT: OLD alone, and OLD and NEW written at once (two
+     jobs, QD32 each: the slower job's IOPS is what a leg gets when both legs share the disk,
+     as a mirror's do here: the limit of a mirror on one disk).
 After each mirror run the daemon is stopped (qsd: block-job-cancel of the ready job, which
 leaves NEW a consistent copy) and NEW is compared with OLD (O_DIRECT reads). Every measure runs
 REPEAT times, the targets' order rotated each round; the tables show medians, min-max and ratios.
@@ -210,6 +212,21 @@ class Bench:
             log(f"  {target} 4k randwrite QD32: {value} IOPS")
         self.sample(rnd, target, "randwrite4k_iops", value)
 
+    def run_4k_pair(self, rnd: int) -> None:
+        """4k randwrite QD32 for RUNTIME s on OLD and NEW at once (two libaio jobs): the slower's IOPS."""
+        out = self.work.file(f"{self.tag('raw', rnd)}.4k-pair.json")
+        args = ["--rw=randwrite", "--bs=4k", "--iodepth=32", f"--runtime={self.s.runtime}", "--time_based", "--randrepeat=0",
+                "--ioengine=libaio", "--direct=1", "--name=old", f"--filename={self.old}", "--name=new", f"--filename={self.new}"]
+        value = None
+        if fio.run(args, out, fio.time_limit(self.s.runtime)):
+            value = fio.or_note(out + ".err", fio.slowest_job_value, out, "write", "iops")
+        if value is None:
+            echo_err(tail(out + ".err", 5))
+            self.fail(f"raw pair 4k randwrite round {rnd}")
+        else:
+            log(f"  raw OLD and NEW at once, 4k randwrite QD32 each: the slower {value} IOPS")
+        self.sample(rnd, "raw", "randwrite4k_pair_iops", value)
+
     def start_load(self, uri: str, tag: str) -> fio.Load:
         """fio 64k randwrite QD8 through the export until load_result stops it."""
         self.load = fio.Load(self.work.file(tag), uri, self.s.load_timeout + self.s.sync_timeout + 120,
@@ -300,6 +317,7 @@ def raw_round(b: Bench, rnd: int) -> None:
         log(f"  raw dd copy (bs={s.dd_bs}): {secs} s")
     b.sample(rnd, "raw", "copy_dd_s", secs)
     b.run_4k("raw", rnd, None)
+    b.run_4k_pair(rnd)
 
 
 # ---------------------------------------------------------------- qemu-storage-daemon
