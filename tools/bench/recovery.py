@@ -198,34 +198,29 @@ class Bench:
 
     def run_4k(self, target: str, rnd: int, uri: str | None) -> None:
         """4k randwrite QD32 for RUNTIME s (raw: on OLD with libaio)."""
-        out = self.work.file(f"{self.tag(target, rnd)}.4k.json")
-        args = ["--name=rw4k", "--rw=randwrite", "--bs=4k", "--iodepth=32", "--numjobs=1",
-                f"--runtime={self.s.runtime}", "--time_based", "--randrepeat=0",
-                *(fio.on_export(uri) if uri else fio.on_file(self.old))]
-        value = None
-        if fio.run(args, out, fio.time_limit(self.s.runtime)):
-            value = fio.or_note(out + ".err", fio.value, out, "write", "iops")
-        if value is None:
-            echo_err(tail(out + ".err", 5))
-            self.fail(f"{target} 4k randwrite round {rnd}")
-        else:
-            log(f"  {target} 4k randwrite QD32: {value} IOPS")
-        self.sample(rnd, target, "randwrite4k_iops", value)
+        where = fio.on_export(uri) if uri else fio.on_file(self.old)
+        self._randwrite_4k(target, rnd, "randwrite4k_iops", "4k", ["--name=rw4k", *where], fio.value,
+                           f"{target} 4k randwrite QD32")
 
     def run_4k_pair(self, rnd: int) -> None:
         """4k randwrite QD32 for RUNTIME s on OLD and NEW at once (two libaio jobs): the slower's IOPS."""
-        out = self.work.file(f"{self.tag('raw', rnd)}.4k-pair.json")
-        args = ["--rw=randwrite", "--bs=4k", "--iodepth=32", f"--runtime={self.s.runtime}", "--time_based", "--randrepeat=0",
-                "--ioengine=libaio", "--direct=1", "--name=old", f"--filename={self.old}", "--name=new", f"--filename={self.new}"]
+        jobs = ["--ioengine=libaio", "--direct=1", "--name=old", f"--filename={self.old}", "--name=new", f"--filename={self.new}"]
+        self._randwrite_4k("raw", rnd, "randwrite4k_pair_iops", "4k-pair", jobs, fio.slowest_job_value,
+                           "raw OLD and NEW at once, 4k randwrite QD32 each: the slower")
+
+    def _randwrite_4k(self, target: str, rnd: int, metric: str, tag: str, jobs: list[str], parse, what: str) -> None:
+        """One fio run of 4k randwrite QD32 for RUNTIME s with the job options `jobs`; IOPS by parse, as metric."""
+        out = self.work.file(f"{self.tag(target, rnd)}.{tag}.json")
+        args = ["--rw=randwrite", "--bs=4k", "--iodepth=32", f"--runtime={self.s.runtime}", "--time_based", "--randrepeat=0", *jobs]
         value = None
         if fio.run(args, out, fio.time_limit(self.s.runtime)):
-            value = fio.or_note(out + ".err", fio.slowest_job_value, out, "write", "iops")
+            value = fio.or_note(out + ".err", parse, out, "write", "iops")
         if value is None:
             echo_err(tail(out + ".err", 5))
-            self.fail(f"raw pair 4k randwrite round {rnd}")
+            self.fail(f"{what}, round {rnd}")
         else:
-            log(f"  raw OLD and NEW at once, 4k randwrite QD32 each: the slower {value} IOPS")
-        self.sample(rnd, "raw", "randwrite4k_pair_iops", value)
+            log(f"  {what}: {value} IOPS")
+        self.sample(rnd, target, metric, value)
 
     def start_load(self, uri: str, tag: str) -> fio.Load:
         """fio 64k randwrite QD8 through the export until load_result stops it."""
