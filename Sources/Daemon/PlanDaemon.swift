@@ -174,20 +174,24 @@ private final class PlanRun: @unchecked Sendable {
     /// What the scheduler is told of every volume now.
     private func live() -> [String: PlanScheduler.Live] {
         let (serving, failed, stopped) = volumes.withLock { ($0.serving, $0.failed, $0.stopped) }
-        var live: [String: PlanScheduler.Live] = [:]
-        for volume in plan.volumes {
-            if stopped.contains(volume.name) {
-                live[volume.name] = .stopped
-            } else if let why = failed[volume.name] {
-                live[volume.name] = .failedToStart(why)
-            } else if let started = serving[volume.name] {
-                let status = started.service.export.status
-                live[volume.name] = .serving(status.state, switched: status.switched != nil, failure: status.failure)
-            } else {
-                live[volume.name] = .starting
-            }
-        }
-        return live
+        return Dictionary(uniqueKeysWithValues: plan.volumes.map { volume in
+            (volume.name, Self.live(serving[volume.name], failed: failed[volume.name], stopped: stopped.contains(volume.name)))
+        })
+    }
+
+    /// What the scheduler is told of one volume now.
+    private func live(_ name: String) -> PlanScheduler.Live {
+        let (serving, failed, stopped) = volumes.withLock { ($0.serving[name], $0.failed[name], $0.stopped.contains(name)) }
+        return Self.live(serving, failed: failed, stopped: stopped)
+    }
+
+    /// A volume's live state from what the plan holds of it (its mirror's status read outside the lock).
+    private static func live(_ serving: Volume?, failed: String?, stopped: Bool) -> PlanScheduler.Live {
+        if stopped { return .stopped }
+        if let failed { return .failedToStart(failed) }
+        guard let serving else { return .starting }
+        let status = serving.service.export.status
+        return .serving(status.state, switched: status.switched != nil, failure: status.failure)
     }
 
     /// Every volume's phase and status; the volumes the plan refused after them, named apart
@@ -296,7 +300,7 @@ private final class PlanRun: @unchecked Sendable {
 
     /// The copy `volume` waits to start, if it waits for a slot (what its status and its report say).
     private func pendingCopy(of volume: MigrationPlan.Volume) -> MirrorStatus.PendingCopy? {
-        let now = live()[volume.name] ?? .starting
+        let now = live(volume.name)
         guard scheduler.withLock({ $0.phase(volume.name, now) }) == .waiting else { return nil }
         return MirrorStatus.PendingCopy(plan: plan.name, planFile: settings.planFile, target: volume.target)
     }
