@@ -10,6 +10,8 @@ import NIOTLS
 /// A connection that breaks (reset, closed by the server, a protocol violation, or no reply at all
 /// for `requestTimeout` while requests are in flight) fails every request in flight and every
 /// later one with the reason, naming the URI: a remote that stops answering never hangs its caller.
+/// It is reset first (`NBDAbortiveClose`), so a request reported failed can no longer be sent on
+/// from this host: it lands on the server before it is reported, or never.
 public final class NBDClient: Sendable {
     /// The export negotiated.
     public let export: NBDClientHandshake.Export
@@ -52,12 +54,16 @@ public final class NBDClient: Sendable {
         let negotiated = loop.makePromise(of: NBDClientHandshake.Export.self)
         let added = loop.makePromise(of: NIOLoopBound<NBDClientHandler>.self)
         let health = Health()
+        let tcp: Bool
+        if case .tcp = uri.transport { tcp = true } else { tcp = false }
         let bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(connectTimeout)
             .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                NBDAbortiveClose.arm(channel, tcp: tcp).flatMapThrowing {
+                    let head = NBDAbortiveClose()
                     let handler = NBDClientHandler(uri: uri, tls: tls, requestTimeout: requestTimeout, health: health,
-                                                   negotiated: negotiated)
+                                                   head: head, tcp: tcp, negotiated: negotiated)
+                    try channel.pipeline.syncOperations.addHandler(head)
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(handler.decoder))
                     try channel.pipeline.syncOperations.addHandler(handler)
                     added.succeed(NIOLoopBound(handler, eventLoop: channel.eventLoop))
@@ -134,6 +140,9 @@ final class NBDClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     private let tls: (any NBDTLSProvider)?
     private let requestTimeout: TimeAmount
     private let health: NBDClient.Health
+    /// Closes the socket below TLS, dropping what is unsent: how a broken connection ends.
+    private let head: NBDAbortiveClose
+    private let tcp: Bool
     private var handshake: NBDClientHandshake
     private var assembler = NBDReplyAssembler(baseAllocationID: nil)
     private var promises: [UInt64: (promise: EventLoopPromise<NBDReplyAssembler.Reply>, command: NBDCommand, offset: UInt64,
@@ -155,8 +164,10 @@ final class NBDClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     private let negotiated: EventLoopPromise<NBDClientHandshake.Export>
 
     init(uri: NBDURI, tls: (any NBDTLSProvider)?, requestTimeout: TimeAmount, health: NBDClient.Health,
-         negotiated: EventLoopPromise<NBDClientHandshake.Export>) {
+         head: NBDAbortiveClose, tcp: Bool, negotiated: EventLoopPromise<NBDClientHandshake.Export>) {
         self.health = health
+        self.head = head
+        self.tcp = tcp
         self.uri = uri
         self.tls = tls
         self.requestTimeout = requestTimeout
@@ -196,7 +207,6 @@ final class NBDClientHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         breakConnection(error is NBDProtocolError ? "\(error)" : "connection error: \(error)")
-        context.close(promise: nil)
     }
 
     /// The TLS handshake after STARTTLS ended: the negotiation goes on inside it.
@@ -225,14 +235,12 @@ final class NBDClientHandler: ChannelInboundHandler, RemovableChannelHandler {
             case .startTLS:
                 do {
                     guard let tls else { throw NBDClientHandshakeError.protocolViolation("STARTTLS without TLS settings") }
-                    try context.pipeline.syncOperations.addHandler(try tls.makeHandler(), position: .first)
+                    try context.pipeline.syncOperations.addHandler(try tls.makeHandler(), position: .after(head))
                 } catch {
                     breakConnection("cannot start TLS: \(error)")
-                    context.close(promise: nil)
                 }
             case .fail(let error):
                 breakConnection("\(error)")
-                context.close(promise: nil)
             }
         }
     }
@@ -249,7 +257,6 @@ final class NBDClientHandler: ChannelInboundHandler, RemovableChannelHandler {
             if promises.isEmpty, let disconnecting { sendDisconnect(disconnecting) }
         } catch {
             breakConnection("\(error)")
-            context?.close(promise: nil)
         }
     }
 
@@ -264,7 +271,6 @@ final class NBDClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         let deadline = context.eventLoop.assumeIsolated().scheduleTask(in: limit) { [self] in
             breakConnection("no reply to \(command) at offset \(offset) within \(limit.nanoseconds / 1_000_000_000) s, "
                             + "though the server answered others")
-            self.context?.close(promise: nil)
         }
         promises[request.cookie] = (promise, command, offset, deadline)
         if watchdog == nil { rearmWatchdog() }
@@ -285,14 +291,13 @@ final class NBDClientHandler: ChannelInboundHandler, RemovableChannelHandler {
             let oldest = promises.min { $0.key < $1.key }?.value
             breakConnection("no reply to any of \(promises.count) requests within \(requestTimeout.nanoseconds / 1_000_000_000) s"
                             + (oldest.map { " (the oldest: \($0.command) at offset \($0.offset))" } ?? ""))
-            self.context?.close(promise: nil)
         }
     }
 
     /// DISC once nothing is in flight; completes when it is sent.
     func disconnect() -> EventLoopFuture<Void> {
         guard let context, broken == nil else {
-            self.context?.close(promise: nil)
+            head.abort()
             return (self.context?.eventLoop ?? negotiated.futureResult.eventLoop).makeSucceededVoidFuture()
         }
         if let disconnecting { return disconnecting.futureResult }
@@ -306,22 +311,29 @@ final class NBDClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         guard let context else { return promise.succeed(()) }
         var header = context.channel.allocator.buffer(capacity: NBDRequest.wireSize)
         NBDCodec.writeRequest(NBDRequest(flags: [], command: .disconnect, cookie: 0, offset: 0, length: 0), into: &header)
-        context.writeAndFlush(wrapOutboundOut(header)).assumeIsolated().whenComplete { _ in
-            context.close(promise: nil)
-            promise.succeed(())
-        }
+        // Every request was answered: nothing unsent is in doubt, so the close delivers DISC (and
+        // TLS's close_notify) instead of resetting the connection.
+        let channel = context.channel, tcp = self.tcp
+        context.writeAndFlush(wrapOutboundOut(header)).flatMap { NBDAbortiveClose.disarm(channel, tcp: tcp) }
+            .assumeIsolated().whenComplete { _ in
+                context.close(promise: nil)
+                promise.succeed(())
+            }
     }
 
     private func failed(_ reason: String) -> EventLoopFuture<NBDReplyAssembler.Reply> {
         negotiated.futureResult.eventLoop.makeFailedFuture(NBDClientError(uri: uri, reason: reason))
     }
 
-    /// The connection is unusable: the negotiation and every request in flight fail with `reason`.
+    /// The connection is unusable: the socket is closed at once, dropping what it had not sent
+    /// (`NBDAbortiveClose`), and only then do the negotiation and every request in flight fail
+    /// with `reason` — so a failed request can no longer reach the server from this host.
     private func breakConnection(_ reason: String) {
         guard broken == nil else { return }
         let error = NBDClientError(uri: uri, reason: reason)
         broken = error
         health.broken.withLock { $0 = reason }
+        head.abort()
         if !transmitting { negotiated.fail(error) }
         let waiting = promises
         promises = [:]

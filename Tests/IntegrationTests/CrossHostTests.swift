@@ -119,3 +119,93 @@ final class SecondHost {
         #expect(try run("umount", mnt, in: dir).succeeded)
     }
 }
+
+/// How the mirror lets go of a remote target whose link was cut with a write queued on it.
+enum CutLinkEnding: String, CustomTestStringConvertible, CaseIterable {
+    /// No reply within `--nbd-timeout`: the target fails, the mirror goes on degraded.
+    case timeout
+    /// The same over TLS (whose close would wait for the server's close_notify).
+    case timeoutOverTLS
+    /// The daemon is killed (kill -9) while the write waits, then started again on its bitmap.
+    case killDashNine
+
+    var testDescription: String { rawValue }
+}
+
+extension CrossHostTests {
+    /// A write to a remote target that the cut link leaves in this host's send queue must never
+    /// reach NEW once its region has been copied again: the link back, the kernel would retransmit
+    /// it, and old data would land under a target called in sync (seen in
+    /// `theSeedMigrationAcrossHostsSurvivesACutLink`, 1 run in 2). So once the target has failed —
+    /// or the daemon is dead — no socket of this host to the server may still hold unsent bytes;
+    /// then, with the link back, a newer write to the same place and a recopy: NEW equals OLD.
+    @Test(arguments: CutLinkEnding.allCases)
+    func aWriteLeftQueuedOnACutLinkNeverLandsAfterTheRecopy(_ ending: CutLinkEnding) throws {
+        try Tools.require("ip", "nbdkit", "nbdinfo", "qemu-io", "ss")
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let host = try SecondHost()
+        defer { host.tearDown() }
+        let old = dir.file("old.img"), new = dir.file("new.img"), bitmap = dir.file("m0.bitmap")
+        try makeRandomFile(old, size: 8 << 20)
+        try makeSparseFile(new, size: 8 << 20)
+        let keys = try preSharedKeyFile(in: dir, user: "mirror")
+        let tls = ending == .timeoutOverTLS
+        let nbdkit = try ChildProcess(["ip", "netns", "exec", host.namespace, "nbdkit", "-f", "-i", host.remoteAddress, "-p", "10809"]
+                                      + (tls ? ["--tls=require", "--tls-psk=\(keys)"] : []) + ["file", new], in: dir)
+        defer { nbdkit.killAndWait() }
+        let uri = tls ? "nbds://mirror@\(host.remoteAddress):10809/?tls-psk-file=\(keys)" : "nbd://\(host.remoteAddress):10809/"
+        #expect(waitUntil(timeout: 60) { !nbdkit.isRunning || ((try? run(["nbdinfo", "--size", uri], in: dir, timeout: 30))?.succeeded ?? false) }
+                && nbdkit.isRunning, "nbdkit on the second host did not come up\n\(nbdkit.stderr)")
+        let options = ["--bitmap", bitmap, "--nbd-timeout", "3"]
+        var mirror = try MirrorDaemon(source: old, target: uri, in: dir, options)
+        try #require(try mirror.waitForStatus { $0.state == .inSync } != nil)
+
+        try host.link(up: false)
+        if ending == .killDashNine {
+            let write = try ChildProcess(["qemu-io", "-f", "raw", "-c", "write -P 0xaa 1M 64k", mirror.uri], in: dir)
+            defer { write.killAndWait() }
+            try #require(waitUntil(timeout: 60) { (try? queuedBytes(to: host.remoteAddress))?.contains { $0 > 0 } ?? false },
+                         "the write never reached the connection to \(host.remoteAddress)\n\(mirror.log)")
+            mirror.server.child.send(SIGKILL)
+            try #require(mirror.server.child.waitForExit(timeout: 60))
+        } else {
+            let write = try run("qemu-io", "-f", "raw", "-c", "write -P 0xaa 1M 64k", mirror.uri, in: dir)
+            #expect(write.succeeded, "the source alone acknowledges the write once the target has failed\n\(write)\n\(mirror.log)")
+            try #require(try mirror.waitForStatus { $0.state == .targetFailed } != nil)
+        }
+        var queued: [Int] = []
+        #expect(try waitUntil(timeout: 60) { queued = try queuedBytes(to: host.remoteAddress); return queued.allSatisfy { $0 == 0 } },
+                "sockets to \(host.remoteAddress) still hold unsent bytes \(queued) after \(ending): the link back, they are sent\n\(mirror.log)")
+
+        try host.link(up: true)
+        if ending == .killDashNine {
+            mirror = try MirrorDaemon(source: old, target: uri, in: dir, options)
+        } else {
+            let add = try mirror.cli("add", "m0", uri)
+            #expect(add.succeeded, "\(add)\n\(mirror.log)")
+        }
+        let newer = try run("qemu-io", "-f", "raw", "-c", "write -P 0xbb 1M 64k", mirror.uri, in: dir)
+        #expect(newer.succeeded, "\(newer)\n\(mirror.log)")
+        try #require(try mirror.waitForStatus { $0.state == .inSync } != nil)
+        let stop = try mirror.stop()
+        #expect(stop.stdout.contains("is a complete copy"), "\(stop)")
+        nbdkit.killAndWait()
+        #expect(try readBytes(new, offset: 1 << 20, length: 65536) == Data(repeating: 0xbb, count: 65536),
+                "NEW holds the write the cut link had queued, not the newer one\n\(mirror.log)")
+        #expect(try firstDifference(old, new) == nil, "NEW differs from OLD\n\(mirror.log)")
+    }
+}
+
+/// The Send-Q of every TCP socket of this host (this network namespace) to `address`: bytes
+/// written and not yet acknowledged by the other end.
+private func queuedBytes(to address: String) throws -> [Int] {
+    let dir = try TempDir("ss")
+    defer { dir.remove() }
+    let result = try run(["ss", "-tanH", "dst", address], in: dir, timeout: 60)
+    guard result.succeeded else { throw IntegrationFailure("\(result)") }
+    return result.stdout.split(separator: "\n").compactMap { line in
+        let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+        return fields.count > 2 ? Int(fields[2]) : nil
+    }
+}
